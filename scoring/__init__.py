@@ -1,0 +1,25 @@
+"""Per-image out-of-distribution scores for image classifiers: torch, numpy and scipy only."""
+
+from scoring.errors import GradwatchError, ImageDecodeError, ModelSpecError
+from scoring.images import Preprocessing, decode_image
+from scoring.models import LoadedModel, load_model
+from scoring.scorer import Scorer, load_scorer, resolve_device
+from scoring.scores import HeadOutputs, Score, decision_scores, register, registered_scores
+
+__all__ = [
+    "GradwatchError",
+    "HeadOutputs",
+    "ImageDecodeError",
+    "LoadedModel",
+    "ModelSpecError",
+    "Preprocessing",
+    "Score",
+    "Scorer",
+    "decision_scores",
+    "decode_image",
+    "load_model",
+    "load_scorer",
+    "register",
+    "registered_scores",
+    "resolve_device",
+]

@@ -1,0 +1,164 @@
+"""Decoding what production sends into RGB images, and the model's own preprocessing.
+
+Every failure to decode becomes an :class:`~scoring.errors.ImageDecodeError` for that one input, so a
+caller scoring a batch records a rejection and goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from scoring.errors import ImageDecodeError
+
+ImageInput = Image.Image | bytes | str | os.PathLike | BinaryIO
+
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+# Leading bytes of the accepted formats, to tell a broken image from something that is not one.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WebP"),
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How one decoded image becomes the model's input tensor, and the limits on what is decoded."""
+
+    # Shorter side before cropping: 224/256 = 0.875 is the crop ratio ImageNet models are evaluated at.
+    resize: int = 256
+    # Square crop from the centre, the resolution the model was trained at.
+    crop: int = 224
+    # Per-channel mean/std on [0, 1] pixels; torchvision's ImageNet statistics unless the model says else.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # torchvision's default for ImageNet weights; TF-trained models (EfficientNet-Lite) want bicubic.
+    interpolation: str = "bilinear"
+    # 64 MP covers 48 MP phone cameras; larger is a decompression bomb or a mistake (192 MB decoded).
+    max_pixels: int = 64_000_000
+    # 100 MB of compressed bytes is far above any camera JPEG and bounds a worker's memory per image.
+    max_bytes: int = 100_000_000
+    # Transparent pixels are composited on white, as a browser shows a product photo on a page.
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation {self.interpolation!r} is not one of {sorted(_INTERPOLATIONS)}; pick one of them"
+            )
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean {self.mean} and std {self.std} need 3 values each, std positive")
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """Resize the shorter side, crop the centre and normalise an RGB image.
+
+        Returns:
+            float32 tensor of shape (3, crop, crop).
+        """
+        width, height = image.size
+        scale = self.resize / min(width, height)
+        resized_size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
+        image = image.resize(resized_size, _INTERPOLATIONS[self.interpolation])
+        left = (resized_size[0] - self.crop) // 2
+        top = (resized_size[1] - self.crop) // 2
+        image = image.crop((left, top, left + self.crop, top + self.crop))
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def decode_image(
+    data: ImageInput, *, source: str | None = None, limits: Preprocessing = Preprocessing()
+) -> Image.Image:
+    """Decode one input into an upright RGB image.
+
+    Args:
+        data: a PIL image, encoded bytes, a path, or a binary file object.
+        source: the name to report in errors (a URI, say); defaults to the path, or ``"<bytes>"``.
+        limits: whose ``max_pixels``/``max_bytes``/``alpha_background`` apply.
+
+    Returns:
+        An RGB image with EXIF orientation applied; first frame of animations and multi-page files.
+
+    Raises:
+        ImageDecodeError: the input is empty, too large, not an image, truncated, corrupt or unreadable.
+    """
+    if source is None:
+        source = os.fspath(data) if isinstance(data, str | os.PathLike) else "<bytes>"
+    image = data if isinstance(data, Image.Image) else _open(data, source, limits)
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageDecodeError(source, "too_large", f"{width}x{height} pixels exceeds max_pixels={limits.max_pixels}")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image, limits.alpha_background)
+    # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError and struct.error on hostile
+    # bytes; whatever one image's bytes do, it must become that image's rejection, not a batch crash.
+    except Exception as error:
+        reason = "truncated" if "truncated" in str(error) else "corrupt"
+        raise ImageDecodeError(source, reason, f"{type(error).__name__}: {error}") from error
+
+
+def _open(data: bytes | str | os.PathLike | BinaryIO, source: str, limits: Preprocessing) -> Image.Image:
+    if isinstance(data, str | os.PathLike):
+        try:
+            with open(data, "rb") as file:
+                data = file.read(limits.max_bytes + 1)
+        except OSError as error:
+            raise ImageDecodeError(source, "unreadable", f"{type(error).__name__}: {error}") from error
+    elif not isinstance(data, bytes):
+        data = data.read(limits.max_bytes + 1)
+    if not data:
+        raise ImageDecodeError(source, "empty", "0 bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageDecodeError(source, "too_large", f"more than max_bytes={limits.max_bytes} bytes")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as error:
+        claimed = next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+        if claimed is not None:
+            raise ImageDecodeError(source, "corrupt", f"starts like {claimed} but its header is unreadable") from error
+        raise ImageDecodeError(source, "not_an_image", "no known image format recognised") from error
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(source, "too_large", str(error)) from error
+    except Exception as error:  # a recognised format whose header is broken
+        raise ImageDecodeError(source, "corrupt", f"{type(error).__name__}: {error}") from error
+
+
+def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # Pillow's convert() clips 16-bit values at 255; scale the full 16-bit range instead.
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,76 @@
+"""The gradwatch console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY = "tests.scoring.tiny_models:build"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _gradwatch(*args: str) -> subprocess.CompletedProcess[str]:
+    script = shutil.which("gradwatch", path=str(Path(sys.executable).parent))
+    assert script, "the gradwatch console script is installed with the project"
+    return subprocess.run([script, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def _folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (tmp_path / "cam-1").mkdir()
+    for index in range(3):
+        pixels = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "cam-1" / f"frame-{index}.png")
+    (tmp_path / "cam-1" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "readme.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return tmp_path
+
+
+def test_version() -> None:
+    result = _gradwatch("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("gradwatch 0.")
+
+
+def test_score_images_prints_every_file_scored_or_rejected(tmp_path: Path) -> None:
+    result = _gradwatch("score-images", str(_folder(tmp_path)), "--model", TINY, "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    for name in ("cam-1/frame-0.png", "cam-1/frame-2.png", "readme.txt"):
+        assert name in result.stdout
+    assert "rejected: empty" in result.stdout
+    assert "rejected: not_an_image" in result.stdout
+    assert ".DS_Store" not in result.stdout
+    assert "5 files: 3 scored, 2 rejected (1 empty, 1 not_an_image)" in result.stderr
+
+
+def test_score_images_csv_has_every_score(tmp_path: Path) -> None:
+    result = _gradwatch("score-images", str(_folder(tmp_path)), "--model", TINY, "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["file"] for row in rows] == [
+        "cam-1/empty.jpg",
+        "cam-1/frame-0.png",
+        "cam-1/frame-1.png",
+        "cam-1/frame-2.png",
+        "readme.txt",
+    ]
+    scored = [row for row in rows if not row["rejected"]]
+    assert len(scored) == 3
+    assert all(float(row["gradnorm"]) > 0 and 0 < float(row["msp"]) <= 1 for row in scored)
+
+
+def test_bad_folder_and_bad_model_exit_with_a_clear_error(tmp_path: Path) -> None:
+    missing = _gradwatch("score-images", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert "is not a folder" in missing.stderr
+    bad_model = _gradwatch("score-images", str(tmp_path), "--model", "tests.scoring.tiny_models:nope")
+    assert bad_model.returncode == 2
+    assert "cannot import 'nope'" in bad_model.stderr
