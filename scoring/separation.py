@@ -1,0 +1,37 @@
+"""How well a score separates in-distribution from shifted images: AUROC and FPR at a target TPR.
+
+Scores are read with in-distribution high, as every registered score is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def _checked(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    in_scores, out_scores = np.asarray(in_scores, np.float64), np.asarray(out_scores, np.float64)
+    if in_scores.size == 0 or out_scores.size == 0:
+        raise ValueError("both in-distribution and shifted scores are needed; one set is empty")
+    if not (np.isfinite(in_scores).all() and np.isfinite(out_scores).all()):
+        raise ValueError("scores must be finite; drop or fix NaN/inf scores before measuring separation")
+    return in_scores, out_scores
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """P(in > out) + P(in = out)/2: 1 separates perfectly, 0.5 is chance (Mann-Whitney U / n_in·n_out)."""
+    in_scores, out_scores = _checked(in_scores, out_scores)
+    ranks = rankdata(np.concatenate([in_scores, out_scores]))
+    u_statistic = ranks[: in_scores.size].sum() - in_scores.size * (in_scores.size + 1) / 2
+    return float(u_statistic / (in_scores.size * out_scores.size))
+
+
+def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Share of shifted images kept as in-distribution by the highest threshold that keeps ``tpr`` of the
+    in-distribution ones (FPR95 at the default)."""
+    in_scores, out_scores = _checked(in_scores, out_scores)
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    ordered = np.sort(in_scores)
+    threshold = ordered[int(np.floor(in_scores.size * (1 - tpr) + 1e-9))]
+    return float(np.mean(out_scores >= threshold))
