@@ -159,9 +159,10 @@ def _load_hub_architecture(target: str) -> tuple[str, nn.Module, Preprocessing]:
     # nothing may be downloaded at run time.
     if library == "timm":
         import timm
+        from timm.data import resolve_data_config
 
         module = timm.create_model(architecture, pretrained=False)
-        config = timm.data.resolve_data_config({}, model=module)
+        config = resolve_data_config({}, model=module)
         crop = int(config["input_size"][-1])
         preprocessing = Preprocessing(
             resize=round(crop / config["crop_pct"]),
