@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import sys
 from collections import Counter
@@ -70,7 +71,7 @@ def _score_images(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise GradwatchError(f"DIR {str(folder)!r} is not a folder; pass a folder of images")
-    errors = Console(stderr=True)
+    errors = Console(stderr=True, soft_wrap=True)
     scorer = load_scorer(args.model, device=args.device, temperature=args.temperature)
     total = len(list_files(folder))
     rows: list[ImageRow] = []
@@ -92,6 +93,51 @@ def _score_images(args: argparse.Namespace) -> int:
         + (f" ({reasons})" if reasons else "")
     )
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
+    from pipelines.pipeline import ScoringConfig, run_scoring
+    from pipelines.sources import parse_event_time
+    from pipelines.windows import parse_window
+
+    try:
+        config = ScoringConfig(
+            source=args.source,
+            out=args.out,
+            window=parse_window(args.window),
+            model=args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            workers=args.workers,
+            runner=args.runner,
+            beam_options=tuple(args.beam_option),
+            since=parse_event_time(args.since) if args.since else None,
+            until=parse_event_time(args.until) if args.until else None,
+            large_model=args.large_model,
+        )
+    except ValueError as error:
+        raise GradwatchError(str(error)) from error
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    since, until = config.aligned_range()
+    if (since, until) != (config.since, config.until):
+        console.print(f"time range widened to whole windows: [{since or '-inf'}, {until or '+inf'})")
+    with console.status(f"scoring {config.source} on the {config.runner} runner ({config.workers} worker(s))"):
+        summary = run_scoring(config)
+    rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.rejected.items()))
+    console.print(f"model      {summary.model_id}")
+    console.print(f"listed     {summary.listed}")
+    console.print(f"scored     {summary.scored}")
+    console.print(f"rejected   {summary.rejected.total()}" + (f"  ({rejected})" if rejected else ""))
+    console.print(f"windows    {summary.windows}")
+    console.print(f"throughput {summary.images_per_second:.1f} images/s ({summary.seconds:.1f} s)")
+    verdict = "ok" if summary.reconciled else "MISMATCH: images were lost; please report this"
+    totals = f"{summary.listed} listed = {summary.scored} scored + {summary.rejected.total()} rejected"
+    console.print(f"reconciliation: {totals}: {verdict}")
+    console.print(f"outputs in {config.out}/scores, {config.out}/windows, {config.out}/rejected")
+    return 0 if summary.reconciled else 1
 
 
 def _print_table(rows: Sequence[ImageRow], model_id: str) -> None:
@@ -137,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--temperature", type=float, default=1.0, help="T of GradNorm and Energy")
     score.add_argument("--format", choices=("table", "csv"), default="table", help="stdout format")
     score.set_defaults(run=_score_images)
+
+    pipeline = commands.add_parser("score", help="score SOURCE with the Beam pipeline into window-partitioned Parquet")
+    pipeline.add_argument("source", help="folder, prefix (any fsspec URL) or manifest (.csv, .parquet, .jsonl)")
+    pipeline.add_argument("--out", required=True, help="output folder or prefix")
+    pipeline.add_argument("--window", default="1h", help="event-time window: 1h, 30m, 1d... (default: %(default)s)")
+    pipeline.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+    pipeline.add_argument("--batch-size", type=_positive_int, default=None, help="largest batch (default: by device)")
+    pipeline.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    pipeline.add_argument("--temperature", type=float, default=1.0, help="T of GradNorm and Energy")
+    pipeline.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    pipeline.add_argument("--runner", default="local", help="local (FnApiRunner), or a Beam runner: FlinkRunner...")
+    pipeline.add_argument(
+        "--beam-option", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, repeatable"
+    )
+    pipeline.add_argument("--since", help="first event time to score (ISO-8601 or epoch), widened to its window")
+    pipeline.add_argument("--until", help="event time to stop before, widened to its window's end")
+    pipeline.add_argument("--large-model", action="store_true", help="one model per machine shared by processes")
+    pipeline.add_argument("-v", "--verbose", action="store_true", help="show Beam's warnings")
+    pipeline.set_defaults(run=_score)
     return parser
 
 
@@ -160,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except GradwatchError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        # Plain print: a message wrapped to the terminal's width would break operators' greps.
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 

@@ -74,3 +74,25 @@ def test_bad_folder_and_bad_model_exit_with_a_clear_error(tmp_path: Path) -> Non
     bad_model = _gradwatch("score-images", str(tmp_path), "--model", "tests.scoring.tiny_models:nope")
     assert bad_model.returncode == 2
     assert "cannot import 'nope'" in bad_model.stderr
+
+
+def test_score_runs_the_pipeline_and_reconciles(tmp_path: Path) -> None:
+    out, feed = tmp_path / "out", tmp_path / "feed"
+    feed.mkdir()
+    result = _gradwatch("score", str(_folder(feed)), "--out", str(out), "--model", TINY, "--window", "30m")
+    assert result.returncode == 0, result.stderr
+    assert "reconciliation: 5 listed = 3 scored + 2 rejected: ok" in result.stderr
+    assert "decode/empty 1, decode/not_an_image 1" in result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["rejected", "scores", "windows"]
+
+
+def test_score_refuses_bad_options_before_running(tmp_path: Path) -> None:
+    bad_window = _gradwatch("score", str(tmp_path), "--out", str(tmp_path / "o"), "--window", "hourly")
+    assert bad_window.returncode == 2
+    assert "not a duration like 1h" in bad_window.stderr
+    bad_option = _gradwatch("score", str(tmp_path), "--out", str(tmp_path / "o"), "--beam-option", "flink_master")
+    assert bad_option.returncode == 2
+    assert "must be KEY=VALUE" in bad_option.stderr
+    missing = _gradwatch("score", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", TINY)
+    assert missing.returncode == 2
+    assert "is not a folder, prefix or manifest" in missing.stderr

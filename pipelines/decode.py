@@ -1,0 +1,70 @@
+"""Reading and decoding images, with a dead-letter output of one record per image that fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import fsspec
+from apache_beam.metrics import Metrics
+
+from pipelines.records import DecodedImage, ImageRef, Rejected
+from pipelines.sources import REJECTED, object_mtime
+from scoring import ImageDecodeError, Preprocessing, decode_image
+
+# Errors that re-reading will not cure. Anything else (throttling, a dropped connection) propagates so the
+# runner retries the bundle: marking a readable image rejected would lose it for good.
+_PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+class ReadAndDecode(beam.DoFn):
+    """ImageRef -> DecodedImage (main) or Rejected (``rejected``), inside [since, until).
+
+    Refs without an event time get the object's modification time; refs outside the time range are
+    dropped before their bytes are read and are not counted as listed.
+    """
+
+    def __init__(
+        self, preprocessing: Preprocessing, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> None:
+        self._preprocessing = preprocessing
+        self._since = since
+        self._until = until
+        self._listed = Metrics.counter("gradwatch", "listed")
+        self._bytes_read = Metrics.counter("gradwatch", "bytes_read")
+
+    def process(self, ref: ImageRef) -> Iterator[Any]:
+        fs, path = fsspec.core.url_to_fs(ref.uri)
+        event_time = ref.event_time
+        try:
+            if event_time is None:
+                event_time = object_mtime(fs.info(path))
+            if not self._in_range(event_time):
+                return
+            self._listed.inc()
+            with fs.open(path, "rb") as file:
+                data = file.read(self._preprocessing.max_bytes + 1)
+        except _PERMANENT_READ_ERRORS as error:
+            if event_time is None:  # its time is unknown, so it cannot be placed outside the range
+                self._listed.inc()
+            reason = "not_found" if isinstance(error, FileNotFoundError) else "unreadable"
+            message = f"cannot read {ref.uri!r}: {type(error).__name__}: {error}; check the path and permissions"
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, Rejected(ref.uri, event_time, "read", reason, message, ref.segment)
+            )
+            return
+        self._bytes_read.inc(len(data))
+        try:
+            tensor = self._preprocessing.to_tensor(decode_image(data, source=ref.uri, limits=self._preprocessing))
+        except ImageDecodeError as error:
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, Rejected(ref.uri, event_time, "decode", error.reason, str(error), ref.segment)
+            )
+            return
+        yield DecodedImage(hashlib.sha256(data).hexdigest(), ref.uri, event_time, ref.segment, tensor)
+
+    def _in_range(self, event_time: dt.datetime) -> bool:
+        return (self._since is None or event_time >= self._since) and (self._until is None or event_time < self._until)

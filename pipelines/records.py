@@ -1,0 +1,111 @@
+"""What flows through the pipeline, and the Parquet schemas it writes.
+
+The schemas are a contract: calibration, flows, alerts and users' own DuckDB/pandas queries read them.
+Every table is Hive-partitioned by ``window_start=YYYY-MM-DDTHH-MM-SSZ`` (the partition key is the only
+place window_start is stored, so readers get it as a string in that format).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import torch
+
+RejectStage = Literal["list", "manifest", "read", "decode"]
+
+# Score columns every scores table has; scores registered beyond these are appended after them.
+CORE_SCORE_COLUMNS = ("gradnorm", "energy", "msp", "maxlogit", "feature_l1", "output_l1")
+QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
+UNKNOWN_WINDOW = "unknown"  # partition of rejected images whose event time could not be read
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One listed image, before its bytes are read."""
+
+    uri: str
+    event_time: dt.datetime | None  # None until the object's modification time is looked up
+    segment: str = ""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image ready for the model."""
+
+    image_id: str  # sha256 of the bytes
+    uri: str
+    event_time: dt.datetime
+    segment: str
+    tensor: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An image that was listed but could not be scored, and why."""
+
+    uri: str
+    event_time: dt.datetime | None
+    stage: RejectStage
+    reason: str  # short code, e.g. "truncated", "missing_uri", "not_found"
+    error: str  # the full message, naming the input and the fix
+    segment: str = ""
+
+
+def window_label(window_start: dt.datetime | None) -> str:
+    """The Hive partition value of a window: ``2026-11-26T13-00-00Z`` (no colons: object-store safe)."""
+    if window_start is None:
+        return UNKNOWN_WINDOW
+    return window_start.astimezone(dt.UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
+
+
+def parse_window_label(label: str) -> dt.datetime:
+    return dt.datetime.strptime(label, "%Y-%m-%dT%H-%M-%SZ").replace(tzinfo=dt.UTC)
+
+
+def scores_schema(score_names: tuple[str, ...]) -> pa.Schema:
+    extra = [name for name in score_names if name not in CORE_SCORE_COLUMNS]
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("uri", pa.string()),
+            ("event_time", _TIMESTAMP),
+            ("segment", pa.string()),
+            ("model_id", pa.string()),
+            *[(name, pa.float64()) for name in (*CORE_SCORE_COLUMNS, *extra)],
+            ("pred", pa.int64()),
+        ]
+    )
+
+
+WINDOWS_SCHEMA = pa.schema(
+    [
+        ("window_end", _TIMESTAMP),
+        ("segment", pa.string()),
+        ("score", pa.string()),
+        ("n", pa.int64()),
+        ("n_rejected", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+        *[(name, pa.float64()) for name in QUANTILES],
+        ("sketch", pa.binary()),  # serialized datasketches kll_doubles_sketch
+        ("model_id", pa.string()),
+    ]
+)
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("event_time", _TIMESTAMP),
+        ("segment", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("error", pa.string()),
+    ]
+)
