@@ -6,16 +6,27 @@ import argparse
 import csv
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
@@ -98,10 +109,11 @@ def _score_images(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
-    from pipelines.pipeline import ScoringConfig, run_scoring
+    from pipelines.pipeline import ScoringConfig, count_progress, run_scoring
     from pipelines.sources import parse_event_time
     from pipelines.windows import parse_window
 
+    progress_dir = tempfile.mkdtemp(prefix="gradwatch-progress-") if args.runner == "local" else None
     try:
         config = ScoringConfig(
             source=args.source,
@@ -117,6 +129,7 @@ def _score(args: argparse.Namespace) -> int:
             since=parse_event_time(args.since) if args.since else None,
             until=parse_event_time(args.until) if args.until else None,
             large_model=args.large_model,
+            progress_dir=progress_dir,
         )
     except ValueError as error:
         raise GradwatchError(str(error)) from error
@@ -124,8 +137,21 @@ def _score(args: argparse.Namespace) -> int:
     since, until = config.aligned_range()
     if (since, until) != (config.since, config.until):
         console.print(f"time range widened to whole windows: [{since or '-inf'}, {until or '+inf'})")
-    with console.status(f"scoring {config.source} on the {config.runner} runner ({config.workers} worker(s))"):
-        summary = run_scoring(config)
+    console.print(f"scoring {config.source} on the {config.runner} runner, {config.workers} worker(s)")
+    with Progress(
+        TextColumn("{task.completed} images done"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("scoring", total=None)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(run_scoring, config)
+            while not running.done():
+                if progress_dir:
+                    progress.update(task, completed=count_progress(progress_dir))
+                time.sleep(0.5)
+            summary = running.result()
+        progress.update(task, completed=summary.listed)
+    if progress_dir:
+        shutil.rmtree(progress_dir, ignore_errors=True)
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.rejected.items()))
     console.print(f"model      {summary.model_id}")
     console.print(f"listed     {summary.listed}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class ScoringConfig:
     until: dt.datetime | None = None
     # Share one model per machine between worker processes (one GPU, one copy).
     large_model: bool = False
+    # A local folder where workers tick off each image they finish, for a live count (local runners only).
+    progress_dir: str | None = None
 
     def __post_init__(self) -> None:
         for option in self.beam_options:
@@ -161,14 +164,21 @@ def build_pipeline(
         | "ReadAndDecode"
         >> beam.ParDo(ReadAndDecode(preprocessing, since=since, until=until)).with_outputs(REJECTED, main="images")
     )
-    scored = (
+    scored_rows = (
         decoded.images
         | "Score" >> RunInference(handler)
         | "ToScoreRows" >> beam.Map(_score_row, model_id=model_id, score_names=score_names)
+    )
+    scored = (
+        scored_rows
         | "ScoresEventTime" >> beam.Map(lambda row: beam_window.TimestampedValue(row, row["event_time"].timestamp()))
         | "ScoresWindows" >> beam.WindowInto(beam_window.FixedWindows(window_seconds))
     )
     rejected = (top_level[REJECTED], decoded[REJECTED]) | "AllRejected" >> beam.Flatten()
+    if config.progress_dir:
+        # Two ticks rather than a Flatten, so each runs fused into the stage that finishes the image.
+        scored_rows | "TickScored" >> beam.ParDo(_TickProgress(config.progress_dir))
+        rejected | "TickRejected" >> beam.ParDo(_TickProgress(config.progress_dir))
     rejected_timed = (
         rejected
         | "KnownTime" >> beam.Filter(lambda rejection: rejection.event_time is not None)
@@ -254,6 +264,29 @@ class _LabelWindowRows(beam.DoFn):
         label = window_label(window.start.to_utc_datetime(has_tz=True))
         for row in window_rows(segment, accumulator, window.end.to_utc_datetime(has_tz=True), self._model_id):
             yield label, row
+
+
+class _TickProgress(beam.DoFn):
+    """Appends one byte per finished image to a file of its own, so a watcher can sum file sizes."""
+
+    def __init__(self, progress_dir: str) -> None:
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        name = f"{os.getpid()}-{uuid.uuid4().hex}"
+        self._file = open(os.path.join(self._progress_dir, name), "ab", buffering=0)  # noqa: SIM115 - closed in teardown
+
+    def process(self, element: Any) -> None:
+        self._file.write(b".")
+
+    def teardown(self) -> None:
+        self._file.close()
+
+
+def count_progress(progress_dir: str) -> int:
+    """Images finished so far, scored or rejected, by the workers ticking into ``progress_dir``."""
+    with os.scandir(progress_dir) as entries:
+        return sum(entry.stat().st_size for entry in entries)
 
 
 def run_scoring(config: ScoringConfig) -> RunSummary:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipelines.outputs import read_table
-from pipelines.pipeline import RunSummary, ScoringConfig, run_scoring
+from pipelines.pipeline import RunSummary, ScoringConfig, count_progress, run_scoring
 from scoring import load_scorer
 from tests.pipelines.conftest import TINY, utc, write_image
 
@@ -31,7 +31,10 @@ def _rows(out: Path, table: str, *columns: str) -> list[tuple]:
 
 
 def test_every_listed_image_is_scored_or_rejected(odd_folder: Path, tmp_path: Path) -> None:
-    summary = _run(odd_folder, tmp_path / "out")
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    summary = _run(odd_folder, tmp_path / "out", progress_dir=str(progress))
+    assert count_progress(str(progress)) == summary.listed
     assert (summary.listed, summary.scored) == (11, 8)
     assert summary.rejected == {"decode/empty": 1, "decode/truncated": 1, "decode/not_an_image": 1}
     assert summary.reconciled

@@ -1,0 +1,130 @@
+"""Beam pipeline throughput against a bare decode-and-score loop, and its peak memory as images grow.
+
+Usage: python bench/pipeline.py [--images DIR] [--count 1000] [--repeat 5] [--model SPEC]
+
+Each measurement runs in a fresh child process on the same cores, so peak RSS is its own. The pipeline
+runs on the default local runner (in-process FnApiRunner); the bare loop reads, decodes, preprocesses
+and scores the same images with the same scorer in batches of the pipeline's size. The memory check
+scores COUNT and COUNT x REPEAT images (a manifest naming each image REPEAT times, spread over hours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-samples"
+BATCH_SIZE = 32
+
+
+def write_manifest(images: list[Path], repeat: int, path: Path) -> None:
+    start = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["uri", "event_time"])
+        for copy in range(repeat):
+            for index, image in enumerate(images):
+                when = start + dt.timedelta(hours=copy, seconds=index)
+                writer.writerow([str(image), when.isoformat()])
+
+
+def child_pipeline(manifest: str, model: str) -> dict:
+    from pipelines.pipeline import ScoringConfig, run_scoring
+
+    with tempfile.TemporaryDirectory() as out:
+        summary = run_scoring(ScoringConfig(source=manifest, out=out, model=model, batch_size=BATCH_SIZE, device="cpu"))
+    return {"images": summary.scored, "seconds": summary.seconds, "reconciled": summary.reconciled}
+
+
+def child_loop(manifest: str, model: str) -> dict:
+    import torch
+
+    from scoring import ImageDecodeError, decode_image, load_scorer
+
+    with open(manifest, newline="") as file:
+        uris = [row["uri"] for row in csv.DictReader(file)]
+    scorer = load_scorer(model, device="cpu")
+    started = time.perf_counter()
+    scored = 0
+    for start in range(0, len(uris), BATCH_SIZE):
+        tensors = []
+        for uri in uris[start : start + BATCH_SIZE]:
+            try:
+                data = Path(uri).read_bytes()
+                tensors.append(
+                    scorer.preprocessing.to_tensor(decode_image(data, source=uri, limits=scorer.preprocessing))
+                )
+            except ImageDecodeError:
+                continue
+        if tensors:
+            scored += len(scorer.score(torch.stack(tensors))["gradnorm"])
+    return {"images": scored, "seconds": time.perf_counter() - started, "reconciled": True}
+
+
+def measure(kind: str, manifest: Path, model: str) -> dict:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--manifest", str(manifest), "--model", model],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--child", choices=("pipeline", "loop"), help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        run = child_pipeline if args.child == "pipeline" else child_loop
+        result = run(args.manifest, args.model)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    images = sorted(path for path in args.images.iterdir() if path.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    images = images[: args.count]
+    with tempfile.TemporaryDirectory() as scratch:
+        small, large = Path(scratch) / "small.csv", Path(scratch) / "large.csv"
+        write_manifest(images, 1, small)
+        write_manifest(images, args.repeat, large)
+        loop = measure("loop", small, args.model)
+        pipeline = measure("pipeline", small, args.model)
+        pipeline_large = measure("pipeline", large, args.model)
+
+    def rate(result: dict) -> float:
+        return result["images"] / result["seconds"]
+
+    print(f"{len(images)} images from {args.images.resolve()}, model {args.model}, CPU, batch {BATCH_SIZE}")
+    print(f"{'run':<44}{'images':>8}{'images/s':>10}{'peak RSS MB':>13}")
+    for name, result in (
+        ("bare loop: read, decode, score", loop),
+        ("pipeline (local FnApiRunner)", pipeline),
+        (f"pipeline, each image x{args.repeat}", pipeline_large),
+    ):
+        print(f"{name:<44}{result['images']:>8}{rate(result):>10.1f}{result['peak_rss_mb']:>13.0f}")
+    print(f"pipeline / bare loop throughput = {rate(pipeline) / rate(loop):.2f}  (target >= 0.7)")
+    growth = pipeline_large["peak_rss_mb"] / pipeline["peak_rss_mb"]
+    print(f"peak RSS x{args.repeat} images / x1 = {growth:.2f}  (flat means memory does not grow with images)")
+    print(f"reconciled: {pipeline['reconciled'] and pipeline_large['reconciled']}")
+
+
+if __name__ == "__main__":
+    main()

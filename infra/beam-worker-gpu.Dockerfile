@@ -1,0 +1,16 @@
+# Beam SDK worker for GPU machines (Dataflow with worker_accelerator, or Flink task managers with GPUs).
+# PyPI's torch wheels carry the CUDA runtime; the NVIDIA driver comes from the host
+# (Dataflow: dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver).
+# Build from the repository root:  docker build -f infra/beam-worker-gpu.Dockerfile -t gradwatch-beam-worker-gpu:0.1.0 .
+# Run the pipeline with --device cuda --large-model so each machine loads one model copy per GPU.
+FROM apache/beam_python3.11_sdk:2.77.0
+
+WORKDIR /opt/gradwatch
+COPY pyproject.toml README.md ./
+COPY scoring ./scoring
+COPY pipelines ./pipelines
+COPY flows ./flows
+RUN pip install --no-cache-dir torch==2.13.0 \
+ && pip install --no-cache-dir .
+ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+ENTRYPOINT ["/opt/apache/beam/boot"]
