@@ -1,4 +1,4 @@
-"""How well a score separates in-distribution from shifted images: AUROC and FPR at a target TPR.
+"""How well a score separates in-distribution from shifted images: AUROC, FPR at a target TPR, AUPR.
 
 Scores are read with in-distribution high, as every registered score is.
 """
@@ -35,3 +35,28 @@ def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95)
     ordered = np.sort(in_scores)
     threshold = ordered[int(np.floor(in_scores.size * (1 - tpr) + 1e-9))]
     return float(np.mean(out_scores >= threshold))
+
+
+def average_precision(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Area under the precision-recall curve, as average precision, ranking higher scores as positive."""
+    positive_scores, negative_scores = _checked(positive_scores, negative_scores)
+    scores = np.concatenate([positive_scores, negative_scores])
+    labels = np.concatenate([np.ones(positive_scores.size), np.zeros(negative_scores.size)])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    # Tied scores form one threshold: take precision and recall at the last element of each tie group.
+    last_of_ties = np.r_[np.diff(scores) != 0, True]
+    true_positives = np.cumsum(labels)[last_of_ties]
+    predicted = (np.arange(1, scores.size + 1))[last_of_ties]
+    recall_gain = np.diff(np.r_[0.0, true_positives]) / positive_scores.size
+    return float(np.sum(recall_gain * true_positives / predicted))
+
+
+def aupr_in(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """AUPR with in-distribution images as the positive class (OpenOOD's AUPR-In)."""
+    return average_precision(in_scores, out_scores)
+
+
+def aupr_out(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """AUPR with shifted images as the positive class, ranked by the negated score (AUPR-Out)."""
+    return average_precision(-np.asarray(out_scores, np.float64), -np.asarray(in_scores, np.float64))

@@ -1,0 +1,138 @@
+"""Drift tests, Holm, effect sizes and CUSUM against scipy and hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from scoring.drift import (
+    ScoreReference,
+    decide_window,
+    effect_size,
+    holm,
+    ood_rate_cusum,
+    ood_rate_p_value,
+    psi,
+)
+
+SCORES = ("gradnorm", "energy", "msp", "maxlogit")
+
+
+def _reference(values: np.ndarray, score: str = "gradnorm", k: int | None = None) -> ScoreReference:
+    ordered = np.sort(values)
+    k = int(np.floor(ordered.size * 0.05)) if k is None else k
+    return ScoreReference(score, float(ordered[k]), float(np.mean(ordered < ordered[k])), ordered)
+
+
+def _references(rng: np.random.Generator, size: int = 2000) -> dict[str, dict[str, ScoreReference]]:
+    return {"": {name: _reference(rng.normal(10, 1, size), name) for name in SCORES}}
+
+
+def test_holm_on_known_p_values() -> None:
+    levels, rejected = holm([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+    # Sorted: 0.005 <= 0.05/4, 0.01 <= 0.05/3, 0.03 > 0.05/2 stops; 0.04 is not rejected either.
+    assert levels == pytest.approx([0.05 / 3, 0.05 / 1, 0.05 / 2, 0.05 / 4])
+    assert rejected == [True, False, False, True]
+    assert holm([0.2, 0.001], alpha=0.01) == ([0.01, 0.005], [False, True])
+
+
+def test_ks_record_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    references = _references(rng)
+    window = {"": {name: rng.normal(9.5, 1, 80) for name in SCORES}}
+    decision = decide_window(window, references, alpha=0.01, min_window=50)
+    record = next(r for r in decision.tests if (r.test, r.score) == ("ks", "msp"))
+    expected = stats.ks_2samp(window[""]["msp"], references[""]["msp"].sample)
+    assert (record.statistic, record.p_value) == pytest.approx((expected.statistic, expected.pvalue))
+
+
+def test_ood_rate_p_value_is_beta_binomial_and_tends_to_the_binomial() -> None:
+    small = _reference(np.arange(100, dtype=float), k=5)  # threshold 5.0, five reference values below it
+    assert ood_rate_p_value(12, 60, small) == pytest.approx(stats.betabinom(60, 6, 95).sf(11))
+    huge = _reference(np.linspace(0, 1, 1_000_001), k=50_000)
+    binomial = stats.binomtest(12, 100, 0.05, alternative="greater").pvalue
+    assert ood_rate_p_value(12, 100, huge) == pytest.approx(binomial, rel=1e-3)
+
+
+def test_ood_rate_test_holds_its_level_over_references() -> None:
+    rng = np.random.default_rng(1)
+    fired = 0
+    for _ in range(2000):  # a fresh reference and window each time: the unconditional level
+        reference = _reference(rng.normal(size=200))
+        window = rng.normal(size=100)
+        fired += ood_rate_p_value(int(np.sum(window < reference.threshold)), 100, reference) <= 0.05
+    assert fired / 2000 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_effect_sizes_in_reference_units() -> None:
+    reference = _reference(np.arange(1000, dtype=float))
+    shifted = np.arange(1000, dtype=float) - 100.0
+    effect = effect_size(shifted, reference, "cam")
+    assert effect.wasserstein == pytest.approx(100.0 / np.std(reference.sample))
+    assert effect.median_shift == pytest.approx(-100.0 / reference.iqr)
+    assert effect.ood_rate == pytest.approx(0.15)
+    assert effect.expected_ood_rate == pytest.approx(0.05)
+    assert psi(np.arange(1000, dtype=float), reference) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psi_by_hand() -> None:
+    reference = _reference(np.arange(1000, dtype=float))
+    window = np.full(100, 50.0)  # everything in the first decile
+    expected = (1 - 0.1) * np.log(1 / 0.1) + 9 * (1e-4 - 0.1) * np.log(1e-4 / 0.1)
+    assert psi(window, reference) == pytest.approx(expected)
+
+
+def test_small_windows_are_insufficient_not_healthy() -> None:
+    rng = np.random.default_rng(2)
+    decision = decide_window({"": {name: rng.normal(0, 1, 30) for name in SCORES}}, _references(rng), min_window=50)
+    assert decision.status == "insufficient_data"
+    assert not decision.is_drift
+    assert decision.insufficient_segments == [""]
+
+
+def test_segments_use_their_own_reference_or_the_global_one() -> None:
+    rng = np.random.default_rng(3)
+    references = _references(rng)
+    references["night"] = {name: _reference(rng.normal(6, 1, 2000), name) for name in SCORES}
+    window = {
+        "night": {name: rng.normal(6, 1, 100) for name in SCORES},  # healthy for a night camera
+        "day": {name: rng.normal(10, 1, 100) for name in SCORES},
+        "door": {name: rng.normal(10, 1, 10) for name in SCORES},
+    }
+    decision = decide_window(window, references, alpha=0.01, min_window=50)
+    assert decision.status == "ok"
+    assert decision.insufficient_segments == ["door"]
+    assert decision.n == {"day": 100, "door": 10, "night": 100}
+    assert len(decision.tests) == 2 * 2 * len(SCORES)
+    assert min(record.threshold for record in decision.tests) == pytest.approx(0.01 / 16)
+
+
+def test_drift_fires_and_says_which_score() -> None:
+    rng = np.random.default_rng(4)
+    references = _references(rng)
+    window = {"": {name: rng.normal(10, 1, 200) for name in SCORES}}
+    window[""]["msp"] = rng.normal(9.0, 1, 200)  # only MSP sees this shift
+    decision = decide_window(window, references)
+    assert decision.is_drift
+    assert {name.split("/")[1] for name in decision.fired} == {"msp"}
+    record = decision.to_dict()
+    assert record["is_drift"]
+    assert record["fired"] == decision.fired
+
+
+def test_non_finite_scores_are_refused() -> None:
+    rng = np.random.default_rng(5)
+    window = {"": {name: np.r_[rng.normal(10, 1, 60), np.nan] for name in SCORES}}
+    with pytest.raises(ValueError, match="NaN or inf"):
+        decide_window(window, _references(rng))
+
+
+def test_cusum_accumulates_slow_drift() -> None:
+    healthy = ood_rate_cusum([(100, 5)] * 50, expected_rate=0.05)
+    assert not any(state.is_alarm for state in healthy)
+    slow = ood_rate_cusum([(100, 5)] * 5 + [(100, 9)] * 10, expected_rate=0.05)
+    first_alarm = next(index for index, state in enumerate(slow) if state.is_alarm)
+    assert 5 < first_alarm < 15
+    gain, loss = np.log(2), np.log(0.9 / 0.95)
+    assert slow[5].statistic == pytest.approx(max(0.0, 9 * gain + 91 * loss))
