@@ -1,42 +1,26 @@
 """Top-1 on the in-distribution folder, and how well each score separates it from shifted folders.
 
-Usage: python bench/eval_ood.py ID_DIR OOD_DIR... [--model SPEC] [--batch-size B]
+Usage: python bench/eval_ood.py [ID_DIR [OOD_DIR...]] [--model SPEC] [--out DIR]
 Default: ../shared/data/imagenet-samples against ../shared/data/ood/dtd-textures and ood/eurosat.
 
+Every folder is scored by the Beam pipeline (gradwatch score) into OUT/<folder name>, and the metrics
+are computed from its scores table; an OUT that already holds a folder's scores is reused.
 Top-1 is printed when ID_DIR has a labels.csv (columns file, class_index).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
+import tempfile
 from pathlib import Path
 
 # Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np  # noqa: E402
-
-from flows.cli import ImageRow, score_folder  # noqa: E402
-from scoring import load_scorer  # noqa: E402
-from scoring.separation import auroc, fpr_at_tpr  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def score_all(folder: Path, scorer, batch_size: int) -> list[ImageRow]:
-    rows = [row for batch in score_folder(scorer, folder, batch_size) for row in batch]
-    rejected = [row for row in rows if row.rejected]
-    print(f"{folder.resolve().name}: {len(rows) - len(rejected)} scored, {len(rejected)} rejected")
-    return [row for row in rows if not row.rejected]
-
-
-def top1(rows: list[ImageRow], labels_csv: Path) -> float:
-    with labels_csv.open() as file:
-        labels = {entry["file"]: int(entry["class_index"]) for entry in csv.DictReader(file)}
-    labelled = [row for row in rows if row.file in labels]
-    return float(np.mean([row.pred == labels[row.file] for row in labelled]))
+from bench.common import SHARED, score_columns, score_folder_with_pipeline, top1  # noqa: E402
+from scoring import decision_scores  # noqa: E402
+from scoring.separation import aupr_in, aupr_out, auroc, fpr_at_tpr  # noqa: E402
 
 
 def main() -> None:
@@ -46,25 +30,24 @@ def main() -> None:
         "ood_dirs", nargs="*", type=Path, default=[SHARED / "ood" / "dtd-textures", SHARED / "ood" / "eurosat"]
     )
     parser.add_argument("--model", default="efficientnet-lite0")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None, help="where pipeline outputs go (default: a temp dir)")
     args = parser.parse_args()
 
-    scorer = load_scorer(args.model)
-    print(f"model {scorer.model_id}")
-    id_rows = score_all(args.id_dir, scorer, args.batch_size)
+    out = args.out or Path(tempfile.mkdtemp(prefix="gradwatch-eval-"))
+    print(f"scoring through the pipeline into {out}")
+    names = [*decision_scores(), "feature_l1", "output_l1"]
+    id_table = score_folder_with_pipeline(args.id_dir, out / args.id_dir.resolve().name, args.model)
+    print(f"model {id_table.column('model_id')[0]}")
     if (args.id_dir / "labels.csv").exists():
-        print(f"top-1 on {args.id_dir.resolve().name}: {top1(id_rows, args.id_dir / 'labels.csv'):.3f}")
-    ood_rows = {folder.resolve().name: score_all(folder, scorer, args.batch_size) for folder in args.ood_dirs}
-
-    header = "".join(f"{name[:18] + ' AUROC':>26}{'FPR95':>8}" for name in ood_rows)
-    print(f"{'score':<12}{header}")
-    for score in scorer.score_names:
-        in_scores = np.array([row.scores[score] for row in id_rows])
-        cells = ""
-        for rows in ood_rows.values():
-            out_scores = np.array([row.scores[score] for row in rows])
-            cells += f"{auroc(in_scores, out_scores):>26.3f}{fpr_at_tpr(in_scores, out_scores):>8.3f}"
-        print(f"{score:<12}{cells}")
+        print(f"top-1 on {args.id_dir.resolve().name}: {top1(id_table, args.id_dir / 'labels.csv'):.3f}")
+    in_scores = score_columns(id_table, names)
+    for folder in args.ood_dirs:
+        out_scores = score_columns(score_folder_with_pipeline(folder, out / folder.resolve().name, args.model), names)
+        print(f"\n{args.id_dir.resolve().name} vs {folder.resolve().name}")
+        print(f"{'score':<12}{'AUROC':>8}{'FPR95':>8}{'AUPR-In':>9}{'AUPR-Out':>10}")
+        for name in names:
+            a, b = in_scores[name], out_scores[name]
+            print(f"{name:<12}{auroc(a, b):>8.3f}{fpr_at_tpr(a, b):>8.3f}{aupr_in(a, b):>9.3f}{aupr_out(a, b):>10.3f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""Helpers the evaluation scripts share: score folders through the Beam pipeline and read the result."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.outputs import read_table
+from pipelines.pipeline import ScoringConfig, run_scoring
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def score_folder_with_pipeline(folder: Path, out: Path, model: str) -> pa.Table:
+    """Run the scoring pipeline on ``folder`` (once: an existing OUT is reused) and return its scores."""
+    if not (out / "scores").exists():
+        summary = run_scoring(ScoringConfig(source=str(folder), out=str(out), model=model))
+        print(
+            f"  {folder.resolve().name}: {summary.scored} scored, {summary.rejected.total()} rejected "
+            f"({summary.images_per_second:.0f} images/s)"
+        )
+    return read_table(str(out), "scores")
+
+
+def score_columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy() for name in names}
+
+
+def top1(table: pa.Table, labels_csv: Path) -> float:
+    with labels_csv.open() as file:
+        labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(file)}
+    rows = [row for row in table.select(["uri", "pred"]).to_pylist() if Path(row["uri"]).name in labels]
+    return float(np.mean([row["pred"] == labels[Path(row["uri"]).name] for row in rows]))
