@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import shutil
@@ -166,6 +167,80 @@ def _score(args: argparse.Namespace) -> int:
     return 0 if summary.reconciled else 1
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, force=True)
+    from flows.calibrate import calibrate_reference
+    from flows.registry import ThresholdRegistry, redact
+    from scoring.calibration import CalibrationConfig
+
+    try:
+        config = CalibrationConfig(tpr=args.tpr, alpha=args.alpha, min_window=args.min_window)
+    except ValueError as error:
+        raise GradwatchError(str(error)) from error
+    registry = ThresholdRegistry()
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    with console.status(f"scoring {args.reference} and calibrating"):
+        version, calibration = calibrate_reference(
+            args.reference,
+            registry=registry,
+            model=args.model,
+            score=args.score,
+            config=config,
+            validation_ood=args.validation_ood,
+            work_dir=Path(args.out) if args.out else None,
+        )
+    print(f"proposed {version.name} version {version.version} (alias candidate, review_status proposed)")
+    print(
+        f"model {calibration.model_id}, {calibration.reference_images} reference images, MLflow {redact(registry.uri)}"
+    )
+    print(f"run {version.run_id}")
+    for name in calibration.scores:
+        print(f"  threshold {name:<9} {calibration.threshold(name):.6g}")
+    for check in calibration.false_alarm_checks:
+        print(
+            f"  false alarms on held-out healthy windows of {check.window_size}: {check.rate:.1%} "
+            f"(95% CI {check.ci_low:.1%}-{check.ci_high:.1%}; alpha {calibration.config.alpha:.1%})"
+        )
+    for entry in calibration.separation:
+        print(f"  {entry.score:<9} vs {entry.dataset}: AUROC {entry.auroc:.3f}, FPR95 {entry.fpr95:.3f}")
+    if calibration.recommended_score:
+        print(f"  recommended score: {calibration.recommended_score}")
+    for warning in calibration.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print("review the run's plots and metrics in the MLflow UI, then:")
+    print(f"  gradwatch thresholds approve {version.version} --by YOUR_NAME --note '...'")
+    print(f"  gradwatch thresholds reject {version.version} --by YOUR_NAME --note 'why'")
+    return 0
+
+
+def _thresholds(args: argparse.Namespace) -> int:
+    from flows.registry import ThresholdRegistry, describe, registered_model_name
+    from scoring.models import model_name
+
+    registry = ThresholdRegistry()
+    name = registered_model_name(model_name(args.model))
+    if args.action == "list":
+        table = Table(title=name)
+        for column in ("version", "status", "aliases", "model_id", "created", "by"):
+            table.add_column(column)
+        for version in registry.versions(name):
+            by = version.tags.get("approved_by") or version.tags.get("rejected_by") or ""
+            created = version.created.strftime("%Y-%m-%d %H:%M")
+            table.add_row(version.version, version.status, ",".join(version.aliases), version.model_id, created, by)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+        return 0
+    if args.action == "show":
+        result = registry.get(name, args.version)
+    elif args.action == "approve":
+        result = registry.approve(name, args.version, by=args.by, note=args.note)
+    else:
+        if not args.note:
+            raise GradwatchError("reject needs --note saying why, so the next calibration can address it")
+        result = registry.reject(name, args.version, by=args.by, note=args.note)
+    print(json.dumps(describe(result), indent=2))
+    return 0
+
+
 def _print_table(rows: Sequence[ImageRow], model_id: str) -> None:
     table = Table(title=f"scores from {model_id}")
     table.add_column("file", overflow="fold")
@@ -228,6 +303,34 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--large-model", action="store_true", help="one model per machine shared by processes")
     pipeline.add_argument("-v", "--verbose", action="store_true", help="show Beam's warnings")
     pipeline.set_defaults(run=_score)
+
+    calibrate = commands.add_parser("calibrate", help="calibrate thresholds on healthy reference images, for review")
+    calibrate.add_argument("reference", help="healthy images: folder, prefix or manifest")
+    calibrate.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+    calibrate.add_argument("--score", default="gradnorm", help="the score you lead with (all are tested)")
+    calibrate.add_argument("--tpr", type=float, default=0.95, help="share of healthy images above each threshold")
+    calibrate.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate per window")
+    calibrate.add_argument("--min-window", type=_positive_int, default=50, help="smallest window that is tested")
+    calibrate.add_argument(
+        "--validation-ood", action="append", default=[], metavar="DIR", help="known-shifted images, repeatable"
+    )
+    calibrate.add_argument("--out", help="where the pipeline's outputs go (default: a temporary folder)")
+    calibrate.set_defaults(run=_calibrate)
+
+    thresholds = commands.add_parser("thresholds", help="review thresholds in MLflow: list, show, approve, reject")
+    actions = thresholds.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every version with its review status")
+    show = actions.add_parser("show", help="one version")
+    approve = actions.add_parser("approve", help="make VERSION the production thresholds")
+    reject = actions.add_parser("reject", help="mark VERSION rejected")
+    for action in (listing, show, approve, reject):
+        action.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+    for action in (show, approve, reject):
+        action.add_argument("version")
+    for action in (approve, reject):
+        action.add_argument("--by", required=True, help="who decides (recorded in the version's tags)")
+        action.add_argument("--note", help="why (required to reject)")
+    thresholds.set_defaults(run=_thresholds)
     return parser
 
 

@@ -121,6 +121,17 @@ def load_model(
     )
 
 
+def model_name(spec: str) -> str:
+    """The short name a spec's model ids start with, without loading it (``efficientnet-lite0``,
+    the factory's name, the architecture, or the file's stem)."""
+    target, _ = _split_spec(spec)
+    if target in _BUILTINS:
+        return target
+    if target.startswith(("torchvision:", "timm:")) or _looks_like_factory(target):
+        return target.partition(":")[2]
+    return Path(target).stem
+
+
 def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
     target, _, query = spec.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))

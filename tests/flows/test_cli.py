@@ -96,3 +96,47 @@ def test_score_refuses_bad_options_before_running(tmp_path: Path) -> None:
     missing = _gradwatch("score", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", TINY)
     assert missing.returncode == 2
     assert "is not a folder, prefix or manifest" in missing.stderr
+
+
+def _reference_folder(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    for index in range(count):
+        pixels = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"ref-{index:03d}.png")
+    return root
+
+
+def test_calibrate_then_review_in_mlflow(tmp_path: Path, mlflow_server: str, monkeypatch) -> None:
+    monkeypatch.setenv("GRADWATCH_MLFLOW_URI", mlflow_server)
+    reference = _reference_folder(tmp_path / "reference", 60)
+    shifted = _reference_folder(tmp_path / "shifted", 30)
+    result = _gradwatch(
+        "calibrate", str(reference), "--model", TINY, "--min-window", "20", "--validation-ood", str(shifted)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "proposed gradwatch-threshold-build version" in result.stdout
+    assert "gradwatch thresholds approve" in result.stdout
+    assert "vs shifted: AUROC" in result.stdout
+    version = result.stdout.split("version ")[1].split()[0]
+
+    listing = _gradwatch("thresholds", "list", "--model", TINY)
+    assert listing.returncode == 0
+    assert "proposed" in listing.stdout
+    assert "candidate" in listing.stdout
+    approved = _gradwatch("thresholds", "approve", version, "--by", "ana", "--note", "ok", "--model", TINY)
+    assert approved.returncode == 0, approved.stderr
+    assert '"status": "approved"' in approved.stdout
+    assert '"production"' in approved.stdout
+    refused = _gradwatch("thresholds", "reject", version, "--by", "ana", "--model", TINY)
+    assert refused.returncode == 2
+    assert "needs --note" in refused.stderr
+
+
+def test_thresholds_with_mlflow_down_fail_fast(tmp_path: Path, monkeypatch) -> None:
+    from tests.flows.conftest import free_port
+
+    monkeypatch.setenv("GRADWATCH_MLFLOW_URI", f"http://127.0.0.1:{free_port()}")
+    result = _gradwatch("thresholds", "list")
+    assert result.returncode == 2
+    assert "does not answer" in result.stderr

@@ -155,3 +155,13 @@ def test_a_head_used_twice_is_refused() -> None:
 def test_batch_must_be_four_dimensional(tiny: Scorer) -> None:
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         tiny.score(torch.zeros(3, 32, 32))
+
+
+def test_model_name_without_loading_matches_the_model_id(tmp_path, tiny: Scorer, efficientnet: Scorer) -> None:
+    from scoring.models import model_name
+
+    path = tmp_path / "plant-camera.pt2"
+    assert model_name(str(path)) == "plant-camera"
+    assert model_name(f"{TINY}?head=classifier") == tiny.model_id.split("@")[0]
+    assert model_name("efficientnet-lite0") == efficientnet.model_id.split("@")[0]
+    assert model_name("torchvision:resnet50?weights=/w.pth") == "resnet50"

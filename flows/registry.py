@@ -1,0 +1,346 @@
+"""MLflow as the system of record for thresholds: propose, review, approve, load, and log monitoring.
+
+A calibration is an MLflow run (params, metrics, the calibration JSON, reference scores, plots) and a version
+of the registered model ``gradwatch-threshold-<model name>``. Review status lives in version tags; the
+``production`` alias is the approval, whether set by ``gradwatch thresholds approve`` or in the MLflow UI,
+and it is the only thing monitoring loads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from scoring import GradwatchError
+from scoring.calibration import Calibration, calibration_summary
+from scoring.drift import WindowDecision
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CALIBRATION_EXPERIMENT = "gradwatch-calibration"
+MONITORING_EXPERIMENT = "gradwatch-monitoring"
+CANDIDATE, PRODUCTION = "candidate", "production"
+CALIBRATION_ARTIFACT = "calibration/calibration.json"
+
+# MLflow's HTTP client retries 7 times with exponential backoff by default: minutes before an operator
+# learns the server is down. Bounded here unless the environment says otherwise.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+class RegistryError(GradwatchError):
+    """The threshold registry cannot do what was asked; the message says why and what to do."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """MLflow cannot be reached."""
+
+
+class NoApprovedThresholdError(RegistryError):
+    """No version of the model's thresholds carries the production alias."""
+
+
+class ThresholdModelMismatchError(RegistryError):
+    """The approved thresholds were calibrated for other weights than the model being monitored."""
+
+
+def tracking_uri() -> str:
+    """``GRADWATCH_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else MLflow's sqlite store in the working directory."""
+    return os.environ.get("GRADWATCH_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def redact(uri: str) -> str:
+    """The URI without user or password, fit for logs and messages."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
+def registered_model_name(model_name: str) -> str:
+    return f"gradwatch-threshold-{re.sub(r'[^A-Za-z0-9_.-]+', '-', model_name)}"
+
+
+@dataclass(frozen=True)
+class ThresholdVersion:
+    """One version of a model's thresholds as a reviewer sees it."""
+
+    name: str
+    version: str
+    status: str  # proposed, approved, rejected
+    model_id: str
+    aliases: tuple[str, ...]
+    run_id: str
+    created: dt.datetime
+    tags: dict[str, str]
+
+    @property
+    def is_production(self) -> bool:
+        return PRODUCTION in self.aliases
+
+
+class ThresholdRegistry:
+    """Thresholds in an MLflow tracking server and model registry (or the local sqlite store)."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        """Connect and check that MLflow answers.
+
+        Raises:
+            RegistryUnavailableError: within the bounded HTTP timeout, naming the (redacted) URI.
+        """
+        for key, value in _HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        # MLflow takes seconds to import; commands that do not track anything do not pay for it.
+        from mlflow import MlflowClient
+
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as error:  # MLflow raises MlflowException, requests' errors, sqlite's errors...
+            raise RegistryUnavailableError(
+                f"MLflow at {redact(self.uri)} does not answer ({type(error).__name__}: {_first_line(error)}); "
+                "start it, or point GRADWATCH_MLFLOW_URI at a running server"
+            ) from error
+
+    # -- proposing -------------------------------------------------------------------------------------
+
+    def propose(
+        self,
+        calibration: Calibration,
+        *,
+        model_name: str,
+        params: Mapping[str, Any],
+        artifacts: Mapping[str, bytes],
+        run_name: str,
+    ) -> ThresholdVersion:
+        """Record a calibration as a run and register it as a new version, ``proposed`` and ``candidate``.
+
+        Args:
+            calibration: what monitoring will load once approved.
+            model_name: the short model name the registered model is named after.
+            params: run parameters (spec, score, TPR, reference source...).
+            artifacts: extra files by artifact path (reference scores, PNG plots).
+            run_name: what the reviewer sees in the run list.
+        """
+        experiment_id = self._experiment(CALIBRATION_EXPERIMENT)
+        run = self.client.create_run(experiment_id, run_name=run_name, tags={"gradwatch.kind": "calibration"})
+        run_id = run.info.run_id
+        try:
+            self._log_params(run_id, {**params, "model_id": calibration.model_id})
+            timestamp = _now_ms()
+            self.client.log_batch(
+                run_id,
+                metrics=[_metric(key, value, timestamp) for key, value in calibration_summary(calibration).items()],
+            )
+            self._log_artifacts(run_id, {CALIBRATION_ARTIFACT: calibration.to_json().encode(), **artifacts})
+        except Exception:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id)
+
+        name = registered_model_name(model_name)
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(
+                name, description=f"gradwatch drift thresholds for {model_name}; approve with the production alias"
+            )
+        version = self.client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/calibration",
+            run_id=run_id,
+            tags={"review_status": "proposed", "model_id": calibration.model_id},
+            description=f"calibrated on {calibration.reference_images} reference images",
+        )
+        self.client.set_registered_model_alias(name, CANDIDATE, version.version)
+        return self.get(name, version.version)
+
+    # -- reviewing -------------------------------------------------------------------------------------
+
+    def versions(self, name: str) -> list[ThresholdVersion]:
+        self._require_model(name)
+        found = self.client.search_model_versions(filter_string=f"name = '{name}'")
+        return sorted((self.get(name, v.version) for v in found), key=lambda v: int(v.version), reverse=True)
+
+    def get(self, name: str, version: str) -> ThresholdVersion:
+        self._require_model(name)
+        try:
+            found = self.client.get_model_version(name, str(version))
+        except Exception as error:
+            raise RegistryError(f"{name} has no version {version}; 'gradwatch thresholds list' shows them") from error
+        aliases = tuple(alias for alias, v in self._aliases(name).items() if v == str(version))
+        return ThresholdVersion(
+            name=name,
+            version=str(found.version),
+            status=found.tags.get("review_status", "proposed"),
+            model_id=found.tags.get("model_id", ""),
+            aliases=aliases,
+            run_id=found.run_id,
+            created=dt.datetime.fromtimestamp(found.creation_timestamp / 1000, dt.UTC),
+            tags=dict(found.tags),
+        )
+
+    def approve(self, name: str, version: str, *, by: str, note: str | None = None) -> ThresholdVersion:
+        """Move ``production`` to ``version``; the version it leaves stays approved, so rollback is one approval."""
+        target = self.get(name, version)
+        if target.status == "rejected":
+            raise RegistryError(f"{name} version {version} was rejected; propose a new calibration instead")
+        previous = self._aliases(name).get(PRODUCTION)
+        now = _now_iso()
+        tags = {"review_status": "approved", "approved_by": by, "approved_at": now}
+        if note:
+            tags["approval_note"] = note
+        if previous and previous != target.version:
+            tags["previous_production"] = previous
+            self.client.set_model_version_tag(name, previous, "superseded_at", now)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, target.version, key, value)
+        self.client.set_registered_model_alias(name, PRODUCTION, target.version)
+        if self._aliases(name).get(CANDIDATE) == target.version:
+            self.client.delete_registered_model_alias(name, CANDIDATE)
+        return self.get(name, target.version)
+
+    def reject(self, name: str, version: str, *, by: str, note: str) -> ThresholdVersion:
+        target = self.get(name, version)
+        if target.is_production:
+            raise RegistryError(
+                f"{name} version {version} is in production; approve another version first, then reject this one"
+            )
+        tags = {"review_status": "rejected", "rejected_by": by, "rejected_at": _now_iso(), "rejection_note": note}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, target.version, key, value)
+        if CANDIDATE in target.aliases:
+            self.client.delete_registered_model_alias(name, CANDIDATE)
+        return self.get(name, target.version)
+
+    # -- monitoring ------------------------------------------------------------------------------------
+
+    def load_production(self, model_name: str, model_id: str) -> tuple[Calibration, ThresholdVersion]:
+        """The approved calibration for the monitored model.
+
+        Raises:
+            NoApprovedThresholdError: nothing carries the production alias.
+            ThresholdModelMismatchError: it was calibrated for other weights than ``model_id``.
+        """
+        name = registered_model_name(model_name)
+        production = self._aliases(name).get(PRODUCTION) if self._model_exists(name) else None
+        if production is None:
+            raise NoApprovedThresholdError(
+                f"no approved thresholds for {model_name} in {redact(self.uri)}: run 'gradwatch calibrate', have "
+                f"an ML owner review it, then 'gradwatch thresholds approve VERSION --by NAME' (or set the "
+                f"'{PRODUCTION}' alias of {name} in the MLflow UI)"
+            )
+        version = self.get(name, production)
+        with tempfile.TemporaryDirectory() as scratch:
+            path = self.client.download_artifacts(version.run_id, CALIBRATION_ARTIFACT, scratch)
+            calibration = Calibration.from_json(Path(path).read_text())
+        if calibration.model_id != model_id:
+            raise ThresholdModelMismatchError(
+                f"approved thresholds {name} v{version.version} were calibrated for {calibration.model_id}, but the "
+                f"monitored model is {model_id}; calibrate and approve thresholds for these weights"
+            )
+        return calibration, version
+
+    def start_monitoring_run(self, run_name: str, params: Mapping[str, Any]) -> str:
+        """One run per monitoring flow run; each window is a step of its metrics (see README)."""
+        run = self.client.create_run(
+            self._experiment(MONITORING_EXPERIMENT), run_name=run_name, tags={"gradwatch.kind": "monitoring"}
+        )
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_window(
+        self, run_id: str, window_start: dt.datetime, window: dt.timedelta, decision: WindowDecision
+    ) -> None:
+        """Log a window's decision as metrics at step = window index since the epoch, timestamped at its start."""
+        step = int(window_start.timestamp() // window.total_seconds())
+        timestamp = int(window_start.timestamp() * 1000)
+        metrics = {"drift": float(decision.is_drift), "tested": float(decision.status != "insufficient_data")}
+        for segment, count in decision.n.items():
+            metrics[_key(segment, "n")] = float(count)
+        for record in decision.tests:
+            metrics[_key(record.segment, record.score, f"{record.test}_p")] = record.p_value
+        for effect in decision.effects:
+            for field_name in ("ood_rate", "wasserstein", "psi", "median_shift"):
+                metrics[_key(effect.segment, effect.score, field_name)] = getattr(effect, field_name)
+        self.client.log_batch(run_id, metrics=[_metric(k, v, timestamp, step) for k, v in metrics.items()])
+
+    def end_run(self, run_id: str, *, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _experiment(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        return experiment.experiment_id if experiment else self.client.create_experiment(name)
+
+    def _model_exists(self, name: str) -> bool:
+        return bool(self.client.search_registered_models(filter_string=f"name = '{name}'"))
+
+    def _require_model(self, name: str) -> None:
+        if not self._model_exists(name):
+            raise RegistryError(f"no thresholds registered as {name}; run 'gradwatch calibrate' first")
+
+    def _aliases(self, name: str) -> dict[str, str]:
+        return {alias: str(version) for alias, version in self.client.get_registered_model(name).aliases.items()}
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
+
+    def _log_artifacts(self, run_id: str, artifacts: Mapping[str, bytes]) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            for artifact_path, data in artifacts.items():
+                local = Path(scratch) / artifact_path
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(data)
+            self.client.log_artifacts(run_id, scratch)
+
+
+def _key(*parts: str) -> str:
+    return "/".join(part for part in parts if part)
+
+
+def _metric(key: str, value: float, timestamp: int, step: int = 0):
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), timestamp, step)
+
+
+def _now_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's first line, with any user:password@ of a URL inside it removed."""
+    line = (str(error).strip().splitlines() or [""])[0][:300]
+    return re.sub(r"[^\s/@]+:[^\s/@]+@", "", line)
+
+
+def describe(version: ThresholdVersion) -> dict[str, Any]:
+    """A version as a JSON-ready dict, for ``gradwatch thresholds show``."""
+    return {
+        "name": version.name,
+        "version": version.version,
+        "status": version.status,
+        "aliases": list(version.aliases),
+        "model_id": version.model_id,
+        "run_id": version.run_id,
+        "created": version.created.isoformat(timespec="seconds"),
+        "tags": version.tags,
+    }

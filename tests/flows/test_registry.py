@@ -1,0 +1,150 @@
+"""Thresholds in MLflow: a real server on loopback, and the embedded sqlite default."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import numpy as np
+import pytest
+
+from flows.registry import (
+    NoApprovedThresholdError,
+    RegistryError,
+    RegistryUnavailableError,
+    ThresholdModelMismatchError,
+    ThresholdRegistry,
+    redact,
+    registered_model_name,
+)
+from scoring.calibration import CalibrationConfig, calibrate
+from tests.flows.conftest import free_port
+
+SCORES = ("gradnorm", "energy", "msp", "maxlogit")
+FAST = CalibrationConfig(check_windows=20, check_window_sizes=(50,))
+
+
+def _calibration(model_id: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(10, 1, 400)
+    return calibrate({name: base + rng.normal(0, 0.2, 400) for name in SCORES}, model_id=model_id, config=FAST)
+
+
+def _propose(registry: ThresholdRegistry, model: str, model_id: str, seed: int = 0):
+    return registry.propose(
+        _calibration(model_id, seed),
+        model_name=model,
+        params={"model_spec": model, "reference_source": "s3://feed/reference"},
+        artifacts={"plots/empty.png": b"\x89PNG"},
+        run_name=f"calibrate {model}",
+    )
+
+
+def test_propose_approve_load(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    proposed = _propose(registry, "cam-model", "cam-model@aaaaaaaaaaaa")
+    assert (proposed.name, proposed.status, proposed.aliases) == (
+        "gradwatch-threshold-cam-model",
+        "proposed",
+        ("candidate",),
+    )
+    with pytest.raises(NoApprovedThresholdError, match="thresholds approve VERSION"):
+        registry.load_production("cam-model", "cam-model@aaaaaaaaaaaa")
+
+    approved = registry.approve(proposed.name, proposed.version, by="ana", note="histograms look healthy")
+    assert approved.status == "approved"
+    assert approved.aliases == ("production",)
+    assert approved.tags["approved_by"] == "ana"
+    assert approved.tags["approval_note"] == "histograms look healthy"
+    calibration, version = registry.load_production("cam-model", "cam-model@aaaaaaaaaaaa")
+    assert version.version == proposed.version
+    assert calibration.threshold("msp") == _calibration("x").threshold("msp")
+
+    run = registry.client.get_run(proposed.run_id)
+    assert run.data.params["reference_source"] == "s3://feed/reference"
+    assert "threshold_gradnorm" in run.data.metrics
+    assert "false_alarm_rate_n50" in run.data.metrics
+    artifacts = {item.path for item in registry.client.list_artifacts(proposed.run_id, "calibration")}
+    assert artifacts == {"calibration/calibration.json"}
+
+
+def test_reject_and_rollback(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    name = registered_model_name("line-3")
+    first = _propose(registry, "line-3", "line-3@bbbbbbbbbbbb", seed=1)
+    registry.approve(name, first.version, by="ana")
+    second = _propose(registry, "line-3", "line-3@bbbbbbbbbbbb", seed=2)
+    registry.approve(name, second.version, by="ben", note="new camera batch")
+    assert registry.get(name, second.version).tags["previous_production"] == first.version
+    assert "superseded_at" in registry.get(name, first.version).tags
+    assert registry.load_production("line-3", "line-3@bbbbbbbbbbbb")[1].version == second.version
+
+    registry.approve(name, first.version, by="ana", note="rollback: second one pages on night shots")
+    assert registry.load_production("line-3", "line-3@bbbbbbbbbbbb")[1].version == first.version
+
+    third = _propose(registry, "line-3", "line-3@bbbbbbbbbbbb", seed=3)
+    rejected = registry.reject(name, third.version, by="ana", note="reference had blurred images")
+    assert rejected.status == "rejected"
+    assert rejected.aliases == ()
+    with pytest.raises(RegistryError, match="was rejected"):
+        registry.approve(name, third.version, by="ana")
+    with pytest.raises(RegistryError, match="is in production"):
+        registry.reject(name, first.version, by="ana", note="no")
+    statuses = {v.version: (v.status, v.aliases) for v in registry.versions(name)}
+    assert statuses == {
+        first.version: ("approved", ("production",)),
+        second.version: ("approved", ()),
+        third.version: ("rejected", ()),
+    }
+
+
+def test_thresholds_of_other_weights_are_refused(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    proposed = _propose(registry, "dock", "dock@cccccccccccc")
+    registry.approve(proposed.name, proposed.version, by="ana")
+    with pytest.raises(ThresholdModelMismatchError, match="calibrated for dock@cccccccccccc"):
+        registry.load_production("dock", "dock@dddddddddddd")
+
+
+def test_windows_are_logged_as_steps_of_one_run(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    calibration = _calibration("m@1")
+    run_id = registry.start_monitoring_run("monitor feed", {"source": "s3://feed"})
+    rng = np.random.default_rng(9)
+    hour = dt.timedelta(hours=1)
+    starts = [dt.datetime(2026, 11, 26, h, tzinfo=dt.UTC) for h in (13, 14)]
+    for start, shift in zip(starts, (0.0, 2.0), strict=True):
+        window = {"": {name: rng.normal(10 - shift, 1, 100) for name in SCORES}}
+        registry.log_window(run_id, start, hour, calibration.decide(window))
+    registry.end_run(run_id)
+    history = registry.client.get_metric_history(run_id, "drift")
+    assert [(m.step, m.value) for m in history] == [
+        (int(s.timestamp()) // 3600, v) for s, v in zip(starts, (0.0, 1.0), strict=True)
+    ]
+    assert set(registry.client.get_run(run_id).data.metrics) >= {"msp/ks_p", "msp/ood_rate", "n"}
+
+
+def test_unreachable_mlflow_is_a_clear_bounded_error() -> None:
+    uri = f"http://gradwatch:s3cret@127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match="does not answer") as raised:
+        ThresholdRegistry(uri)
+    assert time.monotonic() - started < 60
+    assert "s3cret" not in str(raised.value)
+
+
+def test_embedded_sqlite_default(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRADWATCH_MLFLOW_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry = ThresholdRegistry()
+    assert registry.uri == "sqlite:///mlflow.db"
+    proposed = _propose(registry, "local-model", "local-model@eeeeeeeeeeee")
+    registry.approve(proposed.name, proposed.version, by="ana")
+    assert registry.load_production("local-model", "local-model@eeeeeeeeeeee")[1].version == proposed.version
+    assert (tmp_path / "mlflow.db").exists()
+
+
+def test_credentials_are_redacted() -> None:
+    assert redact("https://user:pw@mlflow.acme.io:5000/x") == "https://mlflow.acme.io:5000/x"
+    assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
