@@ -1,0 +1,266 @@
+"""Alerts: a versioned payload, webhook and Slack targets, and delivery through a persisted outbox.
+
+An alert is written to the outbox (``OUT/alerts/outbox/<id>.json``) before any delivery is tried, so an outage
+loses nothing: the next run delivers what is pending. The alert id is derived from (window, segment, kind),
+so re-running a window produces the same id and never pages twice. Generic webhooks are signed with
+HMAC-SHA256 over ``"<timestamp>.<body>"`` with the secret from ``GRADWATCH_WEBHOOK_SECRET``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from flows.registry import redact
+from scoring import GradwatchError
+
+ALERT_SCHEMA = "gradwatch.alert/1"
+AlertKind = Literal["drift", "recovered", "data_quality", "no_data"]
+SECRET_ENV = "GRADWATCH_WEBHOOK_SECRET"
+
+log = logging.getLogger("gradwatch.alerts")
+
+
+class AlertConfigError(GradwatchError):
+    """Alert targets are misconfigured; found at start, before any window is processed."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert, as it is stored in the outbox and posted (see README for the schema)."""
+
+    kind: AlertKind
+    window_start: dt.datetime
+    window_end: dt.datetime
+    segment: str
+    model_id: str
+    threshold_version: str
+    summary: str
+    decision: dict[str, Any] = field(default_factory=dict)
+    lowest_scoring: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+    reminder: int = 0  # 0 for the first page of an episode, n for the n-th reminder
+
+    @property
+    def alert_id(self) -> str:
+        key = f"{self.kind}|{self.window_start.isoformat()}|{self.segment}|{self.reminder}"
+        return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "schema": ALERT_SCHEMA,
+            "alert_id": self.alert_id,
+            "kind": self.kind,
+            "window": {"start": self.window_start.isoformat(), "end": self.window_end.isoformat()},
+            "segment": self.segment,
+            "model_id": self.model_id,
+            "threshold_version": self.threshold_version,
+            "summary": self.summary,
+            "reminder": self.reminder,
+            "decision": self.decision,
+            "lowest_scoring_images": self.lowest_scoring,
+            "links": self.links,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where alerts go: a generic signed webhook, or a Slack-compatible incoming webhook."""
+
+    url: str
+    kind: Literal["webhook", "slack"] = "webhook"
+
+    def body(self, alert: Alert) -> bytes:
+        if self.kind == "slack":
+            icon = {"drift": ":rotating_light:", "recovered": ":white_check_mark:"}.get(alert.kind, ":warning:")
+            text = f"{icon} *gradwatch {alert.kind}* {alert.summary}"
+            return json.dumps({"text": text, "gradwatch": alert.payload()}, sort_keys=True).encode()
+        return json.dumps(alert.payload(), sort_keys=True).encode()
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``: receivers recompute it and reject old timestamps."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_s: int = 300) -> bool:
+    """What a receiver does: constant-time compare, and refuse replays older than ``max_age_s``."""
+    if abs(time.time() - int(timestamp)) > max_age_s:
+        return False
+    return hmac.compare_digest(sign(secret, int(timestamp), body), signature)
+
+
+def targets_from(webhooks: Sequence[str], slack_webhooks: Sequence[str]) -> list[Target]:
+    """Validate target URLs at start, and that generic webhooks have a secret to sign with.
+
+    Raises:
+        AlertConfigError: a URL that is not http(s), or webhooks without GRADWATCH_WEBHOOK_SECRET.
+    """
+    targets = [Target(url, "webhook") for url in webhooks] + [Target(url, "slack") for url in slack_webhooks]
+    for target in targets:
+        if not target.url.startswith(("http://", "https://")):
+            raise AlertConfigError(f"{target.kind} target {redact(target.url)!r} is not an http(s) URL")
+    if webhooks and not os.environ.get(SECRET_ENV):
+        raise AlertConfigError(
+            f"--webhook needs a signing secret: set {SECRET_ENV} in the environment (never on the command line)"
+        )
+    return targets
+
+
+class Outbox:
+    """Alerts waiting for delivery, one JSON file each, and the record of what was delivered where."""
+
+    def __init__(self, root: Path) -> None:
+        self.pending_dir = root / "outbox"
+        self.delivered_dir = root / "delivered"
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        self.delivered_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, alert: Alert) -> bool:
+        """Queue an alert unless it was queued or delivered before (same window, segment, kind, reminder)."""
+        name = f"{alert.alert_id}.json"
+        if (self.pending_dir / name).exists() or (self.delivered_dir / name).exists():
+            return False
+        temporary = self.pending_dir / f".{name}.tmp"
+        temporary.write_text(json.dumps({"alert": alert.payload(), "delivered_to": []}))
+        temporary.replace(self.pending_dir / name)
+        return True
+
+    def pending(self) -> list[tuple[Path, dict[str, Any]]]:
+        return [(path, json.loads(path.read_text())) for path in sorted(self.pending_dir.glob("*.json"))]
+
+    def record(self, path: Path, entry: dict[str, Any], *, done: bool) -> None:
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(entry))
+        temporary.replace(self.delivered_dir / path.name if done else path)
+        if done:
+            path.unlink(missing_ok=True)
+
+
+def deliver_pending(
+    outbox: Outbox, targets: Sequence[Target], *, attempts: int = 3, backoff_s: float = 1.0, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """Post every pending alert to every target it has not reached yet.
+
+    Timeouts, connection errors and 5xx answers are retried with exponential backoff; a 4xx is not (the
+    request itself is wrong). What still fails stays in the outbox for the next run.
+
+    Returns:
+        (alerts fully delivered, alerts still pending).
+    """
+    delivered = still_pending = 0
+    secret = os.environ.get(SECRET_ENV, "")
+    for path, entry in outbox.pending():
+        payload = entry["alert"]
+        alert_body = _alert_from_payload(payload)
+        for target in targets:
+            if target.url in entry["delivered_to"]:
+                continue
+            if _post(target, alert_body, secret, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s):
+                entry["delivered_to"].append(target.url)
+        done = all(target.url in entry["delivered_to"] for target in targets)
+        outbox.record(path, entry, done=done)
+        delivered += done
+        still_pending += not done
+    return delivered, still_pending
+
+
+def _post(target: Target, alert: Alert, secret: str, *, attempts: int, backoff_s: float, timeout_s: float) -> bool:
+    body = target.body(alert)
+    for attempt in range(attempts):
+        headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
+        if target.kind == "webhook":
+            timestamp = int(time.time())
+            headers["X-Gradwatch-Timestamp"] = str(timestamp)
+            headers["X-Gradwatch-Signature"] = sign(secret, timestamp, body)
+            headers["X-Gradwatch-Alert-Id"] = alert.alert_id
+        request = urllib.request.Request(target.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                if 200 <= response.status < 300:
+                    return True
+        except urllib.error.HTTPError as error:
+            if error.code < 500:
+                log.error(
+                    "%s refused alert %s with HTTP %s; not retried", redact(target.url), alert.alert_id, error.code
+                )
+                return False
+            log.warning("%s answered HTTP %s to alert %s", redact(target.url), error.code, alert.alert_id)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            log.warning("%s unreachable for alert %s: %s", redact(target.url), alert.alert_id, type(error).__name__)
+        if attempt + 1 < attempts:
+            time.sleep(backoff_s * 2**attempt)
+    return False
+
+
+def _alert_from_payload(payload: Mapping[str, Any]) -> Alert:
+    return Alert(
+        kind=payload["kind"],
+        window_start=dt.datetime.fromisoformat(payload["window"]["start"]),
+        window_end=dt.datetime.fromisoformat(payload["window"]["end"]),
+        segment=payload["segment"],
+        model_id=payload["model_id"],
+        threshold_version=payload["threshold_version"],
+        summary=payload["summary"],
+        decision=payload["decision"],
+        lowest_scoring=payload["lowest_scoring_images"],
+        links=payload["links"],
+        reminder=payload["reminder"],
+    )
+
+
+@dataclass
+class EpisodeState:
+    """Per segment: whether a drift episode is open, when it paged last, and how many reminders went out."""
+
+    drifting_since: str | None = None
+    last_paged: str | None = None
+    reminders: int = 0
+
+
+class AlertPolicy:
+    """Cooldown: a drift pages once, then reminds every ``reminder_every`` windows, and ``recovered`` ends it.
+
+    State is kept with the outputs (``OUT/alerts/state.json``), so the policy holds across runs.
+    """
+
+    def __init__(self, root: Path, *, reminder_every: dt.timedelta) -> None:
+        self.path = root / "state.json"
+        self.reminder_every = reminder_every
+        raw = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.states = {segment: EpisodeState(**state) for segment, state in raw.items()}
+
+    def on_decision(self, segment: str, window_start: dt.datetime, is_drift: bool) -> tuple[str | None, int]:
+        """What to send for this window: ``("drift", reminder)``, ``("recovered", 0)`` or ``(None, 0)``."""
+        state = self.states.setdefault(segment, EpisodeState())
+        if is_drift:
+            if state.drifting_since is None:
+                state.drifting_since = state.last_paged = window_start.isoformat()
+                state.reminders = 0
+                return "drift", 0
+            if window_start - dt.datetime.fromisoformat(state.last_paged) >= self.reminder_every:
+                state.last_paged = window_start.isoformat()
+                state.reminders += 1
+                return "drift", state.reminders
+            return None, 0
+        if state.drifting_since is not None and window_start > dt.datetime.fromisoformat(state.drifting_since):
+            self.states[segment] = EpisodeState()
+            return "recovered", 0
+        return None, 0
+
+    def save(self) -> None:
+        temporary = self.path.with_name(".state.json.tmp")
+        temporary.write_text(json.dumps({segment: state.__dict__ for segment, state in self.states.items()}))
+        temporary.replace(self.path)

@@ -1,0 +1,118 @@
+"""Alert delivery against a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.alerts import (
+    SECRET_ENV,
+    Alert,
+    AlertConfigError,
+    AlertPolicy,
+    Outbox,
+    deliver_pending,
+    targets_from,
+    verify,
+)
+from tests.flows.conftest import free_port
+from tests.flows.receiver import Receiver
+
+SECRET = "test-signing-secret"
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
+def _alert(kind: str = "drift", hour: int = 13, segment: str = "cam-1", reminder: int = 0) -> Alert:
+    start = dt.datetime(2026, 11, 26, hour, tzinfo=dt.UTC)
+    return Alert(kind, start, start + HOUR, segment, "m@1", "3", f"{kind} on {segment}", reminder=reminder)
+
+
+def test_signed_webhook_verifies(tmp_path: Path, receiver: Receiver) -> None:
+    outbox = Outbox(tmp_path)
+    assert outbox.add(_alert())
+    assert deliver_pending(outbox, targets_from([receiver.url], [])) == (1, 0)
+    (post,) = receiver.received
+    headers = post["headers"]
+    assert verify(SECRET, headers["X-Gradwatch-Timestamp"], post["body"], headers["X-Gradwatch-Signature"])
+    assert not verify("wrong", headers["X-Gradwatch-Timestamp"], post["body"], headers["X-Gradwatch-Signature"])
+    assert not verify(
+        SECRET, str(int(headers["X-Gradwatch-Timestamp"]) - 3600), post["body"], headers["X-Gradwatch-Signature"]
+    )
+    assert post["json"]["schema"] == "gradwatch.alert/1"
+    assert post["json"]["alert_id"] == headers["X-Gradwatch-Alert-Id"]
+    assert SECRET not in post["body"].decode()
+
+
+def test_receiver_down_or_failing_gets_it_later_exactly_once(tmp_path: Path, receiver: Receiver) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.add(_alert())
+    down = targets_from([f"http://127.0.0.1:{free_port()}/hook"], [])
+    assert deliver_pending(outbox, down, attempts=2, backoff_s=0.01) == (0, 1)
+    receiver.fail_with = 500
+    targets = targets_from([receiver.url], [])
+    assert deliver_pending(outbox, targets, attempts=2, backoff_s=0.01) == (0, 1)
+    assert receiver.received == []
+    receiver.fail_with = None
+    assert deliver_pending(outbox, targets) == (1, 0)
+    assert deliver_pending(outbox, targets) == (0, 0)
+    assert len(receiver.received) == 1
+
+
+def test_rerun_of_a_window_never_pages_twice(tmp_path: Path, receiver: Receiver) -> None:
+    outbox = Outbox(tmp_path)
+    targets = targets_from([receiver.url], [])
+    assert outbox.add(_alert())
+    deliver_pending(outbox, targets)
+    assert not outbox.add(_alert())  # same window, segment and kind
+    assert deliver_pending(outbox, targets) == (0, 0)
+    assert len(receiver.received) == 1
+
+
+def test_slack_and_webhook_targets_together(tmp_path: Path, receiver: Receiver) -> None:
+    slack = Receiver()
+    try:
+        outbox = Outbox(tmp_path)
+        outbox.add(_alert("no_data", segment="dock"))
+        assert deliver_pending(outbox, targets_from([receiver.url], [slack.url])) == (1, 0)
+        (message,) = slack.received
+        assert message["json"]["text"].startswith(":warning: *gradwatch no_data*")
+        assert "X-Gradwatch-Signature" not in message["headers"]
+        assert receiver.received[0]["json"]["kind"] == "no_data"
+    finally:
+        slack.close()
+
+
+def test_drift_pages_once_reminds_then_recovers(tmp_path: Path) -> None:
+    policy = AlertPolicy(tmp_path, reminder_every=3 * HOUR)
+    start = dt.datetime(2026, 11, 26, 10, tzinfo=dt.UTC)
+    sequence = [False, True, True, True, True, True, False, False]
+    sent = [policy.on_decision("cam", start + i * HOUR, drift) for i, drift in enumerate(sequence)]
+    assert sent == [(None, 0), ("drift", 0), (None, 0), (None, 0), ("drift", 1), (None, 0), ("recovered", 0), (None, 0)]
+    policy.save()
+    reloaded = AlertPolicy(tmp_path, reminder_every=3 * HOUR)
+    assert reloaded.on_decision("cam", start + 9 * HOUR, True) == ("drift", 0)
+    assert reloaded.on_decision("cam", start + 9 * HOUR, True) == (None, 0)  # the same window again
+
+
+def test_bad_configuration_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(AlertConfigError, match="not an http"):
+        targets_from(["ftp://example/hook"], [])
+    monkeypatch.delenv(SECRET_ENV)
+    with pytest.raises(AlertConfigError, match=SECRET_ENV):
+        targets_from(["http://127.0.0.1:9/hook"], [])
+    assert targets_from([], ["http://127.0.0.1:9/slack"])  # Slack URLs carry their own secret
