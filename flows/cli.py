@@ -241,6 +241,42 @@ def _thresholds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
+    from flows.monitor import MonitorConfig, run_monitor
+    from flows.registry import ThresholdRegistry
+    from pipelines.sources import parse_event_time
+    from pipelines.windows import parse_window
+
+    try:
+        config = MonitorConfig(
+            source=args.source,
+            out=args.out,
+            window=parse_window(args.window),
+            model=args.model,
+            since=parse_event_time(args.since) if args.since else None,
+            until=parse_event_time(args.until) if args.until else None,
+            webhooks=tuple(args.webhook),
+            slack_webhooks=tuple(args.slack_webhook),
+            reprocess=args.reprocess,
+        )
+    except ValueError as error:
+        raise GradwatchError(str(error)) from error
+    report = run_monitor(config, registry=ThresholdRegistry())
+    for window in report.windows:
+        fired = ", ".join(window["fired"]) or "-"
+        quality = "" if window["data_quality_passed"] else "  data quality FAILED"
+        print(
+            f"{window['window_start']:%Y-%m-%d %H:%M}  {window['status']:<17} n={window['n']:<5} "
+            f"rejected={window['n_rejected']:<4} fired: {fired}{quality}"
+        )
+    print(
+        f"{len(report.windows)} window(s) processed; alerts queued {report.alerts_queued}, "
+        f"delivered {report.alerts_delivered}, pending {report.alerts_pending}"
+    )
+    return 0
+
+
 def _print_table(rows: Sequence[ImageRow], model_id: str) -> None:
     table = Table(title=f"scores from {model_id}")
     table.add_column("file", overflow="fold")
@@ -331,6 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--by", required=True, help="who decides (recorded in the version's tags)")
         action.add_argument("--note", help="why (required to reject)")
     thresholds.set_defaults(run=_thresholds)
+
+    monitor = commands.add_parser("monitor", help="process every complete window not yet processed, then exit")
+    monitor.add_argument("source", help="folder, prefix or manifest of production images")
+    monitor.add_argument("--out", required=True, help="outputs, decisions, watermark and alert outbox")
+    monitor.add_argument("--window", default="1h", help="event-time window (default: %(default)s)")
+    monitor.add_argument("--since", help="first window to consider (default: the first one seen)")
+    monitor.add_argument("--until", help="stop before this time (default: the last complete window)")
+    monitor.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+    monitor.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed generic webhook")
+    monitor.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack incoming webhook")
+    monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
+    monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
+    monitor.set_defaults(run=_monitor)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import posixpath
 
 import fsspec
@@ -9,9 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipelines.records import UNKNOWN_WINDOW
-
-TABLES = ("scores", "windows", "rejected")
+from pipelines.records import UNKNOWN_WINDOW, window_label
+from pipelines.sinks import partition_path, source_key
 
 
 def read_table(out: str, table: str) -> pa.Table:
@@ -19,13 +19,12 @@ def read_table(out: str, table: str) -> pa.Table:
 
     Args:
         out: the OUT the pipeline wrote to (local path or fsspec URL).
-        table: ``scores``, ``windows`` or ``rejected``.
+        table: ``scores``, ``windows``, ``rejected``, or another window-partitioned table under OUT
+            (the monitor's ``decisions``).
 
     Returns:
         The rows of every window; an empty table when nothing was written yet.
     """
-    if table not in TABLES:
-        raise ValueError(f"table {table!r} is not one of {TABLES}")
     fs, root = fsspec.core.url_to_fs(posixpath.join(out.rstrip("/"), table))
     if not fs.exists(root):
         return pa.table({})
@@ -35,3 +34,15 @@ def read_table(out: str, table: str) -> pa.Table:
     known = pc.if_else(pc.equal(labels, UNKNOWN_WINDOW), pa.scalar(None, pa.string()), labels)
     starts = pc.strptime(known, format="%Y-%m-%dT%H-%M-%SZ", unit="us").cast(pa.timestamp("us", tz="UTC"))
     return rows.set_column(rows.schema.get_field_index("window_start"), "window_start", starts)
+
+
+def read_window(out: str, table: str, window_start: dt.datetime, *, source: str | None = None) -> pa.Table:
+    """One window's rows of a table, optionally only those one SOURCE wrote; empty when there are none."""
+    fs, folder = fsspec.core.url_to_fs(partition_path(out, table, window_label(window_start)))
+    if not fs.exists(folder):
+        return pa.table({})
+    files = [posixpath.join(folder, f"part-{source_key(source)}.parquet")] if source else None
+    if files and not fs.exists(files[0]):
+        return pa.table({})
+    dataset = ds.dataset(files or folder, filesystem=fs, format="parquet")
+    return dataset.to_table()

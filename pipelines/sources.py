@@ -109,7 +109,12 @@ class ExpandSource(beam.DoFn):
 
     def process(self, source: str) -> Iterator[Any]:
         if is_manifest(source):
-            yield from self._manifest(source)
+            for entry in manifest_entries(source):
+                if isinstance(entry, Rejected):
+                    self._listed.inc()
+                    yield beam.pvalue.TaggedOutput(REJECTED, entry)
+                else:
+                    yield entry
             return
         fs, root = fsspec.core.url_to_fs(source)
         if not fs.isdir(root):
@@ -125,32 +130,52 @@ class ExpandSource(beam.DoFn):
             else:
                 yield ImageRef(_uri(fs, name), object_mtime(info))
 
-    def _manifest(self, manifest: str) -> Iterator[Any]:
-        base = posixpath.dirname(manifest)
-        for row_number, (row, unreadable) in enumerate(_manifest_rows(manifest), start=1):
-            uri = str(row.get("uri") or "").strip()
-            where = f"{manifest} row {row_number}"
-            problem = None
-            event_time = None
-            if unreadable:
-                problem = ("bad_row", f"{where}: {unreadable}; write one JSON object per line")
-            elif not uri:
-                problem = ("missing_uri", f"{where} has no uri; every manifest row needs one")
-            elif "event_time" in row:
+
+def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
+    """Each manifest row as an image ref, or as a rejection saying what is wrong with the row."""
+    base = posixpath.dirname(manifest)
+    for row_number, (row, unreadable) in enumerate(_manifest_rows(manifest), start=1):
+        uri = str(row.get("uri") or "").strip()
+        where = f"{manifest} row {row_number}"
+        problem = None
+        event_time = None
+        if unreadable:
+            problem = ("bad_row", f"{where}: {unreadable}; write one JSON object per line")
+        elif not uri:
+            problem = ("missing_uri", f"{where} has no uri; every manifest row needs one")
+        elif "event_time" in row:
+            try:
+                event_time = parse_event_time(_required(row["event_time"]))
+            except ValueError as error:
+                problem = ("bad_event_time", f"{where} ({uri}): {error}")
+        if problem is not None:
+            reason, message = problem
+            yield Rejected(uri or where, None, "manifest", reason, message, _segment(row))
+            continue
+        if "://" not in uri and not posixpath.isabs(uri):
+            uri = posixpath.join(base, uri)  # relative to the manifest, so a folder can carry its own
+        yield ImageRef(uri, event_time, _segment(row))
+
+
+def list_source(source: str) -> Iterator[ImageRef | Rejected]:
+    """Every image of SOURCE in one process, with event times resolved; for planning, not for scoring.
+
+    The pipeline lists in parallel instead; this is what the monitor uses to see which windows have images.
+    """
+    if is_manifest(source):
+        for entry in manifest_entries(source):
+            if isinstance(entry, ImageRef) and entry.event_time is None:
+                fs, path = fsspec.core.url_to_fs(entry.uri)
                 try:
-                    event_time = parse_event_time(_required(row["event_time"]))
-                except ValueError as error:
-                    problem = ("bad_event_time", f"{where} ({uri}): {error}")
-            if problem is not None:
-                self._listed.inc()
-                reason, message = problem
-                yield beam.pvalue.TaggedOutput(
-                    REJECTED, Rejected(uri or where, None, "manifest", reason, message, _segment(row))
-                )
-                continue
-            if "://" not in uri and not posixpath.isabs(uri):
-                uri = posixpath.join(base, uri)  # relative to the manifest, so a folder can carry its own
-            yield ImageRef(uri, event_time, _segment(row))
+                    entry = ImageRef(entry.uri, object_mtime(fs.info(path)), entry.segment)
+                except FileNotFoundError:
+                    continue  # the pipeline rejects it with its reason when the window is scored
+            yield entry
+        return
+    fs, root = fsspec.core.url_to_fs(source)
+    for name, info in sorted(fs.find(root, detail=True).items()):
+        if info["type"] != "directory" and not _hidden(name, root):
+            yield ImageRef(_uri(fs, name), object_mtime(info))
 
 
 def _required(value: Any) -> Any:

@@ -1,0 +1,109 @@
+"""The monitor end to end: real pipeline, real MLflow store, real webhook receiver on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.alerts import SECRET_ENV, verify
+from flows.calibrate import calibrate_reference
+from flows.monitor import MonitorConfig, run_monitor
+from flows.registry import NoApprovedThresholdError, ThresholdRegistry
+from pipelines.outputs import read_table
+from scoring.calibration import CalibrationConfig
+from tests.flows.receiver import Receiver
+
+TINY = "tests.scoring.tiny_models:build"
+HOUR = dt.timedelta(hours=1)
+START = dt.datetime(2026, 11, 26, 10, tzinfo=dt.UTC)
+
+
+def _noise(path: Path, seed: int, when: dt.datetime) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    _save(Image.fromarray(pixels), path, when)
+
+
+def _flat(path: Path, seed: int, when: dt.datetime) -> None:
+    colour = tuple(int(c) for c in np.random.default_rng(seed).integers(0, 60, 3))  # dark, flat frames: a lens cap
+    _save(Image.new("RGB", (64, 48), colour), path, when)
+
+
+def _save(image: Image.Image, path: Path, when: dt.datetime) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ThresholdRegistry:
+    monkeypatch.chdir(tmp_path)
+    # An absolute path: MLflow caches stores by URI within a process.
+    return ThresholdRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _approve(registry: ThresholdRegistry, tmp_path: Path) -> None:
+    for index in range(120):
+        _noise(tmp_path / "reference" / f"{index}.png", 1000 + index, START - 48 * HOUR)
+    config = CalibrationConfig(min_window=20, check_windows=50, check_window_sizes=(20,))
+    version, _ = calibrate_reference(str(tmp_path / "reference"), registry=registry, model=TINY, config=config)
+    registry.approve(version.name, version.version, by="test")
+
+
+def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry, monkeypatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    _approve(registry, tmp_path)
+    feed = tmp_path / "feed"
+    for hour, make in ((0, _noise), (1, _noise), (2, _flat), (4, _noise)):  # hour 3 is empty: the feed went dark
+        for index in range(30):
+            make(feed / f"h{hour}-{index}.png", 100 * hour + index, START + hour * HOUR + dt.timedelta(minutes=index))
+    receiver = Receiver()
+    try:
+        config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, webhooks=(receiver.url,))
+        report = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
+        statuses = [(w["window_start"].hour, w["status"]) for w in report.windows]
+        assert statuses == [(10, "ok"), (11, "ok"), (12, "drift"), (13, "no_data"), (14, "ok")]
+        kinds = [(post["json"]["kind"], post["json"]["window"]["start"][11:13]) for post in receiver.received]
+        # The lens-cap frames are also tiny files, which the data-quality gate reports on its own.
+        assert sorted(kinds) == [("data_quality", "12"), ("drift", "12"), ("no_data", "13"), ("recovered", "14")]
+        quality = next(post["json"] for post in receiver.received if post["json"]["kind"] == "data_quality")
+        assert {f["column"] for f in quality["decision"]["failed_expectations"]} == {"bytes"}
+        drift = next(post for post in receiver.received if post["json"]["kind"] == "drift")
+        assert verify(
+            "s3cret",
+            drift["headers"]["X-Gradwatch-Timestamp"],
+            drift["body"],
+            drift["headers"]["X-Gradwatch-Signature"],
+        )
+        assert all("/h2-" in uri for uri in drift["json"]["lowest_scoring_images"])
+        assert drift["json"]["links"]["mlflow_run_id"] == report.mlflow_run_id
+
+        again = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
+        assert again.windows == []
+        assert len(receiver.received) == 4
+
+        _noise(feed / "late.png", 999, START + HOUR + dt.timedelta(minutes=59))  # a late image for 11:00
+        late = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
+        assert [(w["window_start"].hour, w["n"]) for w in late.windows] == [(11, 31)]
+        assert len(receiver.received) == 4
+    finally:
+        receiver.close()
+
+    decisions = read_table(str(tmp_path / "out"), "decisions").to_pylist()
+    assert sorted((row["window_start"].hour, row["status"]) for row in decisions) == [
+        (10, "ok"), (11, "ok"), (12, "drift"), (13, "no_data"), (14, "ok"),
+    ]  # fmt: skip
+    history = registry.client.get_metric_history(report.mlflow_run_id, "drift")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, registry) -> None:
+    feed = tmp_path / "feed"
+    _noise(feed / "a.png", 1, START)
+    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY)
+    with pytest.raises(NoApprovedThresholdError):
+        run_monitor(config, registry=registry, now=START + 2 * HOUR)
