@@ -277,6 +277,37 @@ def _monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "source": args.source,
+        "out": args.out,
+        "window": args.window,
+        "model": args.model,
+        "webhooks": args.webhook,
+        "slack_webhooks": args.slack_webhook,
+    }
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from flows.prefect_flows import deploy
+
+    deployment_id = deploy(
+        name=args.name, parameters=_deployment_parameters(args), cron=args.cron, work_pool=args.work_pool
+    )
+    print(
+        f"deployment gradwatch-monitor/{args.name} ({deployment_id}) on work pool {args.work_pool}, cron {args.cron!r}"
+    )
+    print(f"start a worker with: prefect worker start --pool {args.work_pool}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.prefect_flows import serve
+
+    serve(name=args.name, parameters=_deployment_parameters(args), cron=args.cron)
+    return 0
+
+
 def _print_table(rows: Sequence[ImageRow], model_id: str) -> None:
     table = Table(title=f"scores from {model_id}")
     table.add_column("file", overflow="fold")
@@ -380,6 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
     monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
     monitor.set_defaults(run=_monitor)
+
+    for command, run, summary in (
+        ("deploy", _deploy, "create the scheduled monitor deployment on a Prefect server (process work pool)"),
+        ("serve", _serve, "run the monitor's schedule in this process, for small setups"),
+    ):
+        scheduled = commands.add_parser(command, help=summary)
+        scheduled.add_argument("source", help="folder, prefix or manifest of production images")
+        scheduled.add_argument("--out", required=True, help="outputs, decisions, watermark and alert outbox")
+        scheduled.add_argument("--name", default="hourly", help="deployment name (default: %(default)s)")
+        # A few minutes after the hour, once the hour's window is complete.
+        scheduled.add_argument("--cron", default="5 * * * *", help="schedule (default: %(default)r)")
+        scheduled.add_argument("--window", default="1h", help="event-time window (default: %(default)s)")
+        scheduled.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+        scheduled.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed webhook")
+        scheduled.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack webhook")
+        if command == "deploy":
+            scheduled.add_argument("--work-pool", default="gradwatch", help="process work pool (created if missing)")
+        scheduled.set_defaults(run=run)
     return parser
 
 

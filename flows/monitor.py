@@ -154,6 +154,80 @@ def plan_windows(
     return planned
 
 
+class Monitor:
+    """One monitoring run in steps, so that an orchestrator can retry the steps that can fail transiently
+    (MLflow, the object store, webhooks) and none of those that cannot (configuration)."""
+
+    def __init__(
+        self, config: MonitorConfig, *, now: dt.datetime | None = None, links: Mapping[str, str] | None = None
+    ):
+        """Validate the configuration; every error here is final.
+
+        Raises:
+            AlertConfigError, SourceError, ModelSpecError: naming what to fix.
+        """
+        self.config = config
+        self.targets = targets_from(config.webhooks, config.slack_webhooks)
+        check_source(config.source)
+        self.loaded = load_model(config.model)
+        self.now = now or dt.datetime.now(dt.UTC)
+        self.links = dict(links or {})
+        self.report = MonitorReport()
+        self.outbox = Outbox(Path(config.out) / "alerts")
+
+    def load_thresholds(self, registry: ThresholdRegistry) -> None:
+        """The production calibration for these weights.
+
+        Raises:
+            NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights.
+        """
+        self.registry = registry
+        self.calibration, self.version = registry.load_production(self.loaded.name, self.loaded.model_id)
+
+    def plan(self) -> list[dt.datetime]:
+        """The windows to process, and an MLflow run for them when there are any."""
+        self.watermark = Watermark(self.config.out)
+        self.images = inventory(self.config.source, self.config.window)
+        planned = plan_windows(self.config, self.images, self.watermark, self.now)
+        if planned:
+            self.gates = Gates()
+            self.policy = AlertPolicy(Path(self.config.out) / "alerts", reminder_every=self.config.reminder_every)
+            name = Path(self.config.source.rstrip("/")).name
+            self.report.mlflow_run_id = self.registry.start_monitoring_run(
+                f"monitor {name} {window_label(planned[0])}..{window_label(planned[-1])}",
+                {"source": redact(self.config.source), "model_id": self.loaded.model_id,
+                 "threshold_version": self.version.version, "window": str(self.config.window),
+                 "windows": len(planned)},
+            )  # fmt: skip
+            self.links["mlflow_run_id"] = self.report.mlflow_run_id
+        return planned
+
+    def process(self, window_start: dt.datetime) -> dict[str, Any]:
+        """Gate, score, decide, record, log and queue alerts for one window; safe to retry."""
+        refs = self.images.get(window_start, [])
+        record, alerts = _process_window(
+            self.config, window_start, refs, self.calibration, self.version.version, self.gates, self.policy,
+            self.links,
+        )  # fmt: skip
+        decision = record.pop("_decision", None)
+        if decision is not None:
+            self.registry.log_window(self.report.mlflow_run_id, window_start, self.config.window, decision)
+        self.report.alerts_queued += sum(self.outbox.add(alert) for alert in alerts)
+        self.policy.save()
+        self.watermark.mark(window_start, fingerprint(refs), record["status"])
+        self.report.windows.append({"window_start": window_start, **record})
+        return record
+
+    def finish(self, *, failed: bool) -> None:
+        if self.report.mlflow_run_id:
+            self.registry.end_run(self.report.mlflow_run_id, failed=failed)
+
+    def deliver(self) -> tuple[int, int]:
+        """Post every pending alert, this run's and any an earlier outage left behind."""
+        self.report.alerts_delivered, self.report.alerts_pending = deliver_pending(self.outbox, self.targets)
+        return self.report.alerts_delivered, self.report.alerts_pending
+
+
 def run_monitor(
     config: MonitorConfig,
     *,
@@ -167,43 +241,17 @@ def run_monitor(
         AlertConfigError, SourceError, ModelSpecError: bad configuration, before any window is touched.
         NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights.
     """
-    targets = targets_from(config.webhooks, config.slack_webhooks)
-    check_source(config.source)
-    loaded = load_model(config.model)
-    calibration, version = registry.load_production(loaded.name, loaded.model_id)
-    now = now or dt.datetime.now(dt.UTC)
-    watermark = Watermark(config.out)
-    images = inventory(config.source, config.window)
-    planned = plan_windows(config, images, watermark, now)
-    report = MonitorReport()
-    outbox = Outbox(Path(config.out) / "alerts")
-    if planned:
-        gates = Gates()
-        policy = AlertPolicy(Path(config.out) / "alerts", reminder_every=config.reminder_every)
-        report.mlflow_run_id = registry.start_monitoring_run(
-            f"monitor {Path(config.source.rstrip('/')).name} {window_label(planned[0])}..{window_label(planned[-1])}",
-            {"source": redact(config.source), "model_id": loaded.model_id, "threshold_version": version.version,
-             "window": str(config.window), "windows": len(planned)},
-        )  # fmt: skip
-        failed = True
-        try:
-            for window_start in planned:
-                refs = images.get(window_start, [])
-                record, alerts = _process_window(
-                    config, window_start, refs, calibration, version.version, gates, policy,
-                    {**(links or {}), "mlflow_run_id": report.mlflow_run_id},
-                )  # fmt: skip
-                if record["status"] != "no_data":
-                    registry.log_window(report.mlflow_run_id, window_start, config.window, record.pop("_decision"))
-                report.alerts_queued += sum(outbox.add(alert) for alert in alerts)
-                policy.save()
-                watermark.mark(window_start, fingerprint(refs), record["status"])
-                report.windows.append({"window_start": window_start, **record})
-            failed = False
-        finally:
-            registry.end_run(report.mlflow_run_id, failed=failed)
-    report.alerts_delivered, report.alerts_pending = deliver_pending(outbox, targets)
-    return report
+    monitor = Monitor(config, now=now, links=links)
+    monitor.load_thresholds(registry)
+    failed = True
+    try:
+        for window_start in monitor.plan():
+            monitor.process(window_start)
+        failed = False
+    finally:
+        monitor.finish(failed=failed)
+    monitor.deliver()
+    return monitor.report
 
 
 def _process_window(
@@ -265,7 +313,7 @@ def _process_window(
         threshold_version, links,
     )  # fmt: skip
     _write_decision(config, window_start, record)
-    record["_decision"] = decision or calibration.decide({"": {}})
+    record["_decision"] = decision or calibration.decide({"": {}})  # logged as "not tested" when nothing scored
     return record, alerts
 
 

@@ -1,0 +1,170 @@
+"""Prefect flows: a thin layer over flows.monitor and flows.calibrate.
+
+Tasks retry where the cause can be transient (MLflow, the object store, webhooks) and never where it cannot
+(configuration: those errors are raised before any task runs). Parameters are plain values an operator
+sets on a deployment; secrets (GRADWATCH_WEBHOOK_SECRET, MLflow and object-store credentials) come from the
+worker's environment or Prefect Secret blocks, never from parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows.calibrate import calibrate_reference
+from flows.monitor import Monitor, MonitorConfig
+from flows.registry import ThresholdRegistry
+from pipelines.sources import parse_event_time
+from pipelines.windows import parse_window
+from scoring.calibration import CalibrationConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENTRYPOINT = "flows/prefect_flows.py:monitor"
+TRANSIENT = {"retries": 3, "retry_delay_seconds": [10, 60, 300], "cache_policy": NO_CACHE}
+
+
+@task(name="load approved thresholds", **TRANSIENT)
+def load_thresholds(monitor: Monitor) -> str:
+    monitor.load_thresholds(ThresholdRegistry())
+    return monitor.version.version
+
+
+@task(name="plan windows", **TRANSIENT)
+def plan_windows(monitor: Monitor) -> list[dt.datetime]:
+    return monitor.plan()
+
+
+@task(name="process window", **TRANSIENT)
+def process_window(monitor: Monitor, window_start: dt.datetime) -> dict[str, Any]:
+    record = monitor.process(window_start)
+    get_run_logger().info(
+        "window %s: %s, n=%s, rejected=%s, fired=%s", window_start.isoformat(), record["status"], record["n"],
+        record["n_rejected"], record["fired"],
+    )  # fmt: skip
+    return {key: value for key, value in record.items() if key in ("status", "n", "n_rejected", "fired")}
+
+
+@task(name="deliver alerts", **TRANSIENT)
+def deliver_alerts(monitor: Monitor) -> tuple[int, int]:
+    return monitor.deliver()
+
+
+@flow(name="gradwatch-monitor")
+def monitor(
+    source: str,
+    out: str,
+    window: str = "1h",
+    model: str = "efficientnet-lite0",
+    since: str | None = None,
+    until: str | None = None,
+    webhooks: list[str] | None = None,
+    slack_webhooks: list[str] | None = None,
+    reprocess: bool = False,
+) -> dict[str, Any]:
+    """Process every complete window of SOURCE not yet processed, then deliver pending alerts."""
+    config = MonitorConfig(
+        source=source,
+        out=out,
+        window=parse_window(window),
+        model=model,
+        since=parse_event_time(since) if since else None,
+        until=parse_event_time(until) if until else None,
+        webhooks=tuple(webhooks or ()),
+        slack_webhooks=tuple(slack_webhooks or ()),
+        reprocess=reprocess,
+    )
+    job = Monitor(config, links={"prefect_flow_run": str(flow_run.id or ""), "prefect_ui": flow_run.ui_url or ""})
+    threshold_version = load_thresholds(job)
+    windows = plan_windows(job)
+    failed = True
+    try:
+        records = [process_window(job, window_start) for window_start in windows]
+        failed = False
+    finally:
+        job.finish(failed=failed)
+    delivered, pending = deliver_alerts(job)
+    return {
+        "threshold_version": threshold_version,
+        "windows": len(records),
+        "drift": sum(record["status"] == "drift" for record in records),
+        "alerts_delivered": delivered,
+        "alerts_pending": pending,
+    }
+
+
+@flow(name="gradwatch-backfill")
+def backfill(
+    source: str,
+    out: str,
+    start: str,
+    end: str,
+    window: str = "1h",
+    model: str = "efficientnet-lite0",
+    reprocess: bool = True,
+) -> dict[str, Any]:
+    """History: every window in [start, end), re-processed by default; alerts are queued and delivered as usual."""
+    return monitor(source=source, out=out, window=window, model=model, since=start, until=end, reprocess=reprocess)
+
+
+@flow(name="gradwatch-calibrate")
+def calibrate(
+    reference: str,
+    model: str = "efficientnet-lite0",
+    score: str = "gradnorm",
+    tpr: float = 0.95,
+    alpha: float = 0.01,
+    min_window: int = 50,
+    validation_ood: list[str] | None = None,
+) -> dict[str, str]:
+    """Calibrate on healthy reference images and propose the thresholds for review in MLflow."""
+    config = CalibrationConfig(tpr=tpr, alpha=alpha, min_window=min_window)
+    version, calibration = calibrate_reference(
+        reference, registry=ThresholdRegistry(), model=model, score=score, config=config,
+        validation_ood=validation_ood or (),
+    )  # fmt: skip
+    return {"registered_model": version.name, "version": version.version, "model_id": calibration.model_id}
+
+
+def deploy(
+    *,
+    name: str,
+    parameters: dict[str, Any],
+    cron: str = "5 * * * *",
+    work_pool: str = "gradwatch",
+    source: Path = REPO_ROOT,
+) -> str:
+    """Create (or update) a scheduled deployment of the monitor on a process work pool; returns its id.
+
+    The cron's default runs a few minutes after each hour, once the hour's window is complete.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def ensure_pool() -> None:
+        async with get_client() as client:
+            try:
+                await client.read_work_pool(work_pool)
+            except ObjectNotFound:
+                await client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
+
+    run_coro_as_sync(ensure_pool())
+    loaded = monitor.from_source(source=str(source), entrypoint=ENTRYPOINT)
+    return str(
+        loaded.deploy(name=name, work_pool_name=work_pool, cron=cron, parameters=parameters, print_next_steps=False)
+    )
+
+
+def serve(*, name: str, parameters: dict[str, Any], cron: str = "5 * * * *") -> None:
+    """Run the schedule in this process: for small setups without a worker pool."""
+    monitor.serve(name=name, cron=cron, parameters=parameters)
