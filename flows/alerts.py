@@ -130,7 +130,8 @@ class Outbox:
 
     def add(self, alert: Alert) -> bool:
         """Queue an alert unless it was queued or delivered before (same window, segment, kind, reminder)."""
-        name = f"{alert.alert_id}.json"
+        # Window first in the name, so pending alerts go out in time order.
+        name = f"{alert.window_start.strftime('%Y%m%dT%H%M%S')}-{alert.alert_id}.json"
         if (self.pending_dir / name).exists() or (self.delivered_dir / name).exists():
             return False
         temporary = self.pending_dir / f".{name}.tmp"

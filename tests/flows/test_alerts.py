@@ -116,3 +116,11 @@ def test_bad_configuration_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(AlertConfigError, match=SECRET_ENV):
         targets_from(["http://127.0.0.1:9/hook"], [])
     assert targets_from([], ["http://127.0.0.1:9/slack"])  # Slack URLs carry their own secret
+
+
+def test_pending_alerts_go_out_in_time_order(tmp_path: Path, receiver: Receiver) -> None:
+    outbox = Outbox(tmp_path)
+    for hour in (14, 12, 13):
+        outbox.add(_alert("no_data", hour=hour))
+    deliver_pending(outbox, targets_from([receiver.url], []))
+    assert [post["json"]["window"]["start"][11:13] for post in receiver.received] == ["12", "13", "14"]
