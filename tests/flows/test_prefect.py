@@ -83,3 +83,40 @@ def _wait_for_final_state(flow_run_id, timeout_s: float):
             if time.monotonic() > deadline:
                 pytest.fail(f"flow run still {state} after {timeout_s} s")
             time.sleep(2)
+
+
+def test_serve_registers_the_schedule_with_the_server(tmp_path: Path, prefect_server, monkeypatch) -> None:
+    for key, value in prefect_server.items():
+        monkeypatch.setenv(key, value)
+    from prefect.client.orchestration import get_client
+
+    gradwatch = shutil.which("gradwatch", path=str(Path(sys.executable).parent))
+    env = {**os.environ, **prefect_server, "PYTHONPATH": str(REPO)}
+    command = [
+        gradwatch,
+        "serve",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--name",
+        "served",
+        "--cron",
+        "7 * * * *",
+    ]
+    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    deployment = client.read_deployment_by_name("gradwatch-monitor/served")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        pytest.fail("gradwatch serve did not register its deployment")
+                    time.sleep(1)
+        assert [schedule.schedule.cron for schedule in deployment.schedules] == ["7 * * * *"]
+        assert deployment.parameters["source"] == str(tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
