@@ -46,6 +46,7 @@ def test_deployment_runs_on_a_worker_and_writes_outputs(tmp_path: Path, prefect_
     parameters = {"source": str(tmp_path / "feed"), "out": str(out), "model": TINY, "until": until}
     deployment_id = deploy(name="feed", parameters=parameters, work_pool="gradwatch-test")
     assert _schedules(deployment_id) == ["5 * * * *"]
+    assert _pool_type("gradwatch-test") == "process"
     flow_run = run_deployment("gradwatch-monitor/feed", timeout=0)
 
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent))
@@ -62,6 +63,16 @@ def test_deployment_runs_on_a_worker_and_writes_outputs(tmp_path: Path, prefect_
     decisions = read_table(str(out), "decisions").to_pylist()
     assert [(row["window_start"], row["status"]) for row in decisions] == [(last_hour, "ok")]
     assert read_table(str(out), "scores").num_rows == 25
+
+
+def _pool_type(name: str) -> str:
+    import json
+    import urllib.request
+
+    # Straight to the server's REST API, so no client-side setting can point this check elsewhere.
+    url = f"{os.environ['PREFECT_API_URL']}/work_pools/{name}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())["type"]
 
 
 def _schedules(deployment_id: str) -> list[str]:
