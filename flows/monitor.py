@@ -101,10 +101,15 @@ class Watermark:
     def is_current(self, window_start: dt.datetime, fingerprint: str) -> bool:
         return self.windows.get(window_label(window_start), {}).get("fingerprint") == fingerprint
 
-    def mark(self, window_start: dt.datetime, fingerprint: str, status: str) -> None:
+    def segments(self, window_start: dt.datetime) -> set[str]:
+        """Segments that sent images in a processed window (empty when it was not processed)."""
+        return set(self.windows.get(window_label(window_start), {}).get("segments", []))
+
+    def mark(self, window_start: dt.datetime, fingerprint: str, status: str, segments: set[str]) -> None:
         self.windows[window_label(window_start)] = {
             "fingerprint": fingerprint,
             "status": status,
+            "segments": sorted(segments),
             "processed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,12 +214,22 @@ class Monitor:
             self.config, window_start, refs, self.calibration, self.version.version, self.gates, self.policy,
             self.links,
         )  # fmt: skip
+        # A camera that stops while the others go on: a segment of the previous window that sent nothing now.
+        silent = self.watermark.segments(window_start - self.config.window) - {ref.segment for ref in refs}
+        if refs:
+            for segment in sorted(silent):
+                alerts.append(
+                    Alert("no_data", window_start, window_start + self.config.window, segment,
+                          self.calibration.model_id, self.version.version,
+                          summary=f"segment {segment!r} sent no images in {window_label(window_start)} "
+                                  "(it did in the window before)", links=dict(self.links))
+                )  # fmt: skip
         decision = record.pop("_decision", None)
         if decision is not None:
             self.registry.log_window(self.report.mlflow_run_id, window_start, self.config.window, decision)
         self.report.alerts_queued += sum(self.outbox.add(alert) for alert in alerts)
         self.policy.save()
-        self.watermark.mark(window_start, fingerprint(refs), record["status"])
+        self.watermark.mark(window_start, fingerprint(refs), record["status"], {ref.segment for ref in refs})
         self.report.windows.append({"window_start": window_start, **record})
         return record
 

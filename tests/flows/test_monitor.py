@@ -107,3 +107,27 @@ def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, regi
     config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY)
     with pytest.raises(NoApprovedThresholdError):
         run_monitor(config, registry=registry, now=START + 2 * HOUR)
+
+
+def test_a_camera_that_stops_while_others_go_on_is_no_data(tmp_path: Path, registry, monkeypatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    _approve(registry, tmp_path)
+    rows = ["uri,event_time,segment"]
+    for hour, cameras in ((0, ("cam-a", "cam-b")), (1, ("cam-a",))):
+        for camera in cameras:
+            for index in range(25):
+                path = tmp_path / "feed" / f"{camera}-{hour}-{index}.png"
+                when = START + hour * HOUR + dt.timedelta(minutes=2 * index)
+                _noise(path, 7000 + 100 * hour + index + (50 if camera == "cam-b" else 0), when)
+                rows.append(f"{path},{when.isoformat()},{camera}")
+    (tmp_path / "feed.csv").write_text("\n".join(rows) + "\n")
+    receiver = Receiver()
+    try:
+        config = MonitorConfig(source=str(tmp_path / "feed.csv"), out=str(tmp_path / "out"), model=TINY,
+                               webhooks=(receiver.url,))  # fmt: skip
+        report = run_monitor(config, registry=registry, now=START + 2 * HOUR + dt.timedelta(minutes=5))
+    finally:
+        receiver.close()
+    assert [w["status"] for w in report.windows] == ["ok", "ok"]
+    alerts = [(p["json"]["kind"], p["json"]["segment"], p["json"]["window"]["start"][11:13]) for p in receiver.received]
+    assert alerts == [("no_data", "cam-b", "11")]
