@@ -26,9 +26,8 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
-	rm -rf $(DEMO_DIR)/samples
-	$(BIN)/python -m flows.sample_images $(DEMO_DIR)/samples > /dev/null
-	$(BIN)/gradwatch score-images $(DEMO_DIR)/samples
+	rm -rf $(DEMO_DIR)
+	$(BIN)/gradwatch demo --workdir $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -308,6 +308,49 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from flows.registry import RegistryUnavailableError, ThresholdRegistry
+    from flows.report import write_report
+
+    try:
+        registry = ThresholdRegistry()
+    except RegistryUnavailableError as error:
+        print(f"warning: {error}; the report is drawn without the reference band", file=sys.stderr)
+        registry = None
+    path = write_report(args.out, Path(args.output or Path(args.out) / "report.html"), registry=registry)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, force=True)
+    from flows.demo import DemoConfig, run_demo
+    from flows.registry import ThresholdRegistry
+    from flows.report import write_report
+
+    started = time.perf_counter()
+    workdir = Path(args.workdir)
+    config = DemoConfig(hours=args.hours)
+    result = run_demo(workdir, config, source=Path(args.source) if args.source else None, model=args.model)
+    registry = ThresholdRegistry(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    report = write_report(str(workdir / "out"), workdir / "report.html", registry=registry)
+    print("4/4 done. Window by window:")
+    for window in result.report.windows:
+        fired = ", ".join(window["fired"][:3]) + (" ..." if len(window["fired"]) > 3 else "")
+        print(f"    {window['window_start']:%H:%M}  {window['status']:<17} n={window['n']:<4} {fired}")
+    print("alerts received by the local webhook, in order:")
+    for alert in result.alerts:
+        print(f"    {alert['window']['start'][11:16]}  {alert['kind']:<12} {alert['summary'][:90]}")
+    out = (workdir / "out").resolve()
+    print(f"Parquet outputs: {out}/scores, windows, rejected, decisions")
+    print(f"                 e.g. duckdb: select * from '{out}/decisions/*/*.parquet'")
+    print(f"report:          {report.resolve()}")
+    print(f"alerts:          {(workdir / 'received_alerts.jsonl').resolve()}")
+    print(f"MLflow UI:       mlflow ui --backend-store-uri sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    print(f"finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def _print_table(rows: Sequence[ImageRow], model_id: str) -> None:
     table = Table(title=f"scores from {model_id}")
     table.add_column("file", overflow="fold")
@@ -411,6 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
     monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
     monitor.set_defaults(run=_monitor)
+
+    report = commands.add_parser("report", help="render OUT's drift report as one self-contained HTML page")
+    report.add_argument("out", help="the OUT the monitor writes to")
+    report.add_argument("--output", help="where the page goes (default: OUT/report.html)")
+    report.set_defaults(run=_report)
+
+    demo = commands.add_parser("demo", help="the whole loop, offline, on a simulated day with injected drift")
+    demo.add_argument("--source", help="your own healthy images instead of scikit-image's sample photographs")
+    demo.add_argument("--workdir", default=".demo", help="where everything goes (default: %(default)s)")
+    demo.add_argument("--hours", type=_positive_int, default=24, help="hourly windows to simulate")
+    demo.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+    demo.set_defaults(run=_demo)
 
     for command, run, summary in (
         ("deploy", _deploy, "create the scheduled monitor deployment on a Prefect server (process work pool)"),

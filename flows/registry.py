@@ -275,6 +275,10 @@ class ThresholdRegistry:
                 metrics[_key(effect.segment, effect.score, field_name)] = getattr(effect, field_name)
         self.client.log_batch(run_id, metrics=[_metric(k, v, timestamp, step) for k, v in metrics.items()])
 
+    def log_report(self, run_id: str, files: Mapping[str, bytes]) -> None:
+        """Attach report files (charts, HTML) to a finished monitoring run."""
+        self._log_artifacts(run_id, files)
+
     def end_run(self, run_id: str, *, failed: bool = False) -> None:
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 

@@ -10,17 +10,18 @@ import shutil
 import sys
 from pathlib import Path
 
-# Photographs the default ImageNet model knows, then scenes it was not trained for.
-IN_SCOPE = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg")
+# Photographs the default ImageNet model classifies with confidence (MSP 0.5-0.9 under augmentation).
+IN_SCOPE = ("chelsea.png", "coffee.png", "motorcycle_left.png", "camera.png", "clock_motion.png")
+# Scenes it was not trained for, on which its MSP stays below 0.15: text, textures, microscopy, sky, coins.
 OUT_OF_SCOPE = (
     "page.png",
-    "text.png",
-    "brick.png",
     "grass.png",
     "gravel.png",
     "cell.png",
-    "moon.png",
     "coins.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "color.png",
 )
 
 

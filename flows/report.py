@@ -1,0 +1,237 @@
+"""A self-contained HTML drift report of an OUT folder: charts, the alerts, the windows, the worst images.
+
+Charts are PNGs (matplotlib) embedded as data URIs, so the page is one file that opens anywhere; the same
+PNGs can be logged to the MLflow monitoring run.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from flows.plots import plt
+from pipelines.outputs import read_table
+from scoring import decision_scores
+from scoring.calibration import Calibration
+
+BAND_COLOUR, REFERENCE_COLOUR, ALERT_COLOUR = "#4c72b0", "#55a868", "#c44e52"
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _drift_starts(decisions: list[dict]) -> list[dt.datetime]:
+    return [row["window_start"] for row in decisions if row["status"] == "drift"]
+
+
+def quantile_bands(windows: pa.Table, decisions: list[dict], calibration: Calibration | None) -> bytes:
+    """Per score: the window's p05-p95 and p25-p75 bands and median over time, against the reference's."""
+    names = decision_scores()
+    figure, axes = plt.subplots(len(names), 1, figsize=(11, 2.4 * len(names)), sharex=True, squeeze=False)
+    rows = [row for row in windows.to_pylist() if row["n"] > 0]
+    alerts = _drift_starts(decisions)
+    for axis, name in zip(axes[:, 0], names, strict=True):
+        series = sorted((row for row in rows if row["score"] == name), key=lambda row: row["window_start"])
+        if not series:
+            continue
+        # Steps drawn to each window's end, so the last window shows too.
+        starts = [row["window_start"] for row in series] + [series[-1]["window_end"]]
+        series = [*series, series[-1]]
+        axis.fill_between(starts, [r["p05"] for r in series], [r["p95"] for r in series], color=BAND_COLOUR,
+                          alpha=0.2, step="post", label="window p05-p95")  # fmt: skip
+        axis.fill_between(starts, [r["p25"] for r in series], [r["p75"] for r in series], color=BAND_COLOUR,
+                          alpha=0.4, step="post", label="window p25-p75")  # fmt: skip
+        axis.step(starts, [r["p50"] for r in series], where="post", color=BAND_COLOUR, label="window median")
+        if calibration is not None and name in calibration.references[""]:
+            reference = calibration.references[""][name]
+            low, high = np.quantile(reference.sample, [0.05, 0.95])
+            axis.axhspan(low, high, color=REFERENCE_COLOUR, alpha=0.12, label="reference p05-p95")
+            axis.axhline(reference.threshold, color=REFERENCE_COLOUR, linestyle="--", label="per-image threshold")
+        for start in alerts:
+            axis.axvline(start, color=ALERT_COLOUR, linewidth=1.5)
+        axis.set_ylabel(name)
+    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=3)
+    axes[0, 0].set_title("score quantiles per window (red: drift alerts)")
+    return _png(figure)
+
+
+def ood_rates(scores: pa.Table, decisions: list[dict], calibration: Calibration | None) -> bytes | None:
+    """Per score: share of each window's images below the per-image threshold, against the expected share."""
+    if calibration is None or scores.num_rows == 0:
+        return None
+    names = [name for name in decision_scores() if name in calibration.references[""]]
+    starts = np.asarray(scores.column("window_start").to_pylist(), dtype=object)
+    windows = sorted(set(starts))
+    edges = [*windows, windows[-1] + (windows[1] - windows[0] if len(windows) > 1 else dt.timedelta(hours=1))]
+    figure, axis = plt.subplots(figsize=(11, 3.2))
+    for name in names:
+        reference = calibration.references[""][name]
+        values = scores.column(name).to_numpy()
+        rates = [float(np.mean(values[starts == start] < reference.threshold)) for start in windows]
+        axis.step(edges, [*rates, rates[-1]], where="post", label=name)
+    expected = np.mean([calibration.references[""][name].expected_ood_rate for name in names])
+    axis.axhline(expected, color=REFERENCE_COLOUR, linestyle="--", label=f"expected on healthy images ({expected:.0%})")
+    for start in _drift_starts(decisions):
+        axis.axvline(start, color=ALERT_COLOUR, linewidth=1.5)
+    axis.set_ylabel("OOD rate")
+    axis.set_title(
+        f"images below the per-image threshold (alert rule: KS and OOD-rate tests of every score, "
+        f"Holm-corrected to alpha={calibration.config.alpha:g} per window)"
+    )
+    axis.legend(fontsize=7, ncol=5)
+    return _png(figure)
+
+
+def segment_medians(windows: pa.Table, decisions: list[dict], score: str = "msp") -> bytes | None:
+    """Small multiples: each segment's median of one score over time."""
+    rows = [row for row in windows.to_pylist() if row["score"] == score and row["n"] > 0]
+    segments = sorted({row["segment"] for row in rows})
+    if not segments:
+        return None
+    columns = min(4, len(segments))
+    lines = (len(segments) + columns - 1) // columns
+    figure, axes = plt.subplots(lines, columns, figsize=(11, 2.2 * lines), squeeze=False, sharey=True)
+    for axis, segment in zip(axes.flat, segments, strict=False):
+        series = sorted((row for row in rows if row["segment"] == segment), key=lambda row: row["window_start"])
+        axis.step([r["window_start"] for r in series], [r["p50"] for r in series], where="post", color=BAND_COLOUR)
+        for start in _drift_starts(decisions):
+            axis.axvline(start, color=ALERT_COLOUR, linewidth=1)
+        axis.set_title(segment or "(no segment)", fontsize=9)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(segments) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"median {score} per segment")
+    return _png(figure)
+
+
+def thumbnail(uri: str, size: int = 112) -> str | None:
+    """A small JPEG of an image as a data URI, or None when it cannot be read."""
+    try:
+        with fsspec.open(uri, "rb") as file, Image.open(file) as image:
+            image = image.convert("RGB")
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=80)
+    except Exception:  # a thumbnail is a courtesy: a missing image must not break the report
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def render_report(
+    out: str, calibration: Calibration | None = None, *, lowest_k: int = 8
+) -> tuple[str, dict[str, bytes]]:
+    """The report's HTML, and its charts by file name (to log them elsewhere too)."""
+    windows = read_table(out, "windows")
+    scores = read_table(out, "scores")
+    decisions = sorted(read_table(out, "decisions").to_pylist(), key=lambda row: row["window_start"])
+    charts = {"quantile_bands.png": quantile_bands(windows, decisions, calibration)}
+    for name, chart in (("ood_rates.png", ood_rates(scores, decisions, calibration)),
+                        ("segments.png", segment_medians(windows, decisions))):  # fmt: skip
+        if chart is not None:
+            charts[name] = chart
+    return _html(out, decisions, scores, charts, calibration, lowest_k), charts
+
+
+def _html(
+    out: str,
+    decisions: list[dict],
+    scores: pa.Table,
+    charts: Mapping[str, bytes],
+    calibration: Calibration | None,
+    lowest_k: int,
+) -> str:
+    escape = html.escape
+    images = "".join(
+        f'<figure class="chart" id="{escape(name.removesuffix(".png"))}"><img alt="{escape(name)}" '
+        f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+        for name, data in charts.items()
+    )
+    rows, strips = [], []
+    for row in decisions:
+        start = row["window_start"]
+        css = "drift" if row["status"] == "drift" else ("warn" if row["status"] != "ok" else "")
+        quality = "passed" if row["data_quality_passed"] else escape(
+            ", ".join(f"{f['expectation']}({f.get('column', '')})" for f in json.loads(row["data_quality_failures"]))
+        )  # fmt: skip
+        rows.append(
+            f'<tr class="{css}"><td>{start:%Y-%m-%d %H:%M}</td><td>{escape(row["status"])}</td><td>{row["n"]}</td>'
+            f"<td>{row['n_rejected']}</td><td>{escape(', '.join(row['fired']) or '-')}</td><td>{quality}</td></tr>"
+        )
+        if row["status"] == "drift" and scores.num_rows:
+            strips.append(_strip(scores, row, lowest_k))
+    threshold = f"thresholds v{escape(decisions[-1]['threshold_version'])}, " if decisions else ""
+    model = escape(calibration.model_id if calibration else (decisions[-1]["model_id"] if decisions else "-"))
+    drift_count = sum(row["status"] == "drift" for row in decisions)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gradwatch drift report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; }}
+td, th {{ border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left; }}
+tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
+.chart img {{ max-width: 100%; }} .strip img {{ margin: 2px; border: 1px solid #ccc; }}
+</style></head><body>
+<h1>gradwatch drift report</h1>
+<p>{escape(out)} &middot; model {model} &middot; {threshold}{len(decisions)} windows, {drift_count} with drift</p>
+<h2>Charts</h2>{images}
+<h2>Windows</h2>
+<table id="windows"><thead><tr><th>window</th><th>status</th><th>n</th><th>rejected</th><th>fired</th>
+<th>data quality</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<h2>Lowest-scoring images of alerted windows</h2>{"".join(strips) or "<p>No drift alerts.</p>"}
+</body></html>
+"""
+
+
+def _strip(scores: pa.Table, decision: Mapping, k: int) -> str:
+    start = decision["window_start"]
+    fired = [name.split("/")[1] for name in decision["fired"]]
+    score = fired[0] if fired else "msp"
+    in_window = [
+        row for row in scores.select(["uri", "window_start", score]).to_pylist() if row["window_start"] == start
+    ]
+    lowest = sorted(in_window, key=lambda row: row[score])[:k]
+    thumbs = "".join(
+        f'<img src="{src}" title="{html.escape(row["uri"])} {score}={row[score]:.4g}" '
+        f'alt="{html.escape(Path(row["uri"]).name)}">'
+        for row in lowest
+        if (src := thumbnail(row["uri"])) is not None
+    )
+    return f'<div class="strip"><h3>{start:%Y-%m-%d %H:%M} (lowest {html.escape(score)})</h3>{thumbs}</div>'
+
+
+def write_report(out: str, destination: Path, *, registry=None, log_to_mlflow: bool = True) -> Path:
+    """Render OUT's report to ``destination``, with the approved calibration's reference when MLflow has it.
+
+    The charts are also logged to the latest monitoring run of OUT's decisions when ``log_to_mlflow``.
+    """
+    from flows.registry import RegistryError
+
+    decisions = read_table(out, "decisions")
+    calibration = None
+    latest = max(decisions.to_pylist(), key=lambda row: row["window_start"]) if decisions.num_rows else None
+    if registry is not None and latest is not None:
+        model_id = latest["model_id"]
+        try:
+            calibration, _ = registry.load_production(model_id.split("@")[0], model_id)
+        except RegistryError:
+            calibration = None  # drawn without the reference band; the page says which thresholds were used
+    page, charts = render_report(out, calibration)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(page)
+    if log_to_mlflow and registry is not None and latest is not None and latest["mlflow_run_id"]:
+        registry.log_report(latest["mlflow_run_id"], {f"report/{name}": data for name, data in charts.items()})
+    return destination
