@@ -110,7 +110,7 @@ def _score_images(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
-    from pipelines.pipeline import ScoringConfig, count_progress, run_scoring
+    from pipelines.pipeline import ScoringConfig, count_progress, read_options_file, run_scoring
     from pipelines.sources import parse_event_time
     from pipelines.windows import parse_window
 
@@ -126,7 +126,10 @@ def _score(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             workers=args.workers,
             runner=args.runner,
-            beam_options=tuple(args.beam_option),
+            beam_options=(
+                *(read_options_file(args.beam_options_file) if args.beam_options_file else ()),
+                *args.beam_option,
+            ),
             since=parse_event_time(args.since) if args.since else None,
             until=parse_event_time(args.until) if args.until else None,
             large_model=args.large_model,
@@ -407,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--runner", default="local", help="local (FnApiRunner), or a Beam runner: FlinkRunner...")
     pipeline.add_argument(
         "--beam-option", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, repeatable"
+    )
+    pipeline.add_argument(
+        "--beam-options-file", metavar="FILE", help="KEY=VALUE lines, e.g. infra/beam-presets/flink.options"
     )
     pipeline.add_argument("--since", help="first event time to score (ISO-8601 or epoch), widened to its window")
     pipeline.add_argument("--until", help="event time to stop before, widened to its window's end")

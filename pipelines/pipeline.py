@@ -105,6 +105,13 @@ class RunSummary:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
+def read_options_file(path: str | os.PathLike) -> tuple[str, ...]:
+    """KEY=VALUE pipeline options, one per line; blank lines and ``#`` comments are skipped."""
+    with open(path) as file:
+        lines = [line.strip() for line in file]
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
 def pipeline_options(config: ScoringConfig) -> PipelineOptions:
     options = PipelineOptions([f"--{option.lstrip('-')}" for option in config.beam_options])
     if config.runner == LOCAL_RUNNER:
