@@ -143,7 +143,18 @@ def render_report(
                         ("segments.png", segment_medians(windows, decisions))):  # fmt: skip
         if chart is not None:
             charts[name] = chart
-    return _html(out, decisions, scores, charts, calibration, lowest_k), charts
+    return _html(out, decisions, scores, charts, calibration, lowest_k, _alerts(out)), charts
+
+
+def _alerts(out: str) -> list[dict]:
+    """Every alert in OUT's outbox, delivered or still pending, in time order."""
+    root = Path(out) / "alerts"
+    alerts = []
+    for state in ("delivered", "outbox"):
+        for path in sorted((root / state).glob("*.json")):
+            entry = json.loads(path.read_text())
+            alerts.append({**entry["alert"], "delivered_to": len(entry["delivered_to"]), "pending": state == "outbox"})
+    return sorted(alerts, key=lambda alert: (alert["window"]["start"], alert["kind"]))
 
 
 def _html(
@@ -153,8 +164,15 @@ def _html(
     charts: Mapping[str, bytes],
     calibration: Calibration | None,
     lowest_k: int,
+    alerts: list[dict],
 ) -> str:
     escape = html.escape
+    alert_rows = "".join(
+        f'<tr class="{escape(alert["kind"])}"><td>{escape(alert["window"]["start"][:16])}</td>'
+        f"<td>{escape(alert['kind'])}</td><td>{escape(alert['segment'] or '-')}</td>"
+        f"<td>{escape(alert['summary'])}</td><td>{'pending' if alert['pending'] else 'delivered'}</td></tr>"
+        for alert in alerts
+    )
     images = "".join(
         f'<figure class="chart" id="{escape(name.removesuffix(".png"))}"><img alt="{escape(name)}" '
         f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
@@ -187,6 +205,9 @@ tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
 </style></head><body>
 <h1>gradwatch drift report</h1>
 <p>{escape(out)} &middot; model {model} &middot; {threshold}{len(decisions)} windows, {drift_count} with drift</p>
+<h2>Alerts</h2>
+<table id="alerts"><thead><tr><th>window</th><th>kind</th><th>segment</th><th>summary</th><th>delivery</th></tr>
+</thead><tbody>{alert_rows or '<tr><td colspan="5">No alerts.</td></tr>'}</tbody></table>
 <h2>Charts</h2>{images}
 <h2>Windows</h2>
 <table id="windows"><thead><tr><th>window</th><th>status</th><th>n</th><th>rejected</th><th>fired</th>

@@ -51,7 +51,11 @@ def test_report_renders_in_headless_chromium(small_demo: DemoResult, tmp_path: P
     ).stdout
     for chart in ("quantile_bands", "ood_rates", "segments"):
         assert re.search(rf'<figure class="chart" id="{chart}"><img alt="{chart}.png" src="data:image/png;base64,', dom)
-    table = dom[dom.index('<table id="windows">') : dom.index("</table>")]
+    alerts = dom[dom.index('<table id="alerts">') :]
+    alerts = alerts[: alerts.index("</table>")]
+    assert alerts.count('<tr class="drift">') == len(small_demo.alerts)
+    table = dom[dom.index('<table id="windows">') :]
+    table = table[: table.index("</table>")]
     assert table.count("<tr") == 1 + len(small_demo.report.windows)
     assert table.count('class="drift"') == sum(w["status"] == "drift" for w in small_demo.report.windows)
     assert '<div class="strip">' in dom
