@@ -65,7 +65,7 @@ def quantile_bands(windows: pa.Table, decisions: list[dict], calibration: Calibr
             axis.axvline(start, color=ALERT_COLOUR, linewidth=1.5)
         axis.set_ylabel(name)
     axes[0, 0].legend(loc="upper left", fontsize=7, ncol=3)
-    axes[0, 0].set_title("score quantiles per window (red: drift alerts)")
+    axes[0, 0].set_title("score quantiles per window (red: windows decided as drift)")
     return _png(figure)
 
 
