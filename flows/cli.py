@@ -246,23 +246,14 @@ def _thresholds(args: argparse.Namespace) -> int:
 
 def _monitor(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
-    from flows.monitor import MonitorConfig, run_monitor
+    from flows.monitor import monitor_config, run_monitor
     from flows.registry import ThresholdRegistry
-    from pipelines.sources import parse_event_time
-    from pipelines.windows import parse_window
 
     try:
-        config = MonitorConfig(
-            source=args.source,
-            out=args.out,
-            window=parse_window(args.window),
-            model=args.model,
-            since=parse_event_time(args.since) if args.since else None,
-            until=parse_event_time(args.until) if args.until else None,
-            webhooks=tuple(args.webhook),
-            slack_webhooks=tuple(args.slack_webhook),
-            reprocess=args.reprocess,
-        )
+        config = monitor_config(
+            args.source, args.out, window=args.window, model=args.model, since=args.since, until=args.until,
+            webhooks=args.webhook, slack_webhooks=args.slack_webhook, reprocess=args.reprocess,
+        )  # fmt: skip
     except ValueError as error:
         raise GradwatchError(str(error)) from error
     report = run_monitor(config, registry=ThresholdRegistry())

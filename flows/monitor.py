@@ -31,7 +31,8 @@ from pipelines.outputs import read_window
 from pipelines.pipeline import ScoringConfig, run_scoring
 from pipelines.records import ImageRef, window_label
 from pipelines.sinks import WritePartition
-from pipelines.sources import check_source, list_source
+from pipelines.sources import check_source, list_source, parse_event_time
+from pipelines.windows import parse_window
 from scoring import decision_scores, load_model
 from scoring.calibration import Calibration
 from scoring.drift import WindowDecision
@@ -78,6 +79,36 @@ class MonitorConfig:
     lowest_k: int = 5
     device: str = "auto"
     workers: int = 1
+
+
+def monitor_config(
+    source: str,
+    out: str,
+    *,
+    window: str = "1h",
+    model: str = "efficientnet-lite0",
+    since: str | None = None,
+    until: str | None = None,
+    webhooks: Sequence[str] = (),
+    slack_webhooks: Sequence[str] = (),
+    reprocess: bool = False,
+) -> MonitorConfig:
+    """A MonitorConfig from the text an operator writes (CLI flags, deployment parameters).
+
+    Raises:
+        ValueError: a window or time that does not parse, naming it.
+    """
+    return MonitorConfig(
+        source=source,
+        out=out,
+        window=parse_window(window),
+        model=model,
+        since=parse_event_time(since) if since else None,
+        until=parse_event_time(until) if until else None,
+        webhooks=tuple(webhooks),
+        slack_webhooks=tuple(slack_webhooks),
+        reprocess=reprocess,
+    )
 
 
 @dataclass

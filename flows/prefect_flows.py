@@ -21,10 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.calibrate import calibrate_reference
-from flows.monitor import Monitor, MonitorConfig
+from flows.monitor import Monitor, monitor_config
 from flows.registry import ThresholdRegistry
-from pipelines.sources import parse_event_time
-from pipelines.windows import parse_window
 from scoring.calibration import CalibrationConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,17 +69,10 @@ def monitor(
     reprocess: bool = False,
 ) -> dict[str, Any]:
     """Process every complete window of SOURCE not yet processed, then deliver pending alerts."""
-    config = MonitorConfig(
-        source=source,
-        out=out,
-        window=parse_window(window),
-        model=model,
-        since=parse_event_time(since) if since else None,
-        until=parse_event_time(until) if until else None,
-        webhooks=tuple(webhooks or ()),
-        slack_webhooks=tuple(slack_webhooks or ()),
-        reprocess=reprocess,
-    )
+    config = monitor_config(
+        source, out, window=window, model=model, since=since, until=until, webhooks=webhooks or (),
+        slack_webhooks=slack_webhooks or (), reprocess=reprocess,
+    )  # fmt: skip
     job = Monitor(config, links={"prefect_flow_run": str(flow_run.id or ""), "prefect_ui": flow_run.ui_url or ""})
     threshold_version = load_thresholds(job)
     windows = plan_windows(job)

@@ -19,6 +19,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_server(command: list[str], env: dict[str, str], health_url: str, log_path: Path) -> subprocess.Popen:
+    """Start a server process and wait until its health URL answers 200 (failing the test with its log if not)."""
+    log = log_path.open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{command[0]} did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a sqlite backend and served artifacts."""
@@ -26,34 +49,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     assert mlflow, "mlflow is installed with the project"
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
-    )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    command = [
+        mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    process = start_server(command, env, f"{uri}/health", root / "server.log")
     yield uri
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    stop_server(process)
 
 
 @pytest.fixture(scope="session")
@@ -71,24 +75,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"prefect server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    process = start_server(command, env, f"http://127.0.0.1:{port}/api/health", root / "server.log")
     yield {key: env[key] for key in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    stop_server(process)
