@@ -72,3 +72,20 @@ def test_report_renders_in_headless_chromium(small_demo: DemoResult, tmp_path: P
     run_id = max(small_demo.report.windows, key=lambda w: w["window_start"])["mlflow_run_id"]
     logged = {item.path for item in registry.client.list_artifacts(run_id, "report")}
     assert {"report/quantile_bands.png", "report/ood_rates.png"} <= logged
+
+
+def test_demo_feed_from_the_users_own_images(tmp_path: Path) -> None:
+    from flows.demo import build_feed
+
+    own = tmp_path / "own"
+    own.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((90, 120, 3), 60 * index, dtype=np.uint8)).save(own / f"{index}.png")
+    config = DemoConfig(hours=2, images_per_hour=10, reference_images=12, drift_hour=1)
+    reference, manifest = build_feed(tmp_path / "demo", config, source=own)
+    assert len(list(reference.glob("*.jpg"))) == 12
+    rows = manifest.read_text().splitlines()[1:]
+    assert len(rows) == 20
+    assert sum("healthy" in row for row in rows) == 10 + 6  # hour 1 has 40% drifted
+    with pytest.raises(ValueError, match="holds no images"):
+        build_feed(tmp_path / "empty", config, source=tmp_path / "nothing-here")
