@@ -33,7 +33,7 @@ from pipelines.records import ImageRef, window_label
 from pipelines.sinks import WritePartition
 from pipelines.sources import check_source, list_source, parse_event_time
 from pipelines.windows import parse_window
-from scoring import decision_scores, load_model
+from scoring import LoadedModel, decision_scores, load_model
 from scoring.calibration import Calibration
 from scoring.drift import WindowDecision
 
@@ -243,7 +243,7 @@ class Monitor:
         refs = self.images.get(window_start, [])
         record, alerts = _process_window(
             self.config, window_start, refs, self.calibration, self.version.version, self.gates, self.policy,
-            self.links,
+            self.links, self.loaded,
         )  # fmt: skip
         # A camera that stops while the others go on: a segment of the previous window that sent nothing now.
         silent = self.watermark.segments(window_start - self.config.window) - {ref.segment for ref in refs}
@@ -309,6 +309,7 @@ def _process_window(
     gates: Gates,
     policy: AlertPolicy,
     links: Mapping[str, str],
+    loaded: LoadedModel,
 ) -> tuple[dict[str, Any], list[Alert]]:
     window_end = window_start + config.window
     common = {"model_id": calibration.model_id, "threshold_version": threshold_version, "links": dict(links)}
@@ -324,7 +325,8 @@ def _process_window(
     before = gates.before_scoring(image_metadata(refs), window_start, window_end)
     scoring = run_scoring(
         ScoringConfig(source=config.source, out=config.out, window=config.window, model=config.model,
-                      since=window_start, until=window_end, device=config.device, workers=config.workers)
+                      since=window_start, until=window_end, device=config.device, workers=config.workers),
+        loaded=loaded,
     )  # fmt: skip
     scores = read_window(config.out, "scores", window_start, source=config.source)
     windows = read_window(config.out, "windows", window_start, source=config.source)

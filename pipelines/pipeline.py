@@ -38,7 +38,7 @@ from pipelines.records import (
 from pipelines.sinks import WritePartition
 from pipelines.sources import REJECTED, SUBTREE, ExpandSource, ListSubtree, check_source
 from pipelines.windows import WindowStatsFn, align_to_windows, window_rows
-from scoring import Preprocessing, load_model, registered_scores, resolve_device
+from scoring import LoadedModel, Preprocessing, load_model, registered_scores, resolve_device
 
 LOCAL_RUNNER = "local"
 
@@ -296,16 +296,21 @@ def count_progress(progress_dir: str) -> int:
         return sum(entry.stat().st_size for entry in entries)
 
 
-def run_scoring(config: ScoringConfig) -> RunSummary:
+def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> RunSummary:
     """Run the pipeline to completion and reconcile what went in with what came out.
+
+    Args:
+        config: the run.
+        loaded: the model ``config.model`` names, when the caller has it loaded already (the monitor runs one
+            pipeline per window); otherwise it is loaded here for its id and preprocessing.
 
     Raises:
         SourceError: SOURCE is not there (checked before any worker starts).
         ModelSpecError: the model cannot be loaded (likewise).
     """
     check_source(config.source)
-    # Loaded once here for its id and preprocessing, so a bad spec fails before the pipeline starts.
-    loaded = load_model(config.model)
+    # Loaded here for its id and preprocessing, so a bad spec fails before the pipeline starts.
+    loaded = loaded or load_model(config.model)
     score_names = tuple(registered_scores())
     options = pipeline_options(config)
     started = time.perf_counter()
