@@ -32,6 +32,7 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
         expected_model_id: str,
         device: str = "auto",
         temperature: float = 1.0,
+        precision: str = "fp32",
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         cpu_threads: int | None = None,
@@ -46,6 +47,7 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
                 (another image, another file at the same path) refuses to score.
             device: ``auto``, ``cpu``, ``cuda``...
             temperature: T of GradNorm and Energy.
+            precision: ``fp32``, or ``bf16`` autocast of the network (GPU tensor cores).
             min_batch_size: smallest batch Beam's BatchElements forms.
             max_batch_size: largest batch; size it to the device's memory.
             cpu_threads: torch intra-op threads per worker process; set it to cores / workers so that
@@ -64,13 +66,16 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
         self._expected_model_id = expected_model_id
         self._device = device
         self._temperature = temperature
+        self._precision = precision
         self._cpu_threads = cpu_threads
         self._load_scorer_fn = load_scorer_fn
 
     def load_model(self) -> Scorer:
         if self._cpu_threads:
             torch.set_num_threads(self._cpu_threads)
-        scorer = self._load_scorer_fn(self._model_spec, device=self._device, temperature=self._temperature)
+        scorer = self._load_scorer_fn(
+            self._model_spec, device=self._device, temperature=self._temperature, precision=self._precision
+        )
         if scorer.model_id != self._expected_model_id:
             raise ModelSpecError(
                 f"worker {os.uname().nodename} loaded {scorer.model_id} for {self._model_spec!r}, but the pipeline "

@@ -247,3 +247,13 @@ def test_outputs_read_with_pyarrow_hive_and_duckdb(odd_folder: Path, tmp_path: P
         from read_parquet('{out}/scores/*/*.parquet', hive_partitioning = true) group by window_start
     """
     assert duckdb.sql(query).fetchall()[0][:2] == ("2026-11-26T13-00-00Z", 8)
+
+
+def test_bf16_precision_runs_through_the_pipeline(odd_folder: Path, tmp_path: Path) -> None:
+    _run(odd_folder, tmp_path / "fp32")
+    _run(odd_folder, tmp_path / "bf16", precision="bf16")
+    exact = dict(_rows(tmp_path / "fp32", "scores", "uri", "energy"))
+    fast = dict(_rows(tmp_path / "bf16", "scores", "uri", "energy"))
+    assert exact.keys() == fast.keys()
+    relative = [abs(fast[uri] - exact[uri]) / abs(exact[uri]) for uri in exact]
+    assert 0 < max(relative) < 5e-2  # bf16 really ran (scores moved), and only by its rounding

@@ -123,3 +123,22 @@ def test_registered_scores_cover_the_public_columns() -> None:
 def test_a_score_name_cannot_be_registered_twice() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         register("gradnorm")(lambda head: head.logits[:, 0])
+
+
+def test_bf16_autocast_keeps_scores_and_their_order(efficientnet: Scorer) -> None:
+    # A CPU smoke test of the bf16 path: bfloat16 keeps ~3 significant digits through the network, so scores move
+    # by about a percent (measured: at most 1.4% here) and the order of images does not change. The GPU's 5e-3
+    # target is for bench/gpu.py on a GPU to show.
+    images = _photos(efficientnet)
+    bf16 = load_scorer("efficientnet-lite0", device="cpu", precision="bf16")
+    exact, fast = efficientnet.score(images), bf16.score(images)
+    for name in ("gradnorm", "energy", "maxlogit"):
+        assert np.median(np.abs(fast[name] - exact[name]) / np.abs(exact[name])) < 3e-2, name
+        np.testing.assert_array_equal(np.argsort(fast[name]), np.argsort(exact[name]), err_msg=name)
+    assert np.max(np.abs(fast["msp"] - exact["msp"])) < 0.05  # a probability: compared in absolute terms
+    assert fast["gradnorm"].dtype == np.float64
+
+
+def test_precision_must_be_known() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        load_scorer("tests.scoring.tiny_models:build", device="cpu", precision="fp8")
