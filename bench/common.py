@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from pipelines.outputs import read_table
 from pipelines.pipeline import ScoringConfig, run_scoring
@@ -34,3 +37,14 @@ def top1(table: pa.Table, labels_csv: Path) -> float:
         labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(file)}
     rows = [row for row in table.select(["uri", "pred"]).to_pylist() if Path(row["uri"]).name in labels]
     return float(np.mean([row["pred"] == labels[Path(row["uri"]).name] for row in rows]))
+
+
+def images_per_second(run: Callable[[], object], count: int, device: torch.device) -> float:
+    """Images per second of one call of ``run``, waiting for the GPU's queue before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - started)

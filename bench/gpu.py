@@ -18,7 +18,6 @@ import importlib.util
 import io
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import SHARED  # noqa: E402
+from bench.common import SHARED, images_per_second  # noqa: E402
 from pipelines.inference import ScorerModelHandler  # noqa: E402
 from pipelines.records import DecodedImage  # noqa: E402
 from scoring import Scorer, decode_image, load_scorer, resolve_device  # noqa: E402
@@ -43,17 +42,9 @@ def jpeg_bytes(folder: Path, count: int) -> list[bytes]:
 
 
 def rate(run: Callable[[], object], count: int, device: torch.device, rounds: int = 3) -> float:
-    run()  # warm-up: kernels, autotuning, allocator
-    timings = []
-    for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - started)
-    return count / statistics.median(timings)
+    """Median images/s over ``rounds`` after one warm-up call (kernels, autotuning, allocator)."""
+    run()
+    return statistics.median(images_per_second(run, count, device) for _ in range(rounds))
 
 
 def end_to_end(handler: ScorerModelHandler, scorer: Scorer, blobs: list[bytes], batch_size: int) -> Callable[[], None]:

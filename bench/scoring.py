@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 # Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
@@ -21,6 +19,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import images_per_second  # noqa: E402
 from scoring import ImageDecodeError, Scorer, load_scorer  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
 
@@ -39,16 +38,6 @@ def load_images(scorer: Scorer, folder: Path, count: int) -> torch.Tensor:
     if not tensors:
         raise SystemExit(f"no images in {folder}; pass --images DIR")
     return torch.stack(tensors).to(scorer.device, memory_format=torch.channels_last)
-
-
-def images_per_second(run: Callable[[], object], count: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
 
 
 def main() -> None:

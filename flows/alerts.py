@@ -81,12 +81,13 @@ class Target:
     url: str
     kind: Literal["webhook", "slack"] = "webhook"
 
-    def body(self, alert: Alert) -> bytes:
+    def body(self, payload: Mapping[str, Any]) -> bytes:
+        """What is posted for an alert's payload (as :meth:`Alert.payload` makes it and the outbox keeps it)."""
         if self.kind == "slack":
-            icon = {"drift": ":rotating_light:", "recovered": ":white_check_mark:"}.get(alert.kind, ":warning:")
-            text = f"{icon} *gradwatch {alert.kind}* {alert.summary}"
-            return json.dumps({"text": text, "gradwatch": alert.payload()}, sort_keys=True).encode()
-        return json.dumps(alert.payload(), sort_keys=True).encode()
+            icon = {"drift": ":rotating_light:", "recovered": ":white_check_mark:"}.get(payload["kind"], ":warning:")
+            text = f"{icon} *gradwatch {payload['kind']}* {payload['summary']}"
+            return json.dumps({"text": text, "gradwatch": payload}, sort_keys=True).encode()
+        return json.dumps(payload, sort_keys=True).encode()
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -164,12 +165,10 @@ def deliver_pending(
     delivered = still_pending = 0
     secret = os.environ.get(SECRET_ENV, "")
     for path, entry in outbox.pending():
-        payload = entry["alert"]
-        alert_body = _alert_from_payload(payload)
         for target in targets:
             if target.url in entry["delivered_to"]:
                 continue
-            if _post(target, alert_body, secret, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s):
+            if _post(target, entry["alert"], secret, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s):
                 entry["delivered_to"].append(target.url)
         done = all(target.url in entry["delivered_to"] for target in targets)
         outbox.record(path, entry, done=done)
@@ -178,15 +177,18 @@ def deliver_pending(
     return delivered, still_pending
 
 
-def _post(target: Target, alert: Alert, secret: str, *, attempts: int, backoff_s: float, timeout_s: float) -> bool:
-    body = target.body(alert)
+def _post(
+    target: Target, payload: Mapping[str, Any], secret: str, *, attempts: int, backoff_s: float, timeout_s: float
+) -> bool:
+    body = target.body(payload)
+    alert_id = payload["alert_id"]
     for attempt in range(attempts):
         headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
         if target.kind == "webhook":
             timestamp = int(time.time())
             headers["X-Gradwatch-Timestamp"] = str(timestamp)
             headers["X-Gradwatch-Signature"] = sign(secret, timestamp, body)
-            headers["X-Gradwatch-Alert-Id"] = alert.alert_id
+            headers["X-Gradwatch-Alert-Id"] = alert_id
         request = urllib.request.Request(target.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -194,32 +196,14 @@ def _post(target: Target, alert: Alert, secret: str, *, attempts: int, backoff_s
                     return True
         except urllib.error.HTTPError as error:
             if error.code < 500:
-                log.error(
-                    "%s refused alert %s with HTTP %s; not retried", redact(target.url), alert.alert_id, error.code
-                )
+                log.error("%s refused alert %s with HTTP %s; not retried", redact(target.url), alert_id, error.code)
                 return False
-            log.warning("%s answered HTTP %s to alert %s", redact(target.url), error.code, alert.alert_id)
+            log.warning("%s answered HTTP %s to alert %s", redact(target.url), error.code, alert_id)
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-            log.warning("%s unreachable for alert %s: %s", redact(target.url), alert.alert_id, type(error).__name__)
+            log.warning("%s unreachable for alert %s: %s", redact(target.url), alert_id, type(error).__name__)
         if attempt + 1 < attempts:
             time.sleep(backoff_s * 2**attempt)
     return False
-
-
-def _alert_from_payload(payload: Mapping[str, Any]) -> Alert:
-    return Alert(
-        kind=payload["kind"],
-        window_start=dt.datetime.fromisoformat(payload["window"]["start"]),
-        window_end=dt.datetime.fromisoformat(payload["window"]["end"]),
-        segment=payload["segment"],
-        model_id=payload["model_id"],
-        threshold_version=payload["threshold_version"],
-        summary=payload["summary"],
-        decision=payload["decision"],
-        lowest_scoring=payload["lowest_scoring_images"],
-        links=payload["links"],
-        reminder=payload["reminder"],
-    )
 
 
 @dataclass

@@ -29,7 +29,7 @@ from flows.quality import GateResult, Gates, image_metadata
 from flows.registry import ThresholdRegistry, redact
 from pipelines.outputs import read_window
 from pipelines.pipeline import ScoringConfig, run_scoring
-from pipelines.records import ImageRef, window_label
+from pipelines.records import ImageRef, parse_window_label, window_label
 from pipelines.sinks import WritePartition
 from pipelines.sources import check_source, list_source, parse_event_time
 from pipelines.windows import parse_window
@@ -175,7 +175,7 @@ def plan_windows(
     last_complete = floor_to_window(now, config.window)  # the window that contains now is still filling
     until = min(floor_to_window(config.until, config.window), last_complete) if config.until else last_complete
     first_seen = min(images, default=None)
-    known = [dt.datetime.strptime(label, "%Y-%m-%dT%H-%M-%SZ").replace(tzinfo=dt.UTC) for label in watermark.windows]
+    known = [parse_window_label(label) for label in watermark.windows]
     start = floor_to_window(config.since, config.window) if config.since else min([*known, *(
         [first_seen] if first_seen else [])], default=None)  # fmt: skip
     if start is None:
@@ -389,11 +389,16 @@ def _summary(kind: str, segment: str, decision: WindowDecision, window_start: dt
     return f"drift in {where}, window {window_label(window_start)}: {', '.join(fired)}"
 
 
+def lowest_scoring(rows: Sequence[Mapping[str, Any]], fired: Sequence[str], k: int) -> tuple[str, list[Mapping]]:
+    """The k rows lowest on the first score that fired (``segment/score/test`` names), MSP when none did."""
+    score = fired[0].split("/")[1] if fired else "msp"
+    return score, sorted(rows, key=lambda row: row[score])[:k]
+
+
 def _lowest(scores: pa.Table, segment: str, decision: WindowDecision, k: int) -> list[str]:
-    fired = [name.split("/")[1] for name in decision.fired if name.split("/")[0] == (segment or "-")]
-    score = fired[0] if fired else "msp"
-    rows = [row for row in scores.select(["uri", "segment", score]).to_pylist() if row["segment"] == segment]
-    return [row["uri"] for row in sorted(rows, key=lambda row: row[score])[:k]]
+    fired = [name for name in decision.fired if name.split("/")[0] == (segment or "-")]
+    rows = [row for row in scores.to_pylist() if row["segment"] == segment]
+    return [row["uri"] for row in lowest_scoring(rows, fired, k)[1]]
 
 
 def _record(

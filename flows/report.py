@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from flows.monitor import lowest_scoring
 from flows.plots import plt
 from pipelines.outputs import read_table
 from scoring import decision_scores
@@ -179,6 +180,7 @@ def _html(
         for name, data in charts.items()
     )
     rows, strips = [], []
+    score_rows = scores.to_pylist() if any(row["status"] == "drift" for row in decisions) else []
     for row in decisions:
         start = row["window_start"]
         css = "drift" if row["status"] == "drift" else ("warn" if row["status"] != "ok" else "")
@@ -189,8 +191,8 @@ def _html(
             f'<tr class="{css}"><td>{start:%Y-%m-%d %H:%M}</td><td>{escape(row["status"])}</td><td>{row["n"]}</td>'
             f"<td>{row['n_rejected']}</td><td>{escape(', '.join(row['fired']) or '-')}</td><td>{quality}</td></tr>"
         )
-        if row["status"] == "drift" and scores.num_rows:
-            strips.append(_strip(scores, row, lowest_k))
+        if row["status"] == "drift" and score_rows:
+            strips.append(_strip(score_rows, row, lowest_k))
     threshold = f"thresholds v{escape(decisions[-1]['threshold_version'])}, " if decisions else ""
     model = escape(calibration.model_id if calibration else (decisions[-1]["model_id"] if decisions else "-"))
     drift_count = sum(row["status"] == "drift" for row in decisions)
@@ -217,14 +219,10 @@ tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
 """
 
 
-def _strip(scores: pa.Table, decision: Mapping, k: int) -> str:
+def _strip(score_rows: list[dict], decision: Mapping, k: int) -> str:
     start = decision["window_start"]
-    fired = [name.split("/")[1] for name in decision["fired"]]
-    score = fired[0] if fired else "msp"
-    in_window = [
-        row for row in scores.select(["uri", "window_start", score]).to_pylist() if row["window_start"] == start
-    ]
-    lowest = sorted(in_window, key=lambda row: row[score])[:k]
+    in_window = [row for row in score_rows if row["window_start"] == start]
+    score, lowest = lowest_scoring(in_window, decision["fired"], k)
     thumbs = "".join(
         f'<img src="{src}" title="{html.escape(row["uri"])} {score}={row[score]:.4g}" '
         f'alt="{html.escape(Path(row["uri"]).name)}">'

@@ -224,7 +224,7 @@ def calibrate(
         if members.size >= config.min_segment_reference:
             references[segment] = references_for(members)
 
-    checks = _false_alarm_checks(columns, held_out, segment_of, references, config, rng)
+    checks = _false_alarm_checks(columns, held_out, references, config, rng)
     separation = _separation(references[""], validation or {})
     recommended, warnings = _guardrail(separation, primary_score)
     unchecked = sorted(set(config.check_window_sizes) - {check.window_size for check in checks})
@@ -245,7 +245,6 @@ def calibrate(
 def _false_alarm_checks(
     columns: Mapping[str, np.ndarray],
     held_out: np.ndarray,
-    segment_of: np.ndarray,
     references: Mapping[str, Mapping[str, ScoreReference]],
     config: CalibrationConfig,
     rng: np.random.Generator,
