@@ -139,6 +139,35 @@ def test_bf16_autocast_keeps_scores_and_their_order(efficientnet: Scorer) -> Non
     assert fast["gradnorm"].dtype == np.float64
 
 
+def test_fp16_autocast_keeps_scores_within_three_thousandths(efficientnet: Scorer) -> None:
+    images = _photos(efficientnet)
+    fp16 = load_scorer("efficientnet-lite0", device="cpu", precision="fp16")
+    exact, fast = efficientnet.score(images), fp16.score(images)
+    for name in ("gradnorm", "energy", "maxlogit", "feature_l1"):
+        np.testing.assert_allclose(fast[name], exact[name], rtol=5e-3, err_msg=name)
+    np.testing.assert_array_equal(fast["pred"], exact["pred"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_images_that_overflow_half_precision_are_scored_in_fp32(precision: str) -> None:
+    spec = "tests.scoring.tiny_models:build_large_features"
+    images = torch.rand(3, 3, 16, 16)
+    exact = load_scorer(spec, device="cpu").score(images)
+    fast = load_scorer(spec, device="cpu", precision=precision).score(images)
+    for name in ("gradnorm", "energy", "feature_l1"):
+        assert np.isfinite(fast[name]).all(), name
+        # bf16 does not overflow here, so its own rounding is what differs.
+        np.testing.assert_allclose(fast[name], exact[name], rtol=1e-5 if precision == "fp16" else 5e-2, err_msg=name)
+
+
+def test_compiled_scorer_gives_the_eager_scores() -> None:
+    images = torch.rand(6, 3, 16, 16)
+    eager = load_scorer("tests.scoring.tiny_models:build", device="cpu").score(images)
+    compiled = load_scorer("tests.scoring.tiny_models:build", device="cpu", compile=True).score(images)
+    for name, column in eager.items():
+        np.testing.assert_allclose(compiled[name], column, rtol=1e-5, err_msg=name)
+
+
 def test_precision_must_be_known() -> None:
     with pytest.raises(ValueError, match="precision"):
         load_scorer("tests.scoring.tiny_models:build", device="cpu", precision="fp8")

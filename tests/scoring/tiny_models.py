@@ -71,3 +71,12 @@ def build_without_linear() -> NoLinear:
 
 def build_not_a_module() -> str:
     return "not a module"
+
+
+def build_large_features() -> TinyClassifier:
+    """Hidden activations of order 1e6, past float16's 65504: half precision overflows to inf."""
+    model = TinyClassifier()
+    with torch.no_grad():
+        model.hidden.weight.mul_(1e6)
+        model.classifier.weight.mul_(1e-6)
+    return model
