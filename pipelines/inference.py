@@ -1,9 +1,9 @@
-"""The RunInference model handler: batches of decoded images in, per-image scores out.
+"""The RunInference model handler: batches of encoded images in, per-image scores or rejections out.
 
 Beam loads one model per worker process and shares it between the process's threads
 (https://beam.apache.org/documentation/ml/about-ml/#use-runinference). With ``large_model`` or
-``model_copies`` the model is a proxy in another process, so all work stays inside one
-``Scorer.score`` call per batch.
+``model_copies`` the model is a proxy in another process, so all work, decoding included, stays inside one
+``Scorer.score_encoded`` call per batch: only bytes cross to the model's process, and only scores come back.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipelines.records import DecodedImage
+from pipelines.records import EncodedImage
 from scoring import ModelSpecError, Scorer, load_scorer
 
 
-class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
-    """Scores :class:`DecodedImage` batches with :func:`scoring.load_scorer`.
+class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
+    """Decodes and scores :class:`EncodedImage` batches with :func:`scoring.load_scorer`.
 
-    Its one job is turning a batch into scores; decoding happens before it and windowing after it.
+    Its one job is turning a batch of image bytes into scores. Decoding lives here, not in a DoFn before it,
+    so the scorer's host threads (or the GPU's JPEG decoder) decode one group while the device scores the
+    last. Each result's ``inference`` is the image's scores, or the ``ImageDecodeError`` that rejects it.
     """
 
     def __init__(
@@ -33,6 +35,9 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
         device: str = "auto",
         temperature: float = 1.0,
         precision: str = "fp32",
+        compile: bool = False,
+        decoder: str = "host",
+        decode_threads: int | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         cpu_threads: int | None = None,
@@ -47,7 +52,10 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
                 (another image, another file at the same path) refuses to score.
             device: ``auto``, ``cpu``, ``cuda``...
             temperature: T of GradNorm and Energy.
-            precision: ``fp32``, or ``bf16`` autocast of the network (GPU tensor cores).
+            precision: ``fp32``, or ``fp16``/``bf16`` autocast of the network (GPU tensor cores).
+            compile: ``torch.compile`` the network on each worker.
+            decoder: ``host`` (Pillow threads) or ``device`` (JPEGs on the scorer's device, needs torchvision).
+            decode_threads: host decoding threads per model; see :class:`scoring.Scorer`.
             min_batch_size: smallest batch Beam's BatchElements forms.
             max_batch_size: largest batch; size it to the device's memory.
             cpu_threads: torch intra-op threads per worker process; set it to cores / workers so that
@@ -64,18 +72,21 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
         )
         self._model_spec = model_spec
         self._expected_model_id = expected_model_id
-        self._device = device
-        self._temperature = temperature
-        self._precision = precision
+        self._scorer_options = {
+            "device": device,
+            "temperature": temperature,
+            "precision": precision,
+            "compile": compile,
+            "decoder": decoder,
+            "decode_threads": decode_threads,
+        }
         self._cpu_threads = cpu_threads
         self._load_scorer_fn = load_scorer_fn
 
     def load_model(self) -> Scorer:
         if self._cpu_threads:
             torch.set_num_threads(self._cpu_threads)
-        scorer = self._load_scorer_fn(
-            self._model_spec, device=self._device, temperature=self._temperature, precision=self._precision
-        )
+        scorer = self._load_scorer_fn(self._model_spec, **self._scorer_options)
         if scorer.model_id != self._expected_model_id:
             raise ModelSpecError(
                 f"worker {os.uname().nodename} loaded {scorer.model_id} for {self._model_spec!r}, but the pipeline "
@@ -84,24 +95,25 @@ class ScorerModelHandler(ModelHandler[DecodedImage, PredictionResult, Scorer]):
         return scorer
 
     def run_inference(
-        self, batch: Sequence[DecodedImage], model: Scorer, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[EncodedImage], model: Scorer, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
-        """Score one batch.
+        """Decode and score one batch.
 
         Args:
-            batch: decoded images.
+            batch: images' bytes.
             model: the scorer, or its proxy when shared across processes.
             inference_args: unused; scoring takes no per-call arguments.
 
         Returns:
-            One PredictionResult per image: the image, and a dict of its scores (and ``pred``).
+            One PredictionResult per image: the image, and either a dict of its scores (and ``pred``) or the
+            ``ImageDecodeError`` that rejects it.
         """
-        scores = model.score(torch.stack([image.tensor for image in batch]))
-        for index, image in enumerate(batch):
-            yield PredictionResult(image, {name: column[index].item() for name, column in scores.items()})
+        outcomes = model.score_encoded([image.data for image in batch], sources=[image.uri for image in batch])
+        for image, outcome in zip(batch, outcomes, strict=True):
+            yield PredictionResult(image, outcome)
 
-    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
-        return sum(image.tensor.nbytes for image in batch)
+    def get_num_bytes(self, batch: Sequence[EncodedImage]) -> int:
+        return sum(len(image.data) for image in batch)
 
     def get_metrics_namespace(self) -> str:
         return "gradwatch_inference"

@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import window as beam_window
 
-from pipelines.decode import ReadAndDecode
 from pipelines.inference import ScorerModelHandler
+from pipelines.read import ReadImage
 from pipelines.records import (
     REJECTED_SCHEMA,
     WINDOWS_SCHEMA,
@@ -38,7 +38,7 @@ from pipelines.records import (
 from pipelines.sinks import WritePartition
 from pipelines.sources import REJECTED, SUBTREE, ExpandSource, ListSubtree, check_source
 from pipelines.windows import WindowStatsFn, align_to_windows, window_rows
-from scoring import LoadedModel, Preprocessing, load_model, registered_scores, resolve_device
+from scoring import ImageDecodeError, LoadedModel, Preprocessing, load_model, registered_scores, resolve_device
 
 LOCAL_RUNNER = "local"
 
@@ -56,8 +56,12 @@ class ScoringConfig:
     # None picks by device: 32 on CPU (the scorer runs 4 at a time anyway), 256 on a GPU.
     batch_size: int | None = None
     temperature: float = 1.0
-    # bf16 runs the network on tensor cores at about twice fp32's speed; fp32 is exact and the CPU default.
+    # fp16/bf16 run the network on tensor cores at about twice fp32's speed; fp32 is exact and the CPU default.
     precision: str = "fp32"
+    # torch.compile pays tens of seconds per worker to compile: worth it on a GPU for long runs only.
+    compile: bool = False
+    # "device" decodes JPEGs on the GPU (needs torchvision): host decoding is what bounds a GPU worker.
+    decoder: str = "host"
     # Local worker processes; 1 runs everything in this process, which starts fastest.
     workers: int = 1
     # "local" is the embedded FnApiRunner: it works offline, unlike DirectRunner's Prism download.
@@ -66,7 +70,8 @@ class ScoringConfig:
     beam_options: tuple[str, ...] = ()
     since: dt.datetime | None = None
     until: dt.datetime | None = None
-    # Share one model per machine between worker processes (one GPU, one copy).
+    # Share one model per machine between worker processes (one GPU, one copy); always so for several local
+    # processes on a GPU, where a copy each would split its memory and contend for it.
     large_model: bool = False
     # A local folder where workers tick off each image they finish, for a live count (local runners only).
     progress_dir: str | None = None
@@ -141,7 +146,7 @@ def build_pipeline(
         pipeline: the pipeline to extend.
         config: the run.
         model_id: the id rows are stamped with; workers refuse to score with other weights.
-        preprocessing: the model's input pipeline, applied at decode.
+        preprocessing: the model's input pipeline; its byte limit bounds what is read.
         score_names: the score columns, in order.
     """
     since, until = config.aligned_range()
@@ -154,10 +159,12 @@ def build_pipeline(
         device=config.device,
         temperature=config.temperature,
         precision=config.precision,
+        compile=config.compile,
+        decoder=config.decoder,
         min_batch_size=min(batch_size, 4),
         max_batch_size=batch_size,
         cpu_threads=cpu_threads,
-        large_model=config.large_model,
+        large_model=config.large_model or (device.type == "cuda" and config.workers > 1),
     )
     window_seconds = config.window.total_seconds()
 
@@ -167,24 +174,28 @@ def build_pipeline(
         | "ListTopLevel" >> beam.ParDo(ExpandSource()).with_outputs(SUBTREE, REJECTED, main="refs")
     )
     nested = top_level[SUBTREE] | "SpreadFolders" >> beam.Reshuffle() | "ListFolders" >> beam.ParDo(ListSubtree())
-    decoded = (
+    read = (
         (top_level.refs, nested)
         | "AllRefs" >> beam.Flatten()
         | "SpreadImages" >> beam.Reshuffle()
-        | "ReadAndDecode"
-        >> beam.ParDo(ReadAndDecode(preprocessing, since=since, until=until)).with_outputs(REJECTED, main="images")
+        | "Read"
+        >> beam.ParDo(ReadImage(max_bytes=preprocessing.max_bytes, since=since, until=until)).with_outputs(
+            REJECTED, main="images"
+        )
     )
-    scored_rows = (
-        decoded.images
+    outcomes = (
+        read.images
         | "Score" >> RunInference(handler)
-        | "ToScoreRows" >> beam.Map(_score_row, model_id=model_id, score_names=score_names)
+        | "ToScoreRows"
+        >> beam.ParDo(_ScoreRows(model_id=model_id, score_names=score_names)).with_outputs(REJECTED, main="rows")
     )
+    scored_rows = outcomes.rows
     scored = (
         scored_rows
         | "ScoresEventTime" >> beam.Map(lambda row: beam_window.TimestampedValue(row, row["event_time"].timestamp()))
         | "ScoresWindows" >> beam.WindowInto(beam_window.FixedWindows(window_seconds))
     )
-    rejected = (top_level[REJECTED], decoded[REJECTED]) | "AllRejected" >> beam.Flatten()
+    rejected = (top_level[REJECTED], read[REJECTED], outcomes[REJECTED]) | "AllRejected" >> beam.Flatten()
     if config.progress_dir:
         # Two ticks rather than a Flatten, so each runs fused into the stage that finishes the image.
         scored_rows | "TickScored" >> beam.ParDo(_TickProgress(config.progress_dir))
@@ -231,18 +242,29 @@ def build_pipeline(
             written | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
 
 
-def _score_row(result: PredictionResult, *, model_id: str, score_names: Sequence[str]) -> dict[str, Any]:
-    image, scores = result.example, result.inference
-    Metrics.counter("gradwatch", "scored").inc()
-    return {
-        "image_id": image.image_id,
-        "uri": image.uri,
-        "event_time": image.event_time,
-        "segment": image.segment,
-        "model_id": model_id,
-        **{name: scores[name] for name in score_names},
-        "pred": scores["pred"],
-    }
+class _ScoreRows(beam.DoFn):
+    """PredictionResult -> a scores row (main), or a decode Rejected (``rejected``) for an image that failed."""
+
+    def __init__(self, *, model_id: str, score_names: Sequence[str]) -> None:
+        self._model_id = model_id
+        self._score_names = tuple(score_names)
+
+    def process(self, result: PredictionResult) -> Iterator[Any]:
+        image, outcome = result.example, result.inference
+        if isinstance(outcome, ImageDecodeError):
+            rejection = Rejected(image.uri, image.event_time, "decode", outcome.reason, str(outcome), image.segment)
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+            return
+        Metrics.counter("gradwatch", "scored").inc()
+        yield {
+            "image_id": image.image_id,
+            "uri": image.uri,
+            "event_time": image.event_time,
+            "segment": image.segment,
+            "model_id": self._model_id,
+            **{name: outcome[name] for name in self._score_names},
+            "pred": outcome["pred"],
+        }
 
 
 def _rejected_row(rejection: Rejected) -> dict[str, Any]:

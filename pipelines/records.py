@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
-import torch
 
 RejectStage = Literal["list", "manifest", "read", "decode"]
 
@@ -34,14 +33,14 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
-class DecodedImage:
-    """An image ready for the model."""
+class EncodedImage:
+    """An image's bytes, read and placed in time, for the model handler to decode and score."""
 
     image_id: str  # sha256 of the bytes
     uri: str
     event_time: dt.datetime
     segment: str
-    tensor: torch.Tensor
+    data: bytes
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from scoring.errors import ModelSpecError
+from scoring.decoding import Decoder, DeviceJpegDecoder
+from scoring.errors import ImageDecodeError, ModelSpecError
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.models import LoadedModel, load_model
 from scoring.scores import HeadOutputs, registered_scores
@@ -24,6 +28,11 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # On a CPU a forward pass over a few images at a time keeps activations in cache: EfficientNet-Lite0 on
 # 2 cores scores ~155 images/s in chunks of 4 against ~38 in one batch of 64 (bench/scoring.py --chunk).
 CPU_FORWARD_CHUNK = 4
+# Encoded images are scored this many at a time on an accelerator, so the device works on one group while
+# the host decodes the next: small enough to start the device early, large enough to fill it.
+ACCELERATOR_SCORE_CHUNK = 128
+
+ImageScores = dict[str, float | int]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -49,6 +58,8 @@ class Scorer:
         forward_chunk: int | None = None,
         precision: Precision = "fp32",
         compile: bool = False,
+        decoder: Decoder = "host",
+        decode_threads: int | None = None,
     ) -> None:
         """Put the model on its device, channels-last, and optionally compile it.
 
@@ -64,6 +75,11 @@ class Scorer:
                 always computed in float64 from the head's outputs.
             compile: run the network through ``torch.compile``: faster on a GPU after a first batch that
                 compiles it (tens of seconds), and again for each new batch shape.
+            decoder: how :meth:`score_encoded` decodes: ``host`` (Pillow on host threads), or ``device``
+                (JPEGs with torchvision on the scorer's device, nvJPEG on a GPU; other formats and any
+                image it fails on go to the host path). Needs torchvision.
+            decode_threads: host decoding threads of :meth:`score_encoded`; default: every core beside an
+                accelerator, torch's intra-op thread count on a CPU (decoding and the network share it).
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -71,6 +87,10 @@ class Scorer:
             raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}")
         if forward_chunk is not None and forward_chunk < 1:
             raise ValueError(f"forward_chunk must be at least 1, got {forward_chunk}")
+        if decoder not in ("host", "device"):
+            raise ValueError(f"decoder must be 'host' or 'device', got {decoder!r}")
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         self._loaded = loaded
         self.device = resolve_device(device)
         self.temperature = temperature
@@ -87,6 +107,11 @@ class Scorer:
             # In place, so the head's capture hook stays on the module that runs.
             loaded.module.compile()
         self._scores = registered_scores()
+        self._device_decoder = DeviceJpegDecoder(loaded.preprocessing, self.device) if decoder == "device" else None
+        on_cpu = self.device.type == "cpu"
+        self._decode_threads = decode_threads or (torch.get_num_threads() if on_cpu else os.cpu_count() or 1)
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self._decode_pool_lock = threading.Lock()
 
     @property
     def model(self) -> nn.Module:
@@ -153,6 +178,82 @@ class Scorer:
             columns["pred"] = logits.argmax(dim=1)
         return {name: column.cpu().numpy() for name, column in columns.items()}
 
+    def score_encoded(self, images: Sequence[bytes], *, sources: Sequence[str]) -> list[ImageScores | ImageDecodeError]:
+        """Decode, preprocess and score encoded images, the device working while the host decodes.
+
+        Host threads decode ahead (Pillow releases the GIL) while each group of images runs on the device,
+        so neither waits for the other; with ``decoder="device"`` JPEGs are decoded on the device itself.
+
+        Args:
+            images: encoded bytes, one per image.
+            sources: their names (URIs), for rejection messages.
+
+        Returns:
+            Per image, in order: its scores (as :meth:`score` gives them, one value each), or the
+            :class:`ImageDecodeError` that rejects it; a bad image never fails the others.
+        """
+        if len(images) != len(sources):
+            raise ValueError(f"{len(images)} images but {len(sources)} sources; pass one source per image")
+        results: list[ImageScores | ImageDecodeError | None] = [None] * len(images)
+        group_size = self.forward_chunk or ACCELERATOR_SCORE_CHUNK
+        indices: list[int] = []
+        tensors: list[torch.Tensor] = []
+        for index, decoded in self._decode_all(images, sources):
+            if isinstance(decoded, ImageDecodeError):
+                results[index] = decoded
+                continue
+            indices.append(index)
+            tensors.append(decoded)
+            if len(tensors) == group_size:
+                self._score_group(indices, tensors, results)
+                indices, tensors = [], []
+        if tensors:
+            self._score_group(indices, tensors, results)
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _score_group(
+        self, indices: list[int], tensors: list[torch.Tensor], results: list[ImageScores | ImageDecodeError | None]
+    ) -> None:
+        columns = self.score(torch.stack(tensors))
+        for position, index in enumerate(indices):
+            results[index] = {name: column[position].item() for name, column in columns.items()}
+
+    def _decode_all(
+        self, images: Sequence[bytes], sources: Sequence[str]
+    ) -> Iterator[tuple[int, torch.Tensor | ImageDecodeError]]:
+        pool = self._host_decode_pool()
+        on_device = set()
+        if self._device_decoder is not None:
+            on_device = {index for index, data in enumerate(images) if self._device_decoder.accepts(data)}
+        on_host: dict[int, Future] = {
+            index: pool.submit(self._decode_on_host, data, source)
+            for index, (data, source) in enumerate(zip(images, sources, strict=True))
+            if index not in on_device
+        }
+        if on_device:
+            ordered = sorted(on_device)
+            decoded = self._device_decoder.decode([images[index] for index in ordered])
+            for index, tensor in zip(ordered, decoded, strict=True):
+                if tensor is None:  # the device decoder failed on it: the host decodes it or says why not
+                    on_host[index] = pool.submit(self._decode_on_host, images[index], sources[index])
+                else:
+                    yield index, tensor
+        for index, future in on_host.items():
+            yield index, future.result()
+
+    def _decode_on_host(self, data: bytes, source: str) -> torch.Tensor | ImageDecodeError:
+        try:
+            return self.preprocess(data, source=source)
+        except ImageDecodeError as error:
+            return error
+
+    def _host_decode_pool(self) -> ThreadPoolExecutor:
+        # Made on first use, so a scorer that never decodes holds no threads.
+        with self._decode_pool_lock:
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="gradwatch-decode")
+            return self._decode_pool
+
     def _forward(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.precision == "fp32":
             return self._loaded.forward_to_head(chunk)
@@ -175,6 +276,8 @@ def load_scorer(
     forward_chunk: int | None = None,
     precision: Precision = "fp32",
     compile: bool = False,
+    decoder: Decoder = "host",
+    decode_threads: int | None = None,
 ) -> Scorer:
     """Load a model by spec and wrap it in a :class:`Scorer`.
 
@@ -190,6 +293,8 @@ def load_scorer(
         forward_chunk: most images per forward pass; see :class:`Scorer`.
         precision: ``fp32``, or ``fp16``/``bf16`` autocast of the network; see :class:`Scorer`.
         compile: run the network through ``torch.compile``; see :class:`Scorer`.
+        decoder: ``host`` or ``device`` decoding in :meth:`Scorer.score_encoded`.
+        decode_threads: host decoding threads of :meth:`Scorer.score_encoded`.
 
     Returns:
         A ready scorer.
@@ -202,4 +307,6 @@ def load_scorer(
         forward_chunk=forward_chunk,
         precision=precision,
         compile=compile,
+        decoder=decoder,
+        decode_threads=decode_threads,
     )

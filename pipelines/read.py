@@ -1,4 +1,8 @@
-"""Reading and decoding images, with a dead-letter output of one record per image that fails."""
+"""Reading images' bytes, with a dead-letter output of one record per image that cannot be read.
+
+Decoding happens in the model handler, beside the model, where host threads or the GPU's JPEG decoder keep
+the device busy; images that fail to decode leave the handler as rejections (``pipelines.inference``).
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,30 @@ import apache_beam as beam
 import fsspec
 from apache_beam.metrics import Metrics
 
-from pipelines.records import DecodedImage, ImageRef, Rejected
+from pipelines.records import EncodedImage, ImageRef, Rejected
 from pipelines.sources import REJECTED, object_mtime
-from scoring import ImageDecodeError, Preprocessing, decode_image
 
 # Errors that re-reading will not cure. Anything else (throttling, a dropped connection) propagates so the
 # runner retries the bundle: marking a readable image rejected would lose it for good.
 _PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-class ReadAndDecode(beam.DoFn):
-    """ImageRef -> DecodedImage (main) or Rejected (``rejected``), inside [since, until).
+class ReadImage(beam.DoFn):
+    """ImageRef -> EncodedImage (main) or Rejected (``rejected``), inside [since, until).
 
     Refs without an event time get the object's modification time; refs outside the time range are
     dropped before their bytes are read and are not counted as listed.
     """
 
-    def __init__(
-        self, preprocessing: Preprocessing, *, since: dt.datetime | None = None, until: dt.datetime | None = None
-    ) -> None:
-        self._preprocessing = preprocessing
+    def __init__(self, *, max_bytes: int, since: dt.datetime | None = None, until: dt.datetime | None = None) -> None:
+        """
+        Args:
+            max_bytes: the preprocessing's limit; one byte more is read, so the decoder can reject it as too large
+                without holding a bigger object in memory.
+            since: first event time kept.
+            until: first event time dropped.
+        """
+        self._max_bytes = max_bytes
         self._since = since
         self._until = until
         self._listed = Metrics.counter("gradwatch", "listed")
@@ -46,7 +54,7 @@ class ReadAndDecode(beam.DoFn):
                 return
             self._listed.inc()
             with fs.open(path, "rb") as file:
-                data = file.read(self._preprocessing.max_bytes + 1)
+                data = file.read(self._max_bytes + 1)
         except _PERMANENT_READ_ERRORS as error:
             if event_time is None:  # its time is unknown, so it cannot be placed outside the range
                 self._listed.inc()
@@ -57,14 +65,7 @@ class ReadAndDecode(beam.DoFn):
             )
             return
         self._bytes_read.inc(len(data))
-        try:
-            tensor = self._preprocessing.to_tensor(decode_image(data, source=ref.uri, limits=self._preprocessing))
-        except ImageDecodeError as error:
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, Rejected(ref.uri, event_time, "decode", error.reason, str(error), ref.segment)
-            )
-            return
-        yield DecodedImage(hashlib.sha256(data).hexdigest(), ref.uri, event_time, ref.segment, tensor)
+        yield EncodedImage(hashlib.sha256(data).hexdigest(), ref.uri, event_time, ref.segment, data)
 
     def _in_range(self, event_time: dt.datetime) -> bool:
         return (self._since is None or event_time >= self._since) and (self._until is None or event_time < self._until)

@@ -1,0 +1,110 @@
+"""JPEG decoding on the scoring device (nvJPEG on a GPU), with the host's Pillow path as the fallback.
+
+PIL on 16 host processes decodes about 2,300 ImageNet JPEGs/s while an H200's nvJPEG decodes about 10,800, so
+on a GPU worker host decoding, not the model, bounds throughput (issue 8). torchvision is optional: without
+it, or for any image the device decoder declines or fails on, the host path decodes and, where the image
+is bad, names the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
+
+Decoder = Literal["host", "device"]
+
+_LOG = logging.getLogger(__name__)
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
+# Colour modes nvJPEG turns into RGB as libjpeg does; CMYK and YCCK JPEGs take the host path.
+_DEVICE_MODES = ("RGB", "L")
+
+
+class DeviceJpegDecoder:
+    """Decodes batches of JPEGs with ``torchvision.io.decode_jpeg`` on one device, then preprocesses there."""
+
+    def __init__(self, preprocessing: Preprocessing, device: torch.device) -> None:
+        """
+        Args:
+            preprocessing: the model's; its interpolation must be one torch resamples with antialiasing.
+            device: where to decode: a CUDA device uses nvJPEG, the CPU libjpeg-turbo.
+
+        Raises:
+            ImportError: torchvision is not installed.
+            ValueError: the preprocessing's interpolation has no torch equivalent.
+        """
+        try:
+            from torchvision import io as vision_io
+        except ImportError as error:  # torchvision raises RuntimeError too when built for another torch
+            raise ImportError(
+                "decoder='device' decodes JPEGs with torchvision; install the torchvision built for this torch "
+                f"({torch.__version__}), or use decoder='host'"
+            ) from error
+        except RuntimeError as error:
+            raise ImportError(
+                f"torchvision does not load beside torch {torch.__version__} ({error}); install the matching "
+                "build, or use decoder='host'"
+            ) from error
+        if preprocessing.interpolation not in TORCH_INTERPOLATIONS:
+            raise ValueError(
+                f"decoder='device' resamples with {TORCH_INTERPOLATIONS}, not {preprocessing.interpolation!r}; "
+                "use decoder='host' for this model"
+            )
+        self._vision_io = vision_io
+        self._preprocessing = preprocessing
+        self.device = device
+
+    def accepts(self, data: bytes) -> bool:
+        """Whether ``data`` is a JPEG the device can decode within the preprocessing's limits.
+
+        Reads the header only (tens of microseconds); everything else goes to the host path, which also
+        gives bad images their rejection reason.
+        """
+        # Without its end-of-image marker a JPEG is truncated: libjpeg pads it with grey where Pillow rejects it.
+        complete = data.startswith(_JPEG_SIGNATURE) and data.endswith(_JPEG_END)
+        if not complete or len(data) > self._preprocessing.max_bytes:
+            return False
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+                return (
+                    header.format == "JPEG"
+                    and header.mode in _DEVICE_MODES
+                    and (width * height <= self._preprocessing.max_pixels)
+                )
+        except Exception:  # a header Pillow cannot read is the host path's to reject
+            return False
+
+    def decode(self, jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        """Decode and preprocess JPEGs on the device.
+
+        Returns:
+            Per input, a float32 (3, crop, crop) tensor on the device, or None where the device decoder
+            failed; those go to the host path.
+        """
+        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+        try:
+            decoded: list[torch.Tensor | None] = list(self._decode(encoded))
+        except RuntimeError as error:
+            # One bad image fails a batched call; decode one at a time to find it and keep the others.
+            _LOG.debug("batched device decode failed (%s); decoding one image at a time", error)
+            decoded = [self._decode_one(data) for data in encoded]
+        return [None if pixels is None else self._preprocessing.pixels_to_tensor(pixels) for pixels in decoded]
+
+    def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self._vision_io.decode_jpeg(
+            encoded, mode=self._vision_io.ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
+        )
+
+    def _decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
+        try:
+            return self._decode([data])[0]
+        except RuntimeError:
+            return None
