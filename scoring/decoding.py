@@ -3,7 +3,8 @@
 PIL on 16 host processes decodes about 2,300 ImageNet JPEGs/s while an H200's nvJPEG decodes about 10,800, so
 on a GPU worker host decoding, not the model, bounds throughput (issue 8). torchvision is optional: without
 it, or for any image the device decoder declines or fails on, the host path decodes and, where the image
-is bad, names the reason.
+is bad, names the reason. torchvision 0.29 deprecates its image decoders in favour of TorchCodec; this module is
+the one place to change when TorchCodec's GPU JPEG decoder is the way to go.
 """
 
 from __future__ import annotations

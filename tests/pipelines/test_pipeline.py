@@ -19,6 +19,7 @@ from pipelines.outputs import read_table
 from pipelines.pipeline import RunSummary, ScoringConfig, count_progress, run_scoring
 from scoring import load_scorer
 from tests.pipelines.conftest import TINY, utc, write_image
+from tests.scoring.test_decoding import needs_torchvision
 
 
 def _run(source: Path | str, out: Path, **overrides) -> RunSummary:
@@ -257,3 +258,29 @@ def test_bf16_precision_runs_through_the_pipeline(odd_folder: Path, tmp_path: Pa
     assert exact.keys() == fast.keys()
     relative = [abs(fast[uri] - exact[uri]) / abs(exact[uri]) for uri in exact]
     assert 0 < max(relative) < 5e-2  # bf16 really ran (scores moved), and only by its rounding
+
+
+def test_compiled_fp16_model_runs_through_the_pipeline(odd_folder: Path, tmp_path: Path) -> None:
+    _run(odd_folder, tmp_path / "fp32")
+    summary = _run(odd_folder, tmp_path / "fast", precision="fp16", compile=True)
+    assert (summary.scored, summary.rejected.total()) == (8, 3)
+    exact = dict(_rows(tmp_path / "fp32", "scores", "uri", "gradnorm"))
+    fast = dict(_rows(tmp_path / "fast", "scores", "uri", "gradnorm"))
+    assert exact.keys() == fast.keys()
+    relative = [abs(fast[uri] - exact[uri]) / abs(exact[uri]) for uri in exact]
+    assert 0 < max(relative) < 5e-3
+
+
+@needs_torchvision
+def test_device_decoding_scores_and_rejects_as_host_decoding(odd_folder: Path, tmp_path: Path) -> None:
+    host = _run(odd_folder, tmp_path / "host")
+    device = _run(odd_folder, tmp_path / "device", decoder="device")
+    assert (device.scored, device.rejected) == (host.scored, host.rejected)
+    assert _rows(tmp_path / "device", "rejected", "uri", "reason") == _rows(
+        tmp_path / "host", "rejected", "uri", "reason"
+    )
+    by_host = dict(_rows(tmp_path / "host", "scores", "uri", "gradnorm"))
+    by_device = dict(_rows(tmp_path / "device", "scores", "uri", "gradnorm"))
+    assert by_device.keys() == by_host.keys()
+    for uri, value in by_host.items():
+        assert by_device[uri] == pytest.approx(value, rel=1e-2), uri

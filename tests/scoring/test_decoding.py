@@ -1,0 +1,166 @@
+"""Scoring encoded images: host threads, the device's JPEG decoder, and the host fallback per image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+from scoring import ImageDecodeError, Preprocessing, Scorer, decode_image, load_scorer
+from tests.scoring.test_images import ODD
+
+
+def _torchvision_loads() -> bool:
+    try:
+        import torchvision.io  # noqa: F401
+    except (ImportError, RuntimeError):  # RuntimeError: a torchvision built for another torch
+        return False
+    return True
+
+
+needs_torchvision = pytest.mark.skipif(
+    not _torchvision_loads(), reason="torchvision is not installed (optional): decoder='device' needs it"
+)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: nvJPEG decoding needs one")
+
+
+def _encode(array: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _photos_as_jpeg() -> list[bytes]:
+    photos = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut(), skimage_data.camera()]
+    return [_encode(photo, "JPEG", quality=90) for photo in photos]
+
+
+def _jpeg_with_a_broken_scan() -> bytes:
+    """A JPEG whose header reads but whose scan names a component the frame lacks: every decoder fails."""
+    data = bytearray(_encode(skimage_data.chelsea(), "JPEG"))
+    start_of_scan = data.index(b"\xff\xda")
+    data[start_of_scan + 5] = 9  # FF DA, length (2 bytes), component count, then the first component's id
+    return bytes(data)
+
+
+def _cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.coffee()).convert("CMYK").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _expected(scorer: Scorer, images: list[bytes]) -> list[dict[str, float] | str]:
+    """Scores one image at a time through score(preprocess(...)), or the rejection reason."""
+    expected: list[dict[str, float] | str] = []
+    for data in images:
+        try:
+            tensor = scorer.preprocess(data)
+        except ImageDecodeError as error:
+            expected.append(error.reason)
+            continue
+        expected.append({name: column[0].item() for name, column in scorer.score(tensor[None]).items()})
+    return expected
+
+
+def _assert_outcomes(outcomes, expected, *, rtol: float) -> None:
+    assert len(outcomes) == len(expected)
+    for index, (outcome, wanted) in enumerate(zip(outcomes, expected, strict=True)):
+        if isinstance(wanted, str):
+            assert isinstance(outcome, ImageDecodeError), f"image {index}: scored, expected {wanted}"
+            assert outcome.reason == wanted, f"image {index}"
+            assert outcome.source == f"image-{index}"
+        else:
+            assert isinstance(outcome, dict), f"image {index}: {outcome}"
+            assert outcome["pred"] == wanted["pred"], f"image {index}"
+            for name in ("gradnorm", "energy", "maxlogit", "feature_l1"):
+                assert outcome[name] == pytest.approx(wanted[name], rel=rtol), f"image {index} {name}"
+
+
+def test_encoded_images_score_as_their_decoded_tensors_and_bad_ones_are_named(efficientnet: Scorer) -> None:
+    images = [*_photos_as_jpeg(), _encode(skimage_data.rocket(), "PNG")]
+    images[2:2] = [make() for make, _ in ODD.values()]  # bad images between good ones, order kept
+    outcomes = efficientnet.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    # Batched and one-at-a-time forward passes differ in float32 summation order only.
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=1e-5)
+
+
+def test_groups_of_encoded_images_keep_their_order(tiny: Scorer) -> None:
+    rng = np.random.default_rng(1)
+    images = [_encode(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), "PNG") for _ in range(11)]
+    images[5] = b"not an image"
+    outcomes = tiny.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    _assert_outcomes(outcomes, _expected(tiny, images), rtol=1e-5)  # tiny scores in groups of 4
+
+
+def test_one_source_per_image(tiny: Scorer) -> None:
+    with pytest.raises(ValueError, match="one source per image"):
+        tiny.score_encoded([b"a", b"b"], sources=["only-one"])
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "camera"])
+def test_torch_preprocessing_follows_pillow(interpolation: str, photo: str) -> None:
+    preprocessing = Preprocessing(interpolation=interpolation)
+    image = decode_image(_encode(getattr(skimage_data, photo)(), "PNG"))
+    expected = preprocessing.to_tensor(image)
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    actual = preprocessing.pixels_to_tensor(pixels)
+    grey_levels = ((actual - expected) * torch.tensor(preprocessing.std).view(3, 1, 1) * 255).abs()
+    # Pillow resamples in fixed point, so a value near a half may round the other way: never by more than one
+    # grey level, at up to 1 pixel in 8 for an exact 2x reduction (astronaut), far fewer at other scales.
+    assert grey_levels.max() <= 1 + 1e-3
+    assert (grey_levels > 0.5).float().mean() < 0.15
+
+
+def test_torch_preprocessing_refuses_what_it_cannot_resample() -> None:
+    with pytest.raises(ValueError, match="decode on the host"):
+        Preprocessing(interpolation="lanczos").pixels_to_tensor(torch.zeros(3, 8, 8, dtype=torch.uint8))
+
+
+@pytest.mark.skipif(_torchvision_loads(), reason="torchvision is installed here")
+def test_device_decoding_without_torchvision_says_what_to_install() -> None:
+    with pytest.raises(ImportError, match="decoder='host'"):
+        load_scorer("tests.scoring.tiny_models:build", device="cpu", decoder="device")
+
+
+@needs_torchvision
+def test_device_decoding_scores_as_the_host_does(efficientnet: Scorer) -> None:
+    images = _photos_as_jpeg()
+    device = load_scorer("efficientnet-lite0", device="cpu", decoder="device")
+    assert all(device._device_decoder.accepts(data) for data in images)
+    outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    # Same libjpeg-turbo on the CPU; resampling within a grey level of Pillow's.
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
+
+
+@needs_torchvision
+def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: Scorer) -> None:
+    device = load_scorer("efficientnet-lite0", device="cpu", decoder="device")
+    photos = _photos_as_jpeg()
+    others = {
+        "png": _encode(skimage_data.rocket(), "PNG"),
+        "cmyk": _cmyk_jpeg(),
+        "truncated": ODD["truncated-jpeg"][0](),
+        "broken-scan": _jpeg_with_a_broken_scan(),
+        "text": b"<html>403</html>",
+    }
+    assert not any(device._device_decoder.accepts(data) for name, data in others.items() if name != "broken-scan")
+    assert device._device_decoder.accepts(others["broken-scan"])  # only decoding finds it broken
+    images = [photos[0], *others.values(), photos[1]]
+    outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
+    assert outcomes[4].reason == "corrupt"  # the broken scan, rejected by the host after the device failed
+
+
+@needs_torchvision
+@needs_cuda
+def test_nvjpeg_decoding_scores_as_the_host_does(efficientnet: Scorer) -> None:
+    images = [*_photos_as_jpeg(), _jpeg_with_a_broken_scan()]
+    gpu = load_scorer("efficientnet-lite0", device="cuda", decoder="device")
+    outcomes = gpu.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    # nvJPEG's inverse DCT and the GPU's convolutions differ from the CPU's in the last bits.
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=2e-2)
