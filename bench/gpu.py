@@ -1,25 +1,23 @@
-"""GPU worker throughput: paper's method, closed form fp32 and bf16, forward pass, and end to end from JPEG bytes.
+"""GPU worker throughput: the paper's method, the closed form, a forward pass, and end to end from JPEG bytes.
 
-Usage: python bench/gpu.py [--device auto] [--count 512] [--batch-size 256] [--resnet50-weights FILE]
+Usage: python bench/gpu.py [--device auto] [--count 2048] [--batch-size 256] [--resnet50-weights FILE] [--compile]
 
-One short script for a lent GPU machine (under 5 minutes); on a CPU it runs the same measurements at a small
-size (--count 32 --batch-size 16 is enough) so the code path is exercised without a GPU. Models: EfficientNet-Lite0
-(shipped weights) and, when torchvision imports, ResNet-50 (random weights unless a state dict is given).
-For each: images/s of the paper's method (batch 1 + backward), the closed form in fp32 and bf16, a plain
-forward pass, and end to end from JPEG bytes through the pipeline's model handler (decode on host threads);
-ratios to the forward pass and to the paper's method; and how far bf16 moves the scores and the AUROC of
-ImageNet samples against DTD textures (../shared/data), which the issue holds to 5e-3 and three decimals.
+One short script for a lent GPU machine (a few minutes); on a CPU, ``--count 32 --batch-size 16`` runs every
+measurement at a small size so the code paths are exercised without a GPU. Models: EfficientNet-Lite0 (shipped
+weights) and, when torchvision loads, ResNet-50 (random weights unless a state dict is given). For each: images/s of
+the paper's method (batch 1 + backward), the closed form in fp32, fp16 and bf16, a plain forward pass in fp32 and
+fp16, and end to end from JPEG bytes through the pipeline's model handler (host decoding threads, and the device's
+JPEG decoder when torchvision loads), with ratios to the forward pass of the same precision and to the paper's
+method. Then how far fp16, bf16 and device decoding move the scores, and the AUROC of ImageNet samples against DTD
+textures (../shared/data) in each precision.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import io
 import statistics
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
@@ -30,15 +28,25 @@ import torch  # noqa: E402
 
 from bench.common import SHARED, images_per_second  # noqa: E402
 from pipelines.inference import ScorerModelHandler  # noqa: E402
-from pipelines.records import DecodedImage  # noqa: E402
-from scoring import Scorer, decode_image, load_scorer, resolve_device  # noqa: E402
+from pipelines.records import EncodedImage  # noqa: E402
+from scoring import Scorer, load_scorer, resolve_device  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
 from scoring.separation import auroc  # noqa: E402
+
+FAST = ("fp16", "bf16")
 
 
 def jpeg_bytes(folder: Path, count: int) -> list[bytes]:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))[:count]
     return [path.read_bytes() for path in paths]
+
+
+def torchvision_loads() -> bool:
+    try:
+        import torchvision.io  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
 
 
 def rate(run: Callable[[], object], count: int, device: torch.device, rounds: int = 3) -> float:
@@ -47,93 +55,134 @@ def rate(run: Callable[[], object], count: int, device: torch.device, rounds: in
     return statistics.median(images_per_second(run, count, device) for _ in range(rounds))
 
 
-def end_to_end(handler: ScorerModelHandler, scorer: Scorer, blobs: list[bytes], batch_size: int) -> Callable[[], None]:
-    """Decode on host threads while the previous batch runs on the device, as a worker's DoFn threads do."""
-    threads = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()))
-    prep = scorer.preprocessing
-
-    def decode(blob: bytes) -> DecodedImage:
-        tensor = prep.to_tensor(decode_image(io.BytesIO(blob), limits=prep))
-        return DecodedImage(image_id="", uri="", event_time=None, segment="", tensor=tensor)
+def forward_pass(scorer: Scorer, batches: list[torch.Tensor], precision: str) -> Callable[[], None]:
+    """The model alone, as the scorer runs it: same chunks, same memory format, same autocast."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
     def run() -> None:
-        pending = threads.map(decode, blobs)
-        batch: list[DecodedImage] = []
-        for image in pending:
-            batch.append(image)
-            if len(batch) == batch_size:
-                list(handler.run_inference(batch, scorer))
-                batch = []
-        if batch:
-            list(handler.run_inference(batch, scorer))
+        with torch.inference_mode(), torch.autocast(scorer.device.type, dtype=dtype, enabled=dtype is not None):
+            for batch in batches:
+                batch = batch.to(scorer.device, non_blocking=True, memory_format=torch.channels_last)
+                for chunk in batch.split(scorer.forward_chunk or len(batch)):
+                    scorer.model(chunk)
+            if scorer.device.type == "cuda":
+                torch.cuda.synchronize()
 
     return run
 
 
+def end_to_end(handler: ScorerModelHandler, blobs: list[bytes], batch_size: int) -> tuple[Callable[[], None], Scorer]:
+    """JPEG bytes through the pipeline's handler, batch by batch, as RunInference calls it."""
+    scorer = handler.load_model()
+    batches = [
+        [
+            EncodedImage("", f"image-{start + index}", None, "", data)
+            for index, data in enumerate(blobs[start:][:batch_size])
+        ]
+        for start in range(0, len(blobs), batch_size)
+    ]
+
+    def run() -> None:
+        for batch in batches:
+            for result in handler.run_inference(batch, scorer):
+                if not isinstance(result.inference, dict):
+                    raise RuntimeError(f"{result.example.uri} was rejected: {result.inference}")
+
+    return run, scorer
+
+
+def relative_difference(approx: np.ndarray, exact: np.ndarray) -> str:
+    relative = np.abs(approx - exact) / np.abs(exact)
+    return f"median {np.median(relative):.1e}, max {relative.max():.1e}"
+
+
 def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], textures: list[bytes]) -> None:
     device = resolve_device(args.device)
-    scorer = load_scorer(spec, device=args.device)
-    fast = load_scorer(spec, device=args.device, precision="bf16")
-    images = torch.stack([scorer.preprocess(blob) for blob in blobs])
-    batches = images.split(args.batch_size)
+    scorers = {"fp32": load_scorer(spec, device=args.device)}
+    scorers.update({precision: load_scorer(spec, device=args.device, precision=precision) for precision in FAST})
+    exact = scorers["fp32"]
+    images = torch.stack([exact.preprocess(blob) for blob in blobs])
+    batches = list(images.split(args.batch_size))
     paper_images = images[: args.paper_count].to(device)
 
-    def forward() -> None:
-        with torch.inference_mode():
-            for batch in batches:
-                batch = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-                for chunk in batch.split(scorer.forward_chunk or len(batch)):  # as the scorer runs it
-                    scorer.model(chunk)
-
-    handler = ScorerModelHandler(spec, expected_model_id=scorer.model_id, device=args.device, precision="bf16")
     rates = {
         "paper: batch 1 + backward": rate(
-            lambda: gradnorm_by_backward(scorer.model, scorer.head, paper_images), len(paper_images), device, rounds=1
-        ),
-        "closed form fp32": rate(lambda: [scorer.score(b) for b in batches], len(images), device),
-        "closed form bf16": rate(lambda: [fast.score(b) for b in batches], len(images), device),
-        "forward pass fp32": rate(forward, len(images), device),
-        "end to end from JPEG, bf16 (handler)": rate(
-            end_to_end(handler, fast, blobs, args.batch_size), len(blobs), device
-        ),
+            lambda: gradnorm_by_backward(exact.model, exact.head, paper_images), len(paper_images), device, rounds=1
+        )
     }
-    print(f"\n{name}: {scorer.model_id} on {device}, {len(images)} images, batch {args.batch_size}")
-    paper, ceiling = rates["paper: batch 1 + backward"], rates["forward pass fp32"]
-    print(f"{'method':<34}{'images/s':>11}{'/ forward':>11}{'/ paper':>10}")
-    for method, value in rates.items():
-        print(f"{method:<34}{value:>11.1f}{value / ceiling:>11.3f}{value / paper:>10.1f}")
+    forward = {}
+    for precision in ("fp32", "fp16"):
+        forward[precision] = rates[f"forward pass {precision}"] = rate(
+            forward_pass(exact, batches, precision), len(images), device
+        )
+    for precision, scorer in scorers.items():
+        rates[f"closed form {precision}"] = rate(lambda s=scorer: [s.score(b) for b in batches], len(images), device)
+    if args.compile:
+        compiled = load_scorer(spec, device=args.device, precision="fp16", compile=True)
+        rates["closed form fp16, compiled"] = rate(lambda: [compiled.score(b) for b in batches], len(images), device)
+    # Half precision only pays on tensor cores; a CPU without native fp16 runs it many times slower than fp32.
+    e2e_precision = "fp16" if device.type == "cuda" else "fp32"
+    decoders = ["host", *(["device"] if torchvision_loads() else [])]
+    end_to_end_scores = {}
+    for decoder in decoders:
+        handler = ScorerModelHandler(
+            spec, expected_model_id=exact.model_id, device=args.device, precision=e2e_precision, decoder=decoder
+        )
+        run, scorer = end_to_end(handler, blobs, args.batch_size)
+        rates[f"end to end from JPEG, {e2e_precision}, {decoder} decode"] = rate(run, len(blobs), device)
+        end_to_end_scores[decoder] = scorer.score_encoded(blobs, sources=[f"image-{i}" for i in range(len(blobs))])
 
-    exact = np.concatenate([scorer.score(b)["gradnorm"] for b in batches])
-    approx = np.concatenate([fast.score(b)["gradnorm"] for b in batches])
-    relative = np.abs(approx - exact) / np.abs(exact)
-    print(f"bf16 vs fp32 GradNorm: median relative difference {np.median(relative):.2e}, max {relative.max():.2e}")
+    print(f"\n{name}: {exact.model_id} on {device}, {len(images)} images, batch {args.batch_size}")
+    paper = rates["paper: batch 1 + backward"]
+    print(f"{'method':<42}{'images/s':>11}{'/ forward':>11}{'/ paper':>10}")
+    for method, value in rates.items():
+        same_precision = forward["fp32"] if "fp32" in method or method.startswith("paper") else forward["fp16"]
+        print(f"{method:<42}{value:>11.1f}{value / same_precision:>11.3f}{value / paper:>10.1f}")
+    print("(/ forward: against the forward pass of the same precision, fp16's for bf16)")
+
+    columns = {
+        p: {k: np.concatenate([s.score(b)[k] for b in batches]) for k in ("gradnorm", "msp")}
+        for p, s in scorers.items()
+    }
+    for precision in FAST:
+        moved = relative_difference(columns[precision]["gradnorm"], columns["fp32"]["gradnorm"])
+        print(f"{precision} vs fp32 GradNorm: {moved}")
+    if "device" in end_to_end_scores:
+        host, on_device = (np.array([o["gradnorm"] for o in end_to_end_scores[d]]) for d in ("host", "device"))
+        print(f"device vs host decoding, {e2e_precision} GradNorm: {relative_difference(on_device, host)}")
     if textures:
-        shifted = torch.stack([scorer.preprocess(blob) for blob in textures]).split(args.batch_size)
+        shifted = list(torch.stack([exact.preprocess(blob) for blob in textures]).split(args.batch_size))
         for score in ("gradnorm", "msp"):
-            id32 = np.concatenate([scorer.score(b)[score] for b in batches])
-            ood32 = np.concatenate([scorer.score(b)[score] for b in shifted])
-            id16 = np.concatenate([fast.score(b)[score] for b in batches])
-            ood16 = np.concatenate([fast.score(b)[score] for b in shifted])
-            print(f"AUROC {score} vs DTD: fp32 {auroc(id32, ood32):.4f}, bf16 {auroc(id16, ood16):.4f}")
+            aurocs = []
+            for precision, scorer in scorers.items():
+                ood = np.concatenate([scorer.score(b)[score] for b in shifted])
+                aurocs.append(f"{precision} {auroc(columns[precision][score], ood):.4f}")
+            print(f"AUROC {score}, ImageNet vs DTD: {', '.join(aurocs)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--count", type=int, default=512)
+    parser.add_argument("--count", type=int, default=2048)
     parser.add_argument("--paper-count", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--resnet50-weights", help="a torchvision ResNet-50 state dict; random weights without one")
+    parser.add_argument("--compile", action="store_true", help="also time the closed form under torch.compile")
+    parser.add_argument("--skip-efficientnet", action="store_true", help="ResNet-50 only")
     args = parser.parse_args()
+    args.paper_count = min(args.paper_count, args.count)
 
     blobs = jpeg_bytes(SHARED / "imagenet-samples", args.count)
     while len(blobs) < args.count:  # repeat the 1000 samples for larger runs
         blobs += blobs[: args.count - len(blobs)]
     textures = jpeg_bytes(SHARED / "ood" / "dtd-textures", min(300, args.count))
     print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, threads {torch.get_num_threads()}")
-    measure("EfficientNet-Lite0", "efficientnet-lite0", args, blobs, textures)
-    if importlib.util.find_spec("torchvision") is None:
-        print("\nResNet-50: skipped, torchvision is not installed")
+    if torch.cuda.is_available():
+        print(f"device: {torch.cuda.get_device_name()}")
+    if not args.skip_efficientnet:
+        measure("EfficientNet-Lite0", "efficientnet-lite0", args, blobs, textures)
+    if not torchvision_loads():
+        print("\nResNet-50: skipped, torchvision does not load beside this torch")
         return
     spec = "torchvision:resnet50" + (f"?weights={args.resnet50_weights}" if args.resnet50_weights else "")
     measure("ResNet-50", spec, args, blobs, textures if args.resnet50_weights else [])

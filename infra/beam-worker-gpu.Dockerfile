@@ -2,7 +2,8 @@
 # PyPI's torch wheels carry the CUDA runtime; the NVIDIA driver comes from the host
 # (Dataflow: dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver).
 # Build from the repository root:  docker build -f infra/beam-worker-gpu.Dockerfile -t gradwatch-beam-worker-gpu:0.1.0 .
-# Run the pipeline with --device cuda --large-model so each machine loads one model copy per GPU.
+# Run the pipeline with --device cuda --large-model so each machine loads one model copy per GPU, and with
+# --decoder device --precision fp16: torchvision decodes JPEGs with nvJPEG, where host decoding would bound the GPU.
 FROM apache/beam_python3.11_sdk:2.77.0
 
 WORKDIR /opt/gradwatch
@@ -10,7 +11,8 @@ COPY pyproject.toml README.md ./
 COPY scoring ./scoring
 COPY pipelines ./pipelines
 COPY flows ./flows
-RUN pip install --no-cache-dir torch==2.13.0 \
+# torchvision 0.28 is the release built against torch 2.13; any other pairing fails to load its operators.
+RUN pip install --no-cache-dir torch==2.13.0 torchvision==0.28.* \
  && pip install --no-cache-dir .
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 ENTRYPOINT ["/opt/apache/beam/boot"]

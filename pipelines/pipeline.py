@@ -1,6 +1,6 @@
 """The scoring pipeline: SOURCE -> per-image scores, per-window statistics and rejections in Parquet.
 
-    list (parallel) -> read + decode (dead letter) -> RunInference -> event-time fixed windows
+    list (parallel) -> read (dead letter) -> RunInference: decode + score (dead letter) -> event-time fixed windows
         -> per (window, segment) CombineFn -> window-partitioned Parquet: scores/, windows/, rejected/
 
 The same code runs on the embedded FnApiRunner (default, offline), on N local worker processes, and on
