@@ -4,11 +4,11 @@ Usage: python bench/gpu.py [--device auto] [--count 2048] [--batch-size 256] [--
 
 One short script for a lent GPU machine (a few minutes); on a CPU, ``--count 32 --batch-size 16`` runs every
 measurement at a small size so the code paths are exercised without a GPU. Models: EfficientNet-Lite0 (shipped
-weights) and, when torchvision loads, ResNet-50 (random weights unless a state dict is given). For each: images/s of
-the paper's method (batch 1 + backward), the closed form in fp32, fp16 and bf16, a plain forward pass in fp32 and
-fp16, and end to end from JPEG bytes through the pipeline's model handler (host decoding threads, and the device's
-JPEG decoder when torchvision loads), with ratios to the forward pass of the same precision and to the paper's
-method. Then how far fp16, bf16 and device decoding move the scores, and the AUROC of ImageNet samples against DTD
+weights) and, when torchvision loads, ResNet-50 (random weights unless a state dict is given). For each: images/s
+of the paper's method (batch 1 + backward), the closed form and a plain forward pass in fp32, fp16 and bf16, and
+end to end from JPEG bytes through the pipeline's model handler (host decoding threads, and the device's JPEG
+decoder when torchvision loads), with ratios to the forward pass of the same precision and to the paper's method.
+Then how far fp16, bf16 and device decoding move the scores, and the AUROC of ImageNet samples against DTD
 textures (../shared/data) in each precision.
 """
 
@@ -111,7 +111,7 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
         )
     }
     forward = {}
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", *FAST):
         forward[precision] = rates[f"forward pass {precision}"] = rate(
             forward_pass(exact, batches, precision), len(images), device
         )
@@ -136,9 +136,9 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
     paper = rates["paper: batch 1 + backward"]
     print(f"{'method':<42}{'images/s':>11}{'/ forward':>11}{'/ paper':>10}")
     for method, value in rates.items():
-        same_precision = forward["fp32"] if "fp32" in method or method.startswith("paper") else forward["fp16"]
+        same_precision = next((value for p, value in forward.items() if p in method), forward["fp32"])
         print(f"{method:<42}{value:>11.1f}{value / same_precision:>11.3f}{value / paper:>10.1f}")
-    print("(/ forward: against the forward pass of the same precision, fp16's for bf16)")
+    print("(/ forward: against the forward pass of the same precision)")
 
     columns = {
         p: {k: np.concatenate([s.score(b)[k] for b in batches]) for k in ("gradnorm", "msp")}
