@@ -39,6 +39,7 @@ from pipelines.sinks import WritePartition
 from pipelines.sources import REJECTED, SUBTREE, ExpandSource, ListSubtree, check_source
 from pipelines.windows import WindowStatsFn, align_to_windows, window_rows
 from scoring import ImageDecodeError, LoadedModel, Preprocessing, load_model, registered_scores, resolve_device
+from scoring.decoding import DeviceJpegDecoder
 
 LOCAL_RUNNER = "local"
 
@@ -83,6 +84,10 @@ class ScoringConfig:
                 raise ValueError(f"--beam-option {option!r} must be KEY=VALUE, e.g. flink_master=localhost:8081")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.decoder not in ("host", "device"):
+            raise ValueError(f"decoder must be host or device, got {self.decoder!r}")
         if self.since and self.until and self.since >= self.until:
             raise ValueError(f"since ({self.since}) must be before until ({self.until})")
 
@@ -332,10 +337,14 @@ def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> 
     Raises:
         SourceError: SOURCE is not there (checked before any worker starts).
         ModelSpecError: the model cannot be loaded (likewise).
+        DecoderUnavailableError: ``decoder="device"`` on the local runner without torchvision (likewise).
     """
     check_source(config.source)
     # Loaded here for its id and preprocessing, so a bad spec fails before the pipeline starts.
     loaded = loaded or load_model(config.model)
+    if config.decoder == "device" and config.runner == LOCAL_RUNNER:
+        # Local workers import what this process does: a missing torchvision fails here, not in every worker.
+        DeviceJpegDecoder(loaded.preprocessing, resolve_device(config.device))
     score_names = tuple(registered_scores())
     options = pipeline_options(config)
     started = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from scoring.errors import DecoderUnavailableError
 from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
 
 Decoder = Literal["host", "device"]
@@ -38,18 +39,18 @@ class DeviceJpegDecoder:
             device: where to decode: a CUDA device uses nvJPEG, the CPU libjpeg-turbo.
 
         Raises:
-            ImportError: torchvision is not installed.
+            DecoderUnavailableError: torchvision does not load.
             ValueError: the preprocessing's interpolation has no torch equivalent.
         """
         try:
             from torchvision import io as vision_io
         except ImportError as error:  # torchvision raises RuntimeError too when built for another torch
-            raise ImportError(
+            raise DecoderUnavailableError(
                 "decoder='device' decodes JPEGs with torchvision; install the torchvision built for this torch "
                 f"({torch.__version__}), or use decoder='host'"
             ) from error
         except RuntimeError as error:
-            raise ImportError(
+            raise DecoderUnavailableError(
                 f"torchvision does not load beside torch {torch.__version__} ({error}); install the matching "
                 "build, or use decoder='host'"
             ) from error

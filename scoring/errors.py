@@ -42,3 +42,7 @@ class ImageDecodeError(GradwatchError):
 
 class ModelSpecError(GradwatchError):
     """A model spec cannot be turned into a scorer; the message says how to write it."""
+
+
+class DecoderUnavailableError(GradwatchError, ImportError):
+    """``decoder="device"`` was asked for where torchvision does not load; the message says what to install."""

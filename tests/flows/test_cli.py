@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.scoring.test_decoding import torchvision_loads
+
 TINY = "tests.scoring.tiny_models:build"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,6 +98,12 @@ def test_score_refuses_bad_options_before_running(tmp_path: Path) -> None:
     missing = _gradwatch("score", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", TINY)
     assert missing.returncode == 2
     assert "is not a folder, prefix or manifest" in missing.stderr
+    if not torchvision_loads():
+        source, out = str(_folder(tmp_path)), str(tmp_path / "o")
+        no_decoder = _gradwatch("score", source, "--out", out, "--decoder", "device", "--model", TINY)
+        assert no_decoder.returncode == 2
+        assert "or use decoder='host'" in no_decoder.stderr
+        assert not (tmp_path / "o").exists()
 
 
 def _reference_folder(root: Path, count: int) -> Path:

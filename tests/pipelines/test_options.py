@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import apache_beam as beam
 import pytest
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, StandardOptions, WorkerOptions
+from apache_beam.pipeline import PipelineVisitor
 
-from pipelines.pipeline import ScoringConfig, pipeline_options
+from pipelines.pipeline import ScoringConfig, build_pipeline, pipeline_options
+from scoring import Preprocessing
 
 
 def test_local_runner_with_worker_processes() -> None:
@@ -57,3 +61,24 @@ def test_dataflow_gpu_options_pass_through() -> None:
 def test_malformed_options_are_refused(option: str) -> None:
     with pytest.raises(ValueError, match="KEY=VALUE"):
         ScoringConfig(source="feed", out="out", beam_options=(option,))
+
+
+def _model_handlers(config: ScoringConfig) -> list:
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, config, model_id="build@0", preprocessing=Preprocessing(), score_names=("gradnorm",))
+    handlers = []
+
+    class Collect(PipelineVisitor):
+        def enter_composite_transform(self, node) -> None:
+            if isinstance(node.transform, RunInference):
+                handlers.append(node.transform._model_handler)
+
+    pipeline.visit(Collect())
+    return handlers
+
+
+@pytest.mark.parametrize(("device", "workers", "shared"), [("cuda", 2, True), ("cuda", 1, False), ("cpu", 2, False)])
+def test_local_gpu_worker_processes_share_one_model_copy(device: str, workers: int, shared: bool) -> None:
+    config = ScoringConfig(source="/in", out="/out", device=device, workers=workers)
+    [handler] = _model_handlers(config)
+    assert handler.share_model_across_processes() is shared

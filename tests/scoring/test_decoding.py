@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from scoring import ImageDecodeError, Preprocessing, Scorer, decode_image, load_scorer
+from scoring import DecoderUnavailableError, ImageDecodeError, Preprocessing, Scorer, decode_image, load_scorer
 from tests.scoring.test_images import ODD
 
 
-def _torchvision_loads() -> bool:
+def torchvision_loads() -> bool:
     try:
         import torchvision.io  # noqa: F401
     except (ImportError, RuntimeError):  # RuntimeError: a torchvision built for another torch
@@ -23,7 +23,7 @@ def _torchvision_loads() -> bool:
 
 
 needs_torchvision = pytest.mark.skipif(
-    not _torchvision_loads(), reason="torchvision is not installed (optional): decoder='device' needs it"
+    not torchvision_loads(), reason="torchvision is not installed (optional): decoder='device' needs it"
 )
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: nvJPEG decoding needs one")
 
@@ -121,9 +121,9 @@ def test_torch_preprocessing_refuses_what_it_cannot_resample() -> None:
         Preprocessing(interpolation="lanczos").pixels_to_tensor(torch.zeros(3, 8, 8, dtype=torch.uint8))
 
 
-@pytest.mark.skipif(_torchvision_loads(), reason="torchvision is installed here")
+@pytest.mark.skipif(torchvision_loads(), reason="torchvision is installed here")
 def test_device_decoding_without_torchvision_says_what_to_install() -> None:
-    with pytest.raises(ImportError, match="decoder='host'"):
+    with pytest.raises(DecoderUnavailableError, match="decoder='host'"):
         load_scorer("tests.scoring.tiny_models:build", device="cpu", decoder="device")
 
 
