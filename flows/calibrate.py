@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from importlib.metadata import version as installed_version
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,9 +23,12 @@ from scoring.calibration import Calibration, CalibrationConfig, calibrate
 from scoring.models import model_name
 
 
-def score_source(source: str, out: Path, model: str) -> tuple[pa.Table, str]:
-    """Score a folder, prefix or manifest with the pipeline; returns its scores table and the model id."""
-    summary = run_scoring(ScoringConfig(source=source, out=str(out), model=model))
+def score_source(source: str, out: Path, model: str, **scoring: Any) -> tuple[pa.Table, str]:
+    """Score a folder, prefix or manifest with the pipeline; returns its scores table and the model id.
+
+    ``scoring`` holds further :class:`ScoringConfig` fields (device, precision, decoder, workers).
+    """
+    summary = run_scoring(ScoringConfig(source=source, out=str(out), model=model, **scoring))
     table = read_table(str(out), "scores")
     if table.num_rows == 0:
         raise GradwatchError(
@@ -43,6 +47,10 @@ def calibrate_reference(
     config: CalibrationConfig | None = None,
     validation_ood: Sequence[str] = (),
     work_dir: Path | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    decoder: str = "host",
+    workers: int = 1,
 ) -> tuple[ThresholdVersion, Calibration]:
     """Score the reference (and validation sets), calibrate, and propose the result for review.
 
@@ -54,6 +62,10 @@ def calibrate_reference(
         config: TPR, alpha, minimum window size and the false-alarm check (default: CalibrationConfig()).
         validation_ood: folders of known-shifted images for the guardrail's separation table.
         work_dir: where the pipeline writes its outputs (default: a temporary folder).
+        device: where the network runs, as for ``gradwatch score``.
+        precision: fp32, fp16 or bf16: monitoring must compute scores in the same precision.
+        decoder: host or device JPEG decoding.
+        workers: local worker processes.
 
     Returns:
         The proposed version (alias ``candidate``) and the calibration.
@@ -62,13 +74,14 @@ def calibrate_reference(
     if score not in decision_scores():
         raise GradwatchError(f"--score {score!r} is not one of the decision scores {decision_scores()}")
     work = work_dir or Path(tempfile.mkdtemp(prefix="gradwatch-calibrate-"))
-    table, model_id = score_source(reference, work / "reference", model)
+    scoring = {"device": device, "precision": precision, "decoder": decoder, "workers": workers}
+    table, model_id = score_source(reference, work / "reference", model, **scoring)
     names = decision_scores()
     columns = {name: table.column(name).to_numpy() for name in names}
     validation = {}
     for folder in validation_ood:
         label = Path(folder.rstrip("/")).name or folder
-        shifted, _ = score_source(folder, work / "validation" / label, model)
+        shifted, _ = score_source(folder, work / "validation" / label, model, **scoring)
         validation[label] = {name: shifted.column(name).to_numpy() for name in names}
     calibration = calibrate(
         columns,
@@ -77,6 +90,7 @@ def calibrate_reference(
         validation=validation,
         primary_score=score,
         config=config,
+        precision=precision,
     )
     image_ids = sorted(table.column("image_id").to_pylist())
     params = {
@@ -85,6 +99,8 @@ def calibrate_reference(
         "tpr": config.tpr,
         "alpha": config.alpha,
         "min_window": config.min_window,
+        "precision": precision,
+        "decoder": decoder,
         "reference_source": redact(reference),
         "reference_images": table.num_rows,
         "reference_sha256": hashlib.sha256("\n".join(image_ids).encode()).hexdigest(),

@@ -194,6 +194,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             config=config,
             validation_ood=args.validation_ood,
             work_dir=Path(args.out) if args.out else None,
+            **_scoring_options(args),
         )
     print(f"proposed {version.name} version {version.version} (alias candidate, review_status proposed)")
     print(
@@ -256,6 +257,7 @@ def _monitor(args: argparse.Namespace) -> int:
         config = monitor_config(
             args.source, args.out, window=args.window, model=args.model, since=args.since, until=args.until,
             webhooks=args.webhook, slack_webhooks=args.slack_webhook, reprocess=args.reprocess,
+            **_scoring_options(args),
         )  # fmt: skip
     except ValueError as error:
         raise GradwatchError(str(error)) from error
@@ -282,6 +284,7 @@ def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:
         "model": args.model,
         "webhooks": args.webhook,
         "slack_webhooks": args.slack_webhook,
+        **_scoring_options(args),
     }
 
 
@@ -398,22 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--window", default="1h", help="event-time window: 1h, 30m, 1d... (default: %(default)s)")
     pipeline.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
     pipeline.add_argument("--batch-size", type=_positive_int, default=None, help="largest batch (default: by device)")
-    pipeline.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
     pipeline.add_argument("--temperature", type=float, default=1.0, help="T of GradNorm and Energy")
-    pipeline.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="fp16/bf16: autocast on GPU tensor cores; fp16 keeps scores within 3e-3 (default: %(default)s)",
-    )
+    _add_scoring_options(pipeline)
     pipeline.add_argument("--compile", action="store_true", help="torch.compile the model (GPU, long runs)")
-    pipeline.add_argument(
-        "--decoder",
-        choices=("host", "device"),
-        default="host",
-        help="device: decode JPEGs on the GPU with torchvision, host threads for the rest (default: %(default)s)",
-    )
-    pipeline.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
     pipeline.add_argument("--runner", default="local", help="local (FnApiRunner), or a Beam runner: FlinkRunner...")
     pipeline.add_argument(
         "--beam-option", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, repeatable"
@@ -438,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation-ood", action="append", default=[], metavar="DIR", help="known-shifted images, repeatable"
     )
     calibrate.add_argument("--out", help="where the pipeline's outputs go (default: a temporary folder)")
+    _add_scoring_options(calibrate)
     calibrate.set_defaults(run=_calibrate)
 
     thresholds = commands.add_parser("thresholds", help="review thresholds in MLflow: list, show, approve, reject")
@@ -465,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed generic webhook")
     monitor.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack incoming webhook")
     monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
+    _add_scoring_options(monitor)
     monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
     monitor.set_defaults(run=_monitor)
 
@@ -494,10 +486,34 @@ def build_parser() -> argparse.ArgumentParser:
         scheduled.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
         scheduled.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed webhook")
         scheduled.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack webhook")
+        _add_scoring_options(scheduled)
         if command == "deploy":
             scheduled.add_argument("--work-pool", default="gradwatch", help="process work pool (created if missing)")
         scheduled.set_defaults(run=run)
     return parser
+
+
+def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the pipeline runs the network: the same flags on every command that scores."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp16/bf16: autocast on GPU tensor cores; fp16 keeps scores within 3e-3; thresholds hold for the "
+        "precision they were calibrated in (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=("host", "device"),
+        default="host",
+        help="device: decode JPEGs on the GPU with torchvision, host threads for the rest (default: %(default)s)",
+    )
+    parser.add_argument("--workers", type=_positive_int, default=1, help="local worker processes (default: 1)")
+
+
+def _scoring_options(args: argparse.Namespace) -> dict[str, object]:
+    return {"device": args.device, "precision": args.precision, "decoder": args.decoder, "workers": args.workers}
 
 
 def _positive_int(text: str) -> int:

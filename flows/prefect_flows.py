@@ -67,11 +67,16 @@ def monitor(
     webhooks: list[str] | None = None,
     slack_webhooks: list[str] | None = None,
     reprocess: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    decoder: str = "host",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Process every complete window of SOURCE not yet processed, then deliver pending alerts."""
     config = monitor_config(
         source, out, window=window, model=model, since=since, until=until, webhooks=webhooks or (),
-        slack_webhooks=slack_webhooks or (), reprocess=reprocess,
+        slack_webhooks=slack_webhooks or (), reprocess=reprocess, device=device, precision=precision,
+        decoder=decoder, workers=workers,
     )  # fmt: skip
     job = Monitor(config, links={"prefect_flow_run": str(flow_run.id or ""), "prefect_ui": flow_run.ui_url or ""})
     threshold_version = load_thresholds(job)
@@ -101,9 +106,16 @@ def backfill(
     window: str = "1h",
     model: str = "efficientnet-lite0",
     reprocess: bool = True,
+    device: str = "auto",
+    precision: str = "fp32",
+    decoder: str = "host",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """History: every window in [start, end), re-processed by default; alerts are queued and delivered as usual."""
-    return monitor(source=source, out=out, window=window, model=model, since=start, until=end, reprocess=reprocess)
+    return monitor(
+        source=source, out=out, window=window, model=model, since=start, until=end, reprocess=reprocess,
+        device=device, precision=precision, decoder=decoder, workers=workers,
+    )  # fmt: skip
 
 
 @flow(name="gradwatch-calibrate")
@@ -115,12 +127,16 @@ def calibrate(
     alpha: float = 0.01,
     min_window: int = 50,
     validation_ood: list[str] | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    decoder: str = "host",
+    workers: int = 1,
 ) -> dict[str, str]:
     """Calibrate on healthy reference images and propose the thresholds for review in MLflow."""
     config = CalibrationConfig(tpr=tpr, alpha=alpha, min_window=min_window)
     version, calibration = calibrate_reference(
         reference, registry=ThresholdRegistry(), model=model, score=score, config=config,
-        validation_ood=validation_ood or (),
+        validation_ood=validation_ood or (), device=device, precision=precision, decoder=decoder, workers=workers,
     )  # fmt: skip
     return {"registered_model": version.name, "version": version.version, "model_id": calibration.model_id}
 

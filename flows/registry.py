@@ -225,12 +225,15 @@ class ThresholdRegistry:
 
     # -- monitoring ------------------------------------------------------------------------------------
 
-    def load_production(self, model_name: str, model_id: str) -> tuple[Calibration, ThresholdVersion]:
+    def load_production(
+        self, model_name: str, model_id: str, *, precision: str | None = None
+    ) -> tuple[Calibration, ThresholdVersion]:
         """The approved calibration for the monitored model.
 
         Raises:
             NoApprovedThresholdError: nothing carries the production alias.
-            ThresholdModelMismatchError: it was calibrated for other weights than ``model_id``.
+            ThresholdModelMismatchError: it was calibrated for other weights than ``model_id``, or at another
+                ``precision`` than the one given (None: any).
         """
         name = registered_model_name(model_name)
         production = self._aliases(name).get(PRODUCTION) if self._model_exists(name) else None
@@ -248,6 +251,13 @@ class ThresholdRegistry:
             raise ThresholdModelMismatchError(
                 f"approved thresholds {name} v{version.version} were calibrated for {calibration.model_id}, but the "
                 f"monitored model is {model_id}; calibrate and approve thresholds for these weights"
+            )
+        if precision is not None and calibration.precision != precision:
+            raise ThresholdModelMismatchError(
+                f"approved thresholds {name} v{version.version} were calibrated on scores computed in "
+                f"{calibration.precision}, but monitoring computes them in {precision}, which shifts them; monitor "
+                f"with --precision {calibration.precision}, or calibrate and approve thresholds with "
+                f"--precision {precision}"
             )
         return calibration, version
 

@@ -96,6 +96,8 @@ class Calibration:
     separation: list[Separation] = field(default_factory=list)
     recommended_score: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # The network's precision when the reference was scored: fp16/bf16 shift scores, so thresholds hold for it only.
+    precision: str = "fp32"
 
     @property
     def scores(self) -> list[str]:
@@ -113,6 +115,7 @@ class Calibration:
             {
                 "format": CALIBRATION_FORMAT,
                 "model_id": self.model_id,
+                "precision": self.precision,
                 "config": {**asdict(self.config), "check_window_sizes": list(self.config.check_window_sizes)},
                 "reference_images": self.reference_images,
                 "references": {
@@ -153,6 +156,8 @@ class Calibration:
         }
         return cls(
             model_id=document["model_id"],
+            # Calibrations written before precision was recorded were all scored in fp32.
+            precision=document.get("precision", "fp32"),
             config=config,
             references=references,
             reference_images=document["reference_images"],
@@ -180,6 +185,7 @@ def calibrate(
     validation: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     primary_score: str = "gradnorm",
     config: CalibrationConfig = CalibrationConfig(),
+    precision: str = "fp32",
 ) -> Calibration:
     """Calibrate thresholds and references on healthy images, and check the false-alarm rate.
 
@@ -190,6 +196,7 @@ def calibrate(
         validation: dataset name -> score name -> scores of known-shifted images, for the guardrail.
         primary_score: the score the operator leads with; a warning says when it is weak.
         config: see :class:`CalibrationConfig`.
+        precision: the network's precision when the scores were computed; monitoring refuses any other.
 
     Returns:
         The calibration, with its false-alarm check and, given validation sets, the separation table.
@@ -239,7 +246,7 @@ def calibrate(
                 f"realized false-alarm rate {check.rate:.3f} at window size {check.window_size} exceeds twice "
                 f"alpha={config.alpha}: the reference may not represent production; calibrate on more images"
             )
-    return Calibration(model_id, config, references, count, checks, separation, recommended, warnings)
+    return Calibration(model_id, config, references, count, checks, separation, recommended, warnings, precision)
 
 
 def _false_alarm_checks(

@@ -13,7 +13,7 @@ from PIL import Image
 from flows.alerts import SECRET_ENV, verify
 from flows.calibrate import calibrate_reference
 from flows.monitor import MonitorConfig, run_monitor
-from flows.registry import NoApprovedThresholdError, ThresholdRegistry
+from flows.registry import NoApprovedThresholdError, ThresholdModelMismatchError, ThresholdRegistry
 from pipelines.outputs import read_table
 from scoring.calibration import CalibrationConfig
 from tests.flows.receiver import Receiver
@@ -107,6 +107,16 @@ def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, regi
     config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY)
     with pytest.raises(NoApprovedThresholdError):
         run_monitor(config, registry=registry, now=START + 2 * HOUR)
+
+
+def test_monitor_refuses_thresholds_calibrated_in_another_precision(tmp_path: Path, registry) -> None:
+    _approve(registry, tmp_path)  # calibrated in fp32
+    feed = tmp_path / "feed"
+    _noise(feed / "a.png", 1, START)
+    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, precision="bf16")
+    with pytest.raises(ThresholdModelMismatchError, match="calibrated on scores computed in fp32"):
+        run_monitor(config, registry=registry, now=START + 2 * HOUR)
+    assert not (tmp_path / "out" / "scores").exists()
 
 
 def test_a_camera_that_stops_while_others_go_on_is_no_data(tmp_path: Path, registry, monkeypatch) -> None:

@@ -24,15 +24,16 @@ SCORES = ("gradnorm", "energy", "msp", "maxlogit")
 FAST = CalibrationConfig(check_windows=20, check_window_sizes=(50,))
 
 
-def _calibration(model_id: str, seed: int = 0):
+def _calibration(model_id: str, seed: int = 0, precision: str = "fp32"):
     rng = np.random.default_rng(seed)
     base = rng.normal(10, 1, 400)
-    return calibrate({name: base + rng.normal(0, 0.2, 400) for name in SCORES}, model_id=model_id, config=FAST)
+    scores = {name: base + rng.normal(0, 0.2, 400) for name in SCORES}
+    return calibrate(scores, model_id=model_id, config=FAST, precision=precision)
 
 
-def _propose(registry: ThresholdRegistry, model: str, model_id: str, seed: int = 0):
+def _propose(registry: ThresholdRegistry, model: str, model_id: str, seed: int = 0, precision: str = "fp32"):
     return registry.propose(
-        _calibration(model_id, seed),
+        _calibration(model_id, seed, precision),
         model_name=model,
         params={"model_spec": model, "reference_source": "s3://feed/reference"},
         artifacts={"plots/empty.png": b"\x89PNG"},
@@ -104,6 +105,17 @@ def test_thresholds_of_other_weights_are_refused(mlflow_server: str) -> None:
     registry.approve(proposed.name, proposed.version, by="ana")
     with pytest.raises(ThresholdModelMismatchError, match="calibrated for dock@cccccccccccc"):
         registry.load_production("dock", "dock@dddddddddddd")
+
+
+def test_thresholds_calibrated_in_another_precision_are_refused(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    proposed = _propose(registry, "gate", "gate@ffffffffffff", precision="bf16")
+    registry.approve(proposed.name, proposed.version, by="ana")
+    with pytest.raises(ThresholdModelMismatchError, match="monitor with --precision bf16"):
+        registry.load_production("gate", "gate@ffffffffffff", precision="fp32")
+    calibration, _ = registry.load_production("gate", "gate@ffffffffffff", precision="bf16")
+    assert calibration.precision == "bf16"
+    assert registry.load_production("gate", "gate@ffffffffffff")[0].precision == "bf16"  # None: any precision
 
 
 def test_windows_are_logged_as_steps_of_one_run(mlflow_server: str) -> None:

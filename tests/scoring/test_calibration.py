@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,14 @@ def test_json_round_trip_gives_the_same_decisions() -> None:
     window = {"": {name: values[:80] - 0.8 for name, values in _healthy(rng, 80).items()}}
     assert loaded.decide(window) == calibration.decide(window)
     assert calibration_summary(loaded)["threshold_msp"] == calibration.threshold("msp")
+
+
+def test_json_keeps_the_precision_and_reads_older_documents_as_fp32() -> None:
+    calibration = calibrate(_healthy(np.random.default_rng(5), 300), model_id="m@abc", config=FAST, precision="fp16")
+    assert Calibration.from_json(calibration.to_json()).precision == "fp16"
+    document = json.loads(calibration.to_json())
+    del document["precision"]  # as written before precision was recorded
+    assert Calibration.from_json(json.dumps(document)).precision == "fp32"
 
 
 def test_foreign_json_is_refused() -> None:
