@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch
 from pipelines.outputs import read_table
 from pipelines.pipeline import ScoringConfig, run_scoring
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+# ../shared/data beside the checkout; GRADWATCH_SHARED_DATA points elsewhere (a copy carried to a GPU machine).
+SHARED = Path(os.environ.get("GRADWATCH_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 
 
 def score_folder_with_pipeline(folder: Path, out: Path, model: str) -> pa.Table:
