@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from PIL import Image
@@ -21,10 +21,12 @@ from scoring.errors import DecoderUnavailableError
 from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
 
 Decoder = Literal["host", "device"]
+DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 
 _LOG = logging.getLogger(__name__)
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _JPEG_END = b"\xff\xd9"
+_EXIF_ORIENTATION = 0x0112
 # Colour modes nvJPEG turns into RGB as libjpeg does; CMYK and YCCK JPEGs take the host path.
 _DEVICE_MODES = ("RGB", "L")
 
@@ -39,8 +41,8 @@ class DeviceJpegDecoder:
             device: where to decode: a CUDA device uses nvJPEG, the CPU libjpeg-turbo.
 
         Raises:
-            DecoderUnavailableError: torchvision does not load.
-            ValueError: the preprocessing's interpolation has no torch equivalent.
+            DecoderUnavailableError: torchvision does not load, or the preprocessing's interpolation has no
+                torch equivalent.
         """
         try:
             from torchvision import io as vision_io
@@ -55,7 +57,7 @@ class DeviceJpegDecoder:
                 "build, or use decoder='host'"
             ) from error
         if preprocessing.interpolation not in TORCH_INTERPOLATIONS:
-            raise ValueError(
+            raise DecoderUnavailableError(
                 f"decoder='device' resamples with {TORCH_INTERPOLATIONS}, not {preprocessing.interpolation!r}; "
                 "use decoder='host' for this model"
             )
@@ -64,7 +66,7 @@ class DeviceJpegDecoder:
         self.device = device
 
     def accepts(self, data: bytes) -> bool:
-        """Whether ``data`` is a JPEG the device can decode within the preprocessing's limits.
+        """Whether ``data`` is a JPEG the device can decode as the host would, within the preprocessing's limits.
 
         Reads the header only (tens of microseconds); everything else goes to the host path, which also
         gives bad images their rejection reason.
@@ -76,11 +78,13 @@ class DeviceJpegDecoder:
         try:
             with Image.open(io.BytesIO(data)) as header:
                 width, height = header.size
-                return (
-                    header.format == "JPEG"
-                    and header.mode in _DEVICE_MODES
-                    and (width * height <= self._preprocessing.max_pixels)
+                # nvJPEG ignores EXIF orientation (torchvision applies it on the CPU only): a phone photo
+                # stored sideways would be scored sideways.
+                upright = header.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1)
+                within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(
+                    width, height
                 )
+                return header.format == "JPEG" and header.mode in _DEVICE_MODES and upright and within_limits
         except Exception:  # a header Pillow cannot read is the host path's to reject
             return False
 
@@ -88,25 +92,31 @@ class DeviceJpegDecoder:
         """Decode and preprocess JPEGs on the device.
 
         Returns:
-            Per input, a float32 (3, crop, crop) tensor on the device, or None where the device decoder
-            failed; those go to the host path.
+            Per input, a float32 (3, crop, crop) tensor on the device, or None where the device failed on it
+            (decoding, or out of memory); those go to the host path.
         """
         encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
         try:
             decoded: list[torch.Tensor | None] = list(self._decode(encoded))
         except RuntimeError as error:
             # One bad image fails a batched call; decode one at a time to find it and keep the others.
-            _LOG.debug("batched device decode failed (%s); decoding one image at a time", error)
+            _LOG.warning("device JPEG decoding failed on a batch of %d (%s); retrying one at a time", len(jpegs), error)
             decoded = [self._decode_one(data) for data in encoded]
-        return [None if pixels is None else self._preprocessing.pixels_to_tensor(pixels) for pixels in decoded]
+        return [None if pixels is None else self._preprocess(pixels) for pixels in decoded]
 
     def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self._vision_io.decode_jpeg(
-            encoded, mode=self._vision_io.ImageReadMode.RGB, device=self.device, apply_exif_orientation=True
-        )
+        return self._vision_io.decode_jpeg(encoded, mode=self._vision_io.ImageReadMode.RGB, device=self.device)
 
     def _decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
         try:
             return self._decode([data])[0]
-        except RuntimeError:
+        except RuntimeError as error:
+            _LOG.warning("device JPEG decoding failed (%s); the host decodes this image", error)
+            return None
+
+    def _preprocess(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        try:
+            return self._preprocessing.pixels_to_tensor(pixels)
+        except RuntimeError as error:  # CUDA out of memory is a RuntimeError: the host has more room
+            _LOG.warning("preprocessing on the device failed (%s); the host decodes this image", error)
             return None

@@ -44,5 +44,6 @@ class ModelSpecError(GradwatchError):
     """A model spec cannot be turned into a scorer; the message says how to write it."""
 
 
-class DecoderUnavailableError(GradwatchError, ImportError):
-    """``decoder="device"`` was asked for where torchvision does not load; the message says what to install."""
+class DecoderUnavailableError(GradwatchError):
+    """``decoder="device"`` cannot work here: torchvision does not load, or the model resamples in a way torch
+    cannot reproduce; the message says what to install or to decode on the host."""

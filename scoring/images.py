@@ -74,15 +74,23 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean {self.mean} and std {self.std} need 3 values each, std positive")
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) once the shorter side is ``resize``, neither below ``crop``."""
+        scale = self.resize / min(width, height)
+        return max(self.crop, round(width * scale)), max(self.crop, round(height * scale))
+
+    def fits(self, width: int, height: int) -> bool:
+        """Whether the image stays within ``max_pixels`` once resized: a 1 x 65535 strip would not."""
+        resized_width, resized_height = self.resized_size(width, height)
+        return resized_width * resized_height <= self.max_pixels
+
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """Resize the shorter side, crop the centre and normalise an RGB image.
 
         Returns:
             float32 tensor of shape (3, crop, crop).
         """
-        width, height = image.size
-        scale = self.resize / min(width, height)
-        resized_size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
+        resized_size = self.resized_size(*image.size)
         image = image.resize(resized_size, _INTERPOLATIONS[self.interpolation])
         left = (resized_size[0] - self.crop) // 2
         top = (resized_size[1] - self.crop) // 2
@@ -110,8 +118,7 @@ class Preprocessing:
                 f"{TORCH_INTERPOLATIONS} or decode on the host"
             )
         _, height, width = pixels.shape
-        scale = self.resize / min(width, height)
-        resized_height, resized_width = max(self.crop, round(height * scale)), max(self.crop, round(width * scale))
+        resized_width, resized_height = self.resized_size(width, height)
         image = pixels[None].float()
         for size in ((height, resized_width), (resized_height, resized_width)):
             image = torch.nn.functional.interpolate(image, size=size, mode=self.interpolation, antialias=True)
@@ -145,6 +152,14 @@ def decode_image(
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageDecodeError(source, "too_large", f"{width}x{height} pixels exceeds max_pixels={limits.max_pixels}")
+    if not limits.fits(width, height):
+        resized = "x".join(str(side) for side in limits.resized_size(width, height))
+        raise ImageDecodeError(
+            source,
+            "too_large",
+            f"{width}x{height} pixels would be {resized} once its shorter side is {limits.resize}, past "
+            f"max_pixels={limits.max_pixels}: an aspect ratio this extreme is not a photograph",
+        )
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

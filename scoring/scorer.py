@@ -6,19 +6,20 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from scoring.decoding import Decoder, DeviceJpegDecoder
+from scoring.decoding import DECODERS, Decoder, DeviceJpegDecoder
 from scoring.errors import ImageDecodeError, ModelSpecError
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.models import LoadedModel, load_model
 from scoring.scores import HeadOutputs, registered_scores
 
 Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 # Autocast dtypes of the reduced precisions. On EfficientNet-Lite0 over 1000 ImageNet samples (CPU autocast),
 # fp16 moves GradNorm by at most 4.7e-3 relative (median 6.5e-4) and bf16 by up to 4.7e-2 (median 5.5e-3):
@@ -31,6 +32,12 @@ CPU_FORWARD_CHUNK = 4
 # Encoded images are scored this many at a time on an accelerator, so the device works on one group while
 # the host decodes the next: small enough to start the device early, large enough to fill it.
 ACCELERATOR_SCORE_CHUNK = 128
+
+# JPEGs decoded on the device per call: 32 full-size 12 MP photos are about 1.2 GB of device memory.
+DEVICE_DECODE_CHUNK = 32
+# Beside an accelerator, host decoding threads default to the cores this process may use, up to this many: each
+# holds a decoded full-size image, and past it a worker's memory grows faster than its throughput.
+MAX_DECODE_THREADS = 32
 
 ImageScores = dict[str, float | int]
 
@@ -78,16 +85,17 @@ class Scorer:
             decoder: how :meth:`score_encoded` decodes: ``host`` (Pillow on host threads), or ``device``
                 (JPEGs with torchvision on the scorer's device, nvJPEG on a GPU; other formats and any
                 image it fails on go to the host path). Needs torchvision.
-            decode_threads: host decoding threads of :meth:`score_encoded`; default: every core beside an
-                accelerator, torch's intra-op thread count on a CPU (decoding and the network share it).
+            decode_threads: host decoding threads of :meth:`score_encoded`; default: the cores this process
+                may use (at most ``MAX_DECODE_THREADS``) beside an accelerator, torch's intra-op thread count
+                on a CPU (decoding and the network share it).
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        if precision not in ("fp32", *_AUTOCAST_DTYPES):
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}")
         if forward_chunk is not None and forward_chunk < 1:
             raise ValueError(f"forward_chunk must be at least 1, got {forward_chunk}")
-        if decoder not in ("host", "device"):
+        if decoder not in DECODERS:
             raise ValueError(f"decoder must be 'host' or 'device', got {decoder!r}")
         if decode_threads is not None and decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
@@ -108,8 +116,10 @@ class Scorer:
             loaded.module.compile()
         self._scores = registered_scores()
         self._device_decoder = DeviceJpegDecoder(loaded.preprocessing, self.device) if decoder == "device" else None
-        on_cpu = self.device.type == "cpu"
-        self._decode_threads = decode_threads or (torch.get_num_threads() if on_cpu else os.cpu_count() or 1)
+        if decode_threads is None:
+            usable_cores = min(len(os.sched_getaffinity(0)), MAX_DECODE_THREADS)
+            decode_threads = torch.get_num_threads() if self.device.type == "cpu" else usable_cores
+        self._decode_threads = decode_threads
         self._decode_pool: ThreadPoolExecutor | None = None
         self._decode_pool_lock = threading.Lock()
 
@@ -214,6 +224,9 @@ class Scorer:
     def _score_group(
         self, indices: list[int], tensors: list[torch.Tensor], results: list[ImageScores | ImageDecodeError | None]
     ) -> None:
+        if any(tensor.device != tensors[0].device for tensor in tensors):
+            # Device-decoded images beside host-decoded ones (a PNG, a CMYK JPEG): gather them on the device.
+            tensors = [tensor.to(self.device, non_blocking=True) for tensor in tensors]
         columns = self.score(torch.stack(tensors))
         for position, index in enumerate(indices):
             results[index] = {name: column[position].item() for name, column in columns.items()}
@@ -230,10 +243,13 @@ class Scorer:
             for index, (data, source) in enumerate(zip(images, sources, strict=True))
             if index not in on_device
         }
-        if on_device:
-            ordered = sorted(on_device)
-            decoded = self._device_decoder.decode([images[index] for index in ordered])
-            for index, tensor in zip(ordered, decoded, strict=True):
+        ordered = sorted(on_device)
+        # In chunks, each preprocessed before the next is decoded: full-size frames of a whole batch at once
+        # would take gigabytes of device memory, and the first group can be scored sooner.
+        for start in range(0, len(ordered), DEVICE_DECODE_CHUNK):
+            chunk = ordered[start : start + DEVICE_DECODE_CHUNK]
+            decoded = self._device_decoder.decode([images[index] for index in chunk])
+            for index, tensor in zip(chunk, decoded, strict=True):
                 if tensor is None:  # the device decoder failed on it: the host decodes it or says why not
                     on_host[index] = pool.submit(self._decode_on_host, images[index], sources[index])
                 else:
@@ -246,6 +262,11 @@ class Scorer:
             return self.preprocess(data, source=source)
         except ImageDecodeError as error:
             return error
+        # Whatever one image does in a decoding thread must reject that image, not fail its batch.
+        except MemoryError as error:
+            return ImageDecodeError(source, "too_large", f"MemoryError while preprocessing: {error}")
+        except Exception as error:
+            return ImageDecodeError(source, "corrupt", f"{type(error).__name__} while preprocessing: {error}")
 
     def _host_decode_pool(self) -> ThreadPoolExecutor:
         # Made on first use, so a scorer that never decodes holds no threads.

@@ -47,6 +47,15 @@ def _jpeg_with_a_broken_scan() -> bytes:
     return bytes(data)
 
 
+def _sideways_jpeg() -> bytes:
+    """A photo stored rotated, with the EXIF orientation that tells viewers to turn it upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.chelsea()).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
 def _cmyk_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(skimage_data.coffee()).convert("CMYK").save(buffer, "JPEG")
@@ -144,6 +153,7 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
     others = {
         "png": _encode(skimage_data.rocket(), "PNG"),
         "cmyk": _cmyk_jpeg(),
+        "sideways": _sideways_jpeg(),  # nvJPEG would not turn it upright
         "truncated": ODD["truncated-jpeg"][0](),
         "broken-scan": _jpeg_with_a_broken_scan(),
         "text": b"<html>403</html>",
@@ -153,13 +163,16 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
     images = [photos[0], *others.values(), photos[1]]
     outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
-    assert outcomes[4].reason == "corrupt"  # the broken scan, rejected by the host after the device failed
+    assert outcomes[5].reason == "corrupt"  # the broken scan, rejected by the host after the device failed
 
 
 @needs_torchvision
 @needs_cuda
 def test_nvjpeg_decoding_scores_as_the_host_does(efficientnet: Scorer) -> None:
-    images = [*_photos_as_jpeg(), _jpeg_with_a_broken_scan()]
+    # Host-decoded images (a PNG, a sideways photo) share groups with device-decoded ones.
+    photos = _photos_as_jpeg()
+    png = _encode(skimage_data.rocket(), "PNG")
+    images = [photos[0], png, *photos[1:], _sideways_jpeg(), _jpeg_with_a_broken_scan()]
     gpu = load_scorer("efficientnet-lite0", device="cuda", decoder="device")
     outcomes = gpu.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
     # nvJPEG's inverse DCT and the GPU's convolutions differ from the CPU's in the last bits.

@@ -148,16 +148,13 @@ def test_fp16_autocast_keeps_scores_within_three_thousandths(efficientnet: Score
     np.testing.assert_array_equal(fast["pred"], exact["pred"])
 
 
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_images_that_overflow_half_precision_are_scored_in_fp32(precision: str) -> None:
+def test_images_that_overflow_fp16_are_scored_in_fp32() -> None:
     spec = "tests.scoring.tiny_models:build_large_features"
     images = torch.rand(3, 3, 16, 16)
     exact = load_scorer(spec, device="cpu").score(images)
-    fast = load_scorer(spec, device="cpu", precision=precision).score(images)
+    fast = load_scorer(spec, device="cpu", precision="fp16").score(images)
     for name in ("gradnorm", "energy", "feature_l1"):
-        assert np.isfinite(fast[name]).all(), name
-        # bf16 does not overflow here, so its own rounding is what differs.
-        np.testing.assert_allclose(fast[name], exact[name], rtol=1e-5 if precision == "fp16" else 5e-2, err_msg=name)
+        np.testing.assert_allclose(fast[name], exact[name], rtol=1e-5, err_msg=name)
 
 
 def test_compiled_scorer_gives_the_eager_scores() -> None:

@@ -131,6 +131,8 @@ ODD: dict[str, tuple[Callable[[], bytes], str]] = {
     "decompression-bomb": (_bomb_png, "too_large"),
     "png-signature-and-header-only": (lambda: _noise_png()[:33], "corrupt"),
     "png-cut-after-header": (lambda: _noise_png()[:60], "truncated"),
+    # Within max_pixels, but 256 x 5 million once its shorter side is resized: no photograph, and gigabytes.
+    "one-pixel-strip": (lambda: _encode(Image.new("RGB", (1, 20_000)), "PNG"), "too_large"),
 }
 
 
