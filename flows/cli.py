@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
+from scoring import DECODERS, PRECISIONS, GradwatchError, ImageDecodeError, Scorer, load_scorer
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
 
@@ -498,14 +498,14 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="fp16/bf16: autocast on GPU tensor cores; fp16 keeps scores within 5e-3; thresholds hold for the "
         "precision they were calibrated in (default: %(default)s)",
     )
     parser.add_argument(
         "--decoder",
-        choices=("host", "device"),
+        choices=DECODERS,
         default="host",
         help="device: decode JPEGs on the GPU with torchvision, host threads for the rest (default: %(default)s)",
     )

@@ -33,7 +33,7 @@ from pipelines.records import ImageRef, parse_window_label, window_label
 from pipelines.sinks import WritePartition
 from pipelines.sources import check_source, list_source, parse_event_time
 from pipelines.windows import parse_window
-from scoring import LoadedModel, decision_scores, load_model
+from scoring import DECODERS, PRECISIONS, LoadedModel, decision_scores, load_model
 from scoring.calibration import Calibration
 from scoring.drift import WindowDecision
 
@@ -81,8 +81,14 @@ class MonitorConfig:
     workers: int = 1
     # The network's precision: the approved thresholds must have been calibrated in the same one.
     precision: str = "fp32"
-    # "device": JPEGs decoded on the GPU (needs torchvision); scores within ~1e-3 of host decoding.
+    # "device": JPEGs decoded on the GPU (needs torchvision), within a grey level of host decoding.
     decoder: str = "host"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
 
 
 def monitor_config(
@@ -247,7 +253,7 @@ class Monitor:
                 f"monitor {name} {window_label(planned[0])}..{window_label(planned[-1])}",
                 {"source": redact(self.config.source), "model_id": self.loaded.model_id,
                  "threshold_version": self.version.version, "window": str(self.config.window),
-                 "windows": len(planned)},
+                 "windows": len(planned), "precision": self.config.precision, "decoder": self.config.decoder},
             )  # fmt: skip
             self.links["mlflow_run_id"] = self.report.mlflow_run_id
         return planned

@@ -23,8 +23,8 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
     """Decodes and scores :class:`EncodedImage` batches with :func:`scoring.load_scorer`.
 
     Its one job is turning a batch of image bytes into scores. Decoding lives here, not in a DoFn before it,
-    so the scorer's host threads (or the GPU's JPEG decoder) decode one group while the device scores the
-    last. Each result's ``inference`` is the image's scores, or the ``ImageDecodeError`` that rejects it.
+    so the scorer's host threads decode one group while the device scores the last, or the GPU decodes JPEGs
+    itself. Each result's ``inference`` is the image's scores, or the ``ImageDecodeError`` that rejects it.
     """
 
     def __init__(
@@ -37,7 +37,6 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
         precision: str = "fp32",
         compile: bool = False,
         decoder: str = "host",
-        decode_threads: int | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         cpu_threads: int | None = None,
@@ -55,7 +54,6 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
             precision: ``fp32``, or ``fp16``/``bf16`` autocast of the network (GPU tensor cores).
             compile: ``torch.compile`` the network on each worker.
             decoder: ``host`` (Pillow threads) or ``device`` (JPEGs on the scorer's device, needs torchvision).
-            decode_threads: host decoding threads per model; see :class:`scoring.Scorer`.
             min_batch_size: smallest batch Beam's BatchElements forms.
             max_batch_size: largest batch; size it to the device's memory.
             cpu_threads: torch intra-op threads per worker process; set it to cores / workers so that
@@ -78,7 +76,6 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
             "precision": precision,
             "compile": compile,
             "decoder": decoder,
-            "decode_threads": decode_threads,
         }
         self._cpu_threads = cpu_threads
         self._load_scorer_fn = load_scorer_fn

@@ -38,8 +38,16 @@ from pipelines.records import (
 from pipelines.sinks import WritePartition
 from pipelines.sources import REJECTED, SUBTREE, ExpandSource, ListSubtree, check_source
 from pipelines.windows import WindowStatsFn, align_to_windows, window_rows
-from scoring import ImageDecodeError, LoadedModel, Preprocessing, load_model, registered_scores, resolve_device
-from scoring.decoding import DeviceJpegDecoder
+from scoring import (
+    PRECISIONS,
+    ImageDecodeError,
+    LoadedModel,
+    Preprocessing,
+    load_model,
+    registered_scores,
+    resolve_device,
+)
+from scoring.decoding import DECODERS, DeviceJpegDecoder
 
 LOCAL_RUNNER = "local"
 
@@ -84,10 +92,10 @@ class ScoringConfig:
                 raise ValueError(f"--beam-option {option!r} must be KEY=VALUE, e.g. flink_master=localhost:8081")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
-        if self.decoder not in ("host", "device"):
-            raise ValueError(f"decoder must be host or device, got {self.decoder!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.since and self.until and self.since >= self.until:
             raise ValueError(f"since ({self.since}) must be before until ({self.until})")
 
