@@ -105,21 +105,28 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
     batches = list(images.split(args.batch_size))
     paper_images = images[: args.paper_count].to(device)
 
-    rates = {
-        "paper: batch 1 + backward": rate(
-            lambda: gradnorm_by_backward(exact.model, exact.head, paper_images), len(paper_images), device, rounds=1
-        )
-    }
+    rates: dict[str, float] = {}
+
+    def record(method: str, value: float) -> float:
+        # Printed as measured, so a run cut short by the device's time limit still reports what it reached.
+        print(f"  {name}, {method}: {value:.1f} images/s", flush=True)
+        rates[method] = value
+        return value
+
+    record(
+        "paper: batch 1 + backward",
+        rate(lambda: gradnorm_by_backward(exact.model, exact.head, paper_images), len(paper_images), device, rounds=1),
+    )
     forward = {}
     for precision in ("fp32", *FAST):
-        forward[precision] = rates[f"forward pass {precision}"] = rate(
-            forward_pass(exact, batches, precision), len(images), device
+        forward[precision] = record(
+            f"forward pass {precision}", rate(forward_pass(exact, batches, precision), len(images), device)
         )
     for precision, scorer in scorers.items():
-        rates[f"closed form {precision}"] = rate(lambda s=scorer: [s.score(b) for b in batches], len(images), device)
+        record(f"closed form {precision}", rate(lambda s=scorer: [s.score(b) for b in batches], len(images), device))
     if args.compile:
         compiled = load_scorer(spec, device=args.device, precision="fp16", compile=True)
-        rates["closed form fp16, compiled"] = rate(lambda: [compiled.score(b) for b in batches], len(images), device)
+        record("closed form fp16, compiled", rate(lambda: [compiled.score(b) for b in batches], len(images), device))
     # Half precision only pays on tensor cores; a CPU without native fp16 runs it many times slower than fp32.
     e2e_precision = "fp16" if device.type == "cuda" else "fp32"
     decoders = ["host", *(["device"] if torchvision_loads() else [])]
@@ -129,7 +136,7 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
             spec, expected_model_id=exact.model_id, device=args.device, precision=e2e_precision, decoder=decoder
         )
         run, scorer = end_to_end(handler, blobs, args.batch_size)
-        rates[f"end to end from JPEG, {e2e_precision}, {decoder} decode"] = rate(run, len(blobs), device)
+        record(f"end to end from JPEG, {e2e_precision}, {decoder} decode", rate(run, len(blobs), device))
         end_to_end_scores[decoder] = scorer.score_encoded(blobs, sources=[f"image-{i}" for i in range(len(blobs))])
 
     print(f"\n{name}: {exact.model_id} on {device}, {len(images)} images, batch {args.batch_size}")
