@@ -8,7 +8,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   .gpu-carry/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 GRADWATCH_SHARED_DATA=.gpu-carry/data
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout "${BENCH_TIMEOUT:-360}" python3 bench/gpu.py --count "${COUNT:-2048}" --batch-size "${BATCH_SIZE:-256}" ${GPU_BENCH_ARGS:-} 2>&1 \
+timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu.py --count "${COUNT:-2048}" --batch-size "${BATCH_SIZE:-256}" ${GPU_BENCH_ARGS:-} 2>&1 \
   | tee "${OUT:-/tmp}/gpu.txt"
-timeout "${TESTS_TIMEOUT:-90}" python3 -m pytest -q -p no:cacheprovider -rs tests/scoring/test_decoding.py tests/scoring/test_gradnorm.py 2>&1 \
-  | tee "${OUT:-/tmp}/gpu-tests.txt" | tail -15
+timeout "${TESTS_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider -rA --tb=short --timeout 45 --durations 5 tests/scoring/test_decoding.py tests/scoring/test_gradnorm.py 2>&1 \
+  | tee "${OUT:-/tmp}/gpu-tests.txt" | tail -40

@@ -6,6 +6,7 @@ caller scoring a batch records a rejection and goes on.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -125,9 +126,19 @@ class Preprocessing:
             image = image.round_().clamp_(0, 255)
         top, left = (resized_height - self.crop) // 2, (resized_width - self.crop) // 2
         cropped = image[0, :, top : top + self.crop, left : left + self.crop] / 255.0
-        mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=pixels.device).view(3, 1, 1)
+        mean, std = _channel_statistics(self.mean, self.std, pixels.device)
         return (cropped - mean) / std
+
+
+@functools.cache
+def _channel_statistics(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: copying them from the host for every image would wait on the GPU each time.
+    return (
+        torch.tensor(mean, device=device).view(3, 1, 1),
+        torch.tensor(std, device=device).view(3, 1, 1),
+    )
 
 
 def decode_image(
