@@ -64,7 +64,7 @@ def calibrate_reference(
         work_dir: where the pipeline writes its outputs (default: a temporary folder).
         device: where the network runs, as for ``gradwatch score``.
         precision: fp32, fp16 or bf16: monitoring must compute scores in the same precision.
-        decoder: host or device JPEG decoding.
+        decoder: host or device JPEG decoding: monitoring must decode the same way.
         workers: local worker processes.
 
     Returns:
@@ -91,6 +91,7 @@ def calibrate_reference(
         primary_score=score,
         config=config,
         precision=precision,
+        decoder=decoder,
     )
     image_ids = sorted(table.column("image_id").to_pylist())
     params = {

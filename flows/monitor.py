@@ -81,7 +81,7 @@ class MonitorConfig:
     workers: int = 1
     # The network's precision: the approved thresholds must have been calibrated in the same one.
     precision: str = "fp32"
-    # "device": JPEGs decoded on the GPU (needs torchvision), within a grey level of host decoding.
+    # "device": JPEGs decoded on the GPU (needs torchvision); the approved thresholds must have been calibrated so.
     decoder: str = "host"
 
     def __post_init__(self) -> None:
@@ -233,11 +233,12 @@ class Monitor:
         """The production calibration for these weights.
 
         Raises:
-            NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights and precision.
+            NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights, precision
+                and decoder.
         """
         self.registry = registry
         self.calibration, self.version = registry.load_production(
-            self.loaded.name, self.loaded.model_id, precision=self.config.precision
+            self.loaded.name, self.loaded.model_id, precision=self.config.precision, decoder=self.config.decoder
         )
 
     def plan(self) -> list[dt.datetime]:
@@ -305,7 +306,8 @@ def run_monitor(
 
     Raises:
         AlertConfigError, SourceError, ModelSpecError: bad configuration, before any window is touched.
-        NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights and precision.
+        NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights, precision and
+            decoder.
     """
     monitor = Monitor(config, now=now, links=links)
     monitor.load_thresholds(registry)

@@ -226,14 +226,14 @@ class ThresholdRegistry:
     # -- monitoring ------------------------------------------------------------------------------------
 
     def load_production(
-        self, model_name: str, model_id: str, *, precision: str | None = None
+        self, model_name: str, model_id: str, *, precision: str | None = None, decoder: str | None = None
     ) -> tuple[Calibration, ThresholdVersion]:
         """The approved calibration for the monitored model.
 
         Raises:
             NoApprovedThresholdError: nothing carries the production alias.
             ThresholdModelMismatchError: it was calibrated for other weights than ``model_id``, or at another
-                ``precision`` than the one given (None: any).
+                ``precision``, or with images decoded by another ``decoder``, than the one given (None: any).
         """
         name = registered_model_name(model_name)
         production = self._aliases(name).get(PRODUCTION) if self._model_exists(name) else None
@@ -258,6 +258,15 @@ class ThresholdRegistry:
                 f"{calibration.precision}, but monitoring computes them in {precision}, which shifts them; monitor "
                 f"with --precision {calibration.precision}, or calibrate and approve thresholds with "
                 f"--precision {precision}"
+            )
+        if decoder is not None and calibration.decoder != decoder:
+            # nvJPEG upsamples 4:2:0 chroma unlike libjpeg (measured on an H200: up to 22 grey levels, GradNorm
+            # up to 4% per image), so a reference decoded one way does not hold for windows decoded the other.
+            raise ThresholdModelMismatchError(
+                f"approved thresholds {name} v{version.version} were calibrated on images decoded by the "
+                f"{calibration.decoder}, but monitoring decodes them on the {decoder}, which shifts their scores; "
+                f"monitor with --decoder {calibration.decoder}, or calibrate and approve thresholds with "
+                f"--decoder {decoder}"
             )
         return calibration, version
 

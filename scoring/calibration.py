@@ -98,6 +98,8 @@ class Calibration:
     warnings: list[str] = field(default_factory=list)
     # The network's precision when the reference was scored: fp16/bf16 shift scores, so thresholds hold for it only.
     precision: str = "fp32"
+    # Who decoded the reference's JPEGs: nvJPEG upsamples 4:2:0 chroma unlike libjpeg, moving scores by up to 4%.
+    decoder: str = "host"
 
     @property
     def scores(self) -> list[str]:
@@ -116,6 +118,7 @@ class Calibration:
                 "format": CALIBRATION_FORMAT,
                 "model_id": self.model_id,
                 "precision": self.precision,
+                "decoder": self.decoder,
                 "config": {**asdict(self.config), "check_window_sizes": list(self.config.check_window_sizes)},
                 "reference_images": self.reference_images,
                 "references": {
@@ -158,6 +161,8 @@ class Calibration:
             model_id=document["model_id"],
             # Calibrations written before precision was recorded were all scored in fp32.
             precision=document.get("precision", "fp32"),
+            # ... and decoded on the host.
+            decoder=document.get("decoder", "host"),
             config=config,
             references=references,
             reference_images=document["reference_images"],
@@ -186,6 +191,7 @@ def calibrate(
     primary_score: str = "gradnorm",
     config: CalibrationConfig = CalibrationConfig(),
     precision: str = "fp32",
+    decoder: str = "host",
 ) -> Calibration:
     """Calibrate thresholds and references on healthy images, and check the false-alarm rate.
 
@@ -197,6 +203,7 @@ def calibrate(
         primary_score: the score the operator leads with; a warning says when it is weak.
         config: see :class:`CalibrationConfig`.
         precision: the network's precision when the scores were computed; monitoring refuses any other.
+        decoder: where the images were decoded ("host" or "device"); monitoring refuses any other.
 
     Returns:
         The calibration, with its false-alarm check and, given validation sets, the separation table.
@@ -246,7 +253,9 @@ def calibrate(
                 f"realized false-alarm rate {check.rate:.3f} at window size {check.window_size} exceeds twice "
                 f"alpha={config.alpha}: the reference may not represent production; calibrate on more images"
             )
-    return Calibration(model_id, config, references, count, checks, separation, recommended, warnings, precision)
+    return Calibration(
+        model_id, config, references, count, checks, separation, recommended, warnings, precision, decoder
+    )
 
 
 def _false_alarm_checks(

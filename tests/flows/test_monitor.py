@@ -119,6 +119,16 @@ def test_monitor_refuses_thresholds_calibrated_in_another_precision(tmp_path: Pa
     assert not (tmp_path / "out" / "scores").exists()
 
 
+def test_monitor_refuses_thresholds_calibrated_on_images_decoded_elsewhere(tmp_path: Path, registry) -> None:
+    _approve(registry, tmp_path)  # decoded on the host
+    feed = tmp_path / "feed"
+    _noise(feed / "a.png", 1, START)
+    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, decoder="device")
+    with pytest.raises(ThresholdModelMismatchError, match=r"decoded by the host.*--decoder host"):
+        run_monitor(config, registry=registry, now=START + 2 * HOUR)
+    assert not (tmp_path / "out" / "scores").exists()
+
+
 def test_a_camera_that_stops_while_others_go_on_is_no_data(tmp_path: Path, registry, monkeypatch) -> None:
     monkeypatch.setenv(SECRET_ENV, "s3cret")
     _approve(registry, tmp_path)

@@ -24,16 +24,23 @@ SCORES = ("gradnorm", "energy", "msp", "maxlogit")
 FAST = CalibrationConfig(check_windows=20, check_window_sizes=(50,))
 
 
-def _calibration(model_id: str, seed: int = 0, precision: str = "fp32"):
+def _calibration(model_id: str, seed: int = 0, precision: str = "fp32", decoder: str = "host"):
     rng = np.random.default_rng(seed)
     base = rng.normal(10, 1, 400)
     scores = {name: base + rng.normal(0, 0.2, 400) for name in SCORES}
-    return calibrate(scores, model_id=model_id, config=FAST, precision=precision)
+    return calibrate(scores, model_id=model_id, config=FAST, precision=precision, decoder=decoder)
 
 
-def _propose(registry: ThresholdRegistry, model: str, model_id: str, seed: int = 0, precision: str = "fp32"):
+def _propose(
+    registry: ThresholdRegistry,
+    model: str,
+    model_id: str,
+    seed: int = 0,
+    precision: str = "fp32",
+    decoder: str = "host",
+):
     return registry.propose(
-        _calibration(model_id, seed, precision),
+        _calibration(model_id, seed, precision, decoder),
         model_name=model,
         params={"model_spec": model, "reference_source": "s3://feed/reference"},
         artifacts={"plots/empty.png": b"\x89PNG"},
@@ -116,6 +123,16 @@ def test_thresholds_calibrated_in_another_precision_are_refused(mlflow_server: s
     calibration, _ = registry.load_production("gate", "gate@ffffffffffff", precision="bf16")
     assert calibration.precision == "bf16"
     assert registry.load_production("gate", "gate@ffffffffffff")[0].precision == "bf16"  # None: any precision
+
+
+def test_thresholds_calibrated_on_images_decoded_elsewhere_are_refused(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    proposed = _propose(registry, "pier", "pier@eeeeeeeeeeee", decoder="device")
+    registry.approve(proposed.name, proposed.version, by="ana")
+    with pytest.raises(ThresholdModelMismatchError, match="monitor with --decoder device"):
+        registry.load_production("pier", "pier@eeeeeeeeeeee", decoder="host")
+    calibration, _ = registry.load_production("pier", "pier@eeeeeeeeeeee", precision="fp32", decoder="device")
+    assert calibration.decoder == "device"
 
 
 def test_windows_are_logged_as_steps_of_one_run(mlflow_server: str) -> None:

@@ -79,12 +79,16 @@ def test_json_round_trip_gives_the_same_decisions() -> None:
     assert calibration_summary(loaded)["threshold_msp"] == calibration.threshold("msp")
 
 
-def test_json_keeps_the_precision_and_reads_older_documents_as_fp32() -> None:
-    calibration = calibrate(_healthy(np.random.default_rng(5), 300), model_id="m@abc", config=FAST, precision="fp16")
-    assert Calibration.from_json(calibration.to_json()).precision == "fp16"
+def test_json_keeps_precision_and_decoder_and_reads_older_documents_as_fp32_on_the_host() -> None:
+    calibration = calibrate(
+        _healthy(np.random.default_rng(5), 300), model_id="m@abc", config=FAST, precision="fp16", decoder="device"
+    )
+    read = Calibration.from_json(calibration.to_json())
+    assert (read.precision, read.decoder) == ("fp16", "device")
     document = json.loads(calibration.to_json())
-    del document["precision"]  # as written before precision was recorded
-    assert Calibration.from_json(json.dumps(document)).precision == "fp32"
+    del document["precision"], document["decoder"]  # as written before either was recorded
+    read = Calibration.from_json(json.dumps(document))
+    assert (read.precision, read.decoder) == ("fp32", "host")
 
 
 def test_foreign_json_is_refused() -> None:

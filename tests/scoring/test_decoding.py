@@ -34,9 +34,10 @@ def _encode(array: np.ndarray, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def _photos_as_jpeg() -> list[bytes]:
+def _photos_as_jpeg(subsampling: int = 2) -> list[bytes]:
+    """Three colour photos and a grey one; ``subsampling`` 2 is 4:2:0 chroma (cameras' and Pillow's default), 0 none."""
     photos = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut(), skimage_data.camera()]
-    return [_encode(photo, "JPEG", quality=90) for photo in photos]
+    return [_encode(photo, "JPEG", quality=90, subsampling=subsampling) for photo in photos]
 
 
 def _jpeg_with_a_broken_scan() -> bytes:
@@ -170,10 +171,23 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
 @needs_cuda
 def test_nvjpeg_decoding_scores_as_the_host_does(efficientnet: Scorer) -> None:
     # Host-decoded images (a PNG, a sideways photo) share groups with device-decoded ones.
-    photos = _photos_as_jpeg()
+    photos = _photos_as_jpeg(subsampling=0)
     png = _encode(skimage_data.rocket(), "PNG")
     images = [photos[0], png, *photos[1:], _sideways_jpeg(), _jpeg_with_a_broken_scan()]
     gpu = load_scorer("efficientnet-lite0", device="cuda", decoder="device")
     outcomes = gpu.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
-    # nvJPEG's inverse DCT and the GPU's convolutions differ from the CPU's in the last bits.
-    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=2e-2)
+    # Without chroma subsampling nvJPEG gives libjpeg's pixels bit for bit (seen on an H200); what is left is
+    # resampling within a grey level and the GPU's TF32 convolutions.
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=1e-2)
+
+
+@needs_torchvision
+@needs_cuda
+def test_nvjpeg_decoding_of_subsampled_chroma_moves_scores_a_little(efficientnet: Scorer) -> None:
+    images = _photos_as_jpeg(subsampling=2)
+    gpu = load_scorer("efficientnet-lite0", device="cuda", decoder="device")
+    outcomes = gpu.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    # nvJPEG upsamples 4:2:0 chroma unlike libjpeg: on an H200, pixels up to 22 grey levels apart at colour
+    # edges and GradNorm up to 3.9e-2 apart on ImageNet photos. Hence calibrations record the decoder and
+    # monitoring refuses thresholds calibrated on images decoded the other way.
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-2)
