@@ -10,5 +10,5 @@ export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 GRADWATCH_SHARED_DATA=.gpu-carr
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu.py --count "${COUNT:-2048}" --batch-size "${BATCH_SIZE:-256}" ${GPU_BENCH_ARGS:-} 2>&1 \
   | tee "${OUT:-/tmp}/gpu.txt"
-timeout "${TESTS_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider -rA --tb=short --timeout 45 --durations 5 tests/scoring/test_decoding.py tests/scoring/test_gradnorm.py 2>&1 \
+timeout "${TESTS_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider -rA --tb=short --timeout 45 --durations 5 ${GPU_TEST_ARGS:-} tests/scoring/test_decoding.py tests/scoring/test_gradnorm.py 2>&1 \
   | tee "${OUT:-/tmp}/gpu-tests.txt" | tail -40

@@ -9,8 +9,11 @@ the one place to change when TorchCodec's GPU JPEG decoder is the way to go.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -64,6 +67,7 @@ class DeviceJpegDecoder:
         self._vision_io = vision_io
         self._preprocessing = preprocessing
         self.device = device
+        self._streams = threading.local()
 
     def accepts(self, data: bytes) -> bool:
         """Whether ``data`` is a JPEG the device can decode as the host would, within the preprocessing's limits.
@@ -80,7 +84,7 @@ class DeviceJpegDecoder:
                 width, height = header.size
                 # nvJPEG ignores EXIF orientation (torchvision applies it on the CPU only): a phone photo
                 # stored sideways would be scored sideways.
-                upright = header.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1)
+                upright = "exif" not in header.info or header.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1)
                 within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(
                     width, height
                 )
@@ -88,21 +92,42 @@ class DeviceJpegDecoder:
         except Exception:  # a header Pillow cannot read is the host path's to reject
             return False
 
-    def decode(self, jpegs: Sequence[bytes]) -> list[torch.Tensor | None]:
-        """Decode and preprocess JPEGs on the device.
+    def decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
+        """Decode and preprocess on the device the images it :meth:`accepts`.
+
+        Safe to call from several threads: on a GPU each thread works on a stream of its own and waits for it,
+        so what it returns is complete; a caller reading it on another stream must ``record_stream`` it there.
 
         Returns:
-            Per input, a float32 (3, crop, crop) tensor on the device, or None where the device failed on it
-            (decoding, or out of memory); those go to the host path.
+            Per input, a float32 (3, crop, crop) tensor on the device, or None for an image it declines or fails
+            on (decoding, or out of memory); the host path takes those.
         """
-        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
-        try:
-            decoded: list[torch.Tensor | None] = list(self._decode(encoded))
-        except RuntimeError as error:
-            # One bad image fails a batched call; decode one at a time to find it and keep the others.
-            _LOG.warning("device JPEG decoding failed on a batch of %d (%s); retrying one at a time", len(jpegs), error)
-            decoded = [self._decode_one(data) for data in encoded]
-        return [None if pixels is None else self._preprocess(pixels) for pixels in decoded]
+        outputs: list[torch.Tensor | None] = [None] * len(images)
+        accepted = [index for index, data in enumerate(images) if self.accepts(data)]
+        if not accepted:
+            return outputs
+        with self._thread_stream():
+            encoded = [torch.frombuffer(bytearray(images[index]), dtype=torch.uint8) for index in accepted]
+            try:
+                decoded: list[torch.Tensor | None] = list(self._decode(encoded))
+            except RuntimeError as error:
+                # One bad image fails a batched call; decode one at a time to find it and keep the others.
+                _LOG.warning(
+                    "device JPEG decoding failed on a batch of %d (%s); retrying one at a time", len(encoded), error
+                )
+                decoded = [self._decode_one(data) for data in encoded]
+            for index, tensor in zip(accepted, self._preprocess(decoded), strict=True):
+                outputs[index] = tensor
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+        return outputs
+
+    def _thread_stream(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if getattr(self._streams, "stream", None) is None:
+            self._streams.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._streams.stream)
 
     def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
         return self._vision_io.decode_jpeg(encoded, mode=self._vision_io.ImageReadMode.RGB, device=self.device)
@@ -114,9 +139,21 @@ class DeviceJpegDecoder:
             _LOG.warning("device JPEG decoding failed (%s); the host decodes this image", error)
             return None
 
-    def _preprocess(self, pixels: torch.Tensor) -> torch.Tensor | None:
-        try:
-            return self._preprocessing.pixels_to_tensor(pixels)
-        except RuntimeError as error:  # CUDA out of memory is a RuntimeError: the host has more room
-            _LOG.warning("preprocessing on the device failed (%s); the host decodes this image", error)
-            return None
+    def _preprocess(self, decoded: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Images of one size are resampled together: a camera feed's whole chunk in a handful of kernels."""
+        outputs: list[torch.Tensor | None] = [None] * len(decoded)
+        by_size: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
+        for position, pixels in enumerate(decoded):
+            if pixels is not None:
+                by_size[tuple(pixels.shape)].append(position)
+        for positions in by_size.values():
+            try:
+                batch = self._preprocessing.pixels_to_tensor(torch.stack([decoded[p] for p in positions]))
+            except RuntimeError as error:  # CUDA out of memory is a RuntimeError: the host has more room
+                _LOG.warning(
+                    "preprocessing %d images on the device failed (%s); the host decodes them", len(positions), error
+                )
+                continue
+            for position, tensor in zip(positions, batch.unbind(), strict=True):
+                outputs[position] = tensor
+        return outputs

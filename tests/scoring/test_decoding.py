@@ -126,6 +126,16 @@ def test_torch_preprocessing_follows_pillow(interpolation: str, photo: str) -> N
     assert (grey_levels > 0.5).float().mean() < 0.15
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_images_of_one_size_preprocess_together_as_one_at_a_time(interpolation: str) -> None:
+    preprocessing = Preprocessing(interpolation=interpolation)
+    pixels = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 3, 300, 410), dtype=np.uint8))
+    together = preprocessing.pixels_to_tensor(pixels)
+    assert together.shape == (3, 3, 224, 224)
+    for index in range(len(pixels)):
+        torch.testing.assert_close(together[index], preprocessing.pixels_to_tensor(pixels[index]), rtol=0, atol=0)
+
+
 def test_torch_preprocessing_refuses_what_it_cannot_resample() -> None:
     with pytest.raises(ValueError, match="decode on the host"):
         Preprocessing(interpolation="lanczos").pixels_to_tensor(torch.zeros(3, 8, 8, dtype=torch.uint8))
@@ -191,3 +201,15 @@ def test_nvjpeg_decoding_of_subsampled_chroma_moves_scores_a_little(efficientnet
     # edges and GradNorm up to 3.9e-2 apart on ImageNet photos. Hence calibrations record the decoder and
     # monitoring refuses thresholds calibrated on images decoded the other way.
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-2)
+
+
+@needs_cuda
+def test_many_groups_on_the_gpu_keep_their_images(efficientnet: Scorer) -> None:
+    # Enough images for several queued groups and, decoding on the device, more chunks than are decoded ahead.
+    photos = _photos_as_jpeg(subsampling=0)
+    images = photos * 75
+    expected = _expected(efficientnet, photos) * 75
+    for decoder in ("host", *(["device"] if torchvision_loads() else [])):
+        gpu = load_scorer("efficientnet-lite0", device="cuda", decoder=decoder)
+        outcomes = gpu.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+        _assert_outcomes(outcomes, expected, rtol=1e-2)  # TF32 convolutions, as above

@@ -113,6 +113,14 @@ def test_batch_scores_equal_single_image_scores(efficientnet: Scorer) -> None:
             np.testing.assert_allclose(alone[name], batch[name][index : index + 1], rtol=1e-5, err_msg=name)
 
 
+def test_queued_batches_get_their_own_scores(efficientnet: Scorer) -> None:
+    images = _photos(efficientnet)
+    batches = [images[:2], images[2:3], images[3:]]
+    for queued, batch in zip(efficientnet.score_batches(batches), batches, strict=True):
+        for name, column in efficientnet.score(batch).items():
+            np.testing.assert_array_equal(queued[name], column, err_msg=name)
+
+
 def test_registered_scores_cover_the_public_columns() -> None:
     scores = registered_scores()
     assert {"gradnorm", "energy", "msp", "maxlogit", "feature_l1", "output_l1"} <= set(scores)
@@ -153,8 +161,13 @@ def test_images_that_overflow_fp16_are_scored_in_fp32() -> None:
     images = torch.rand(3, 3, 16, 16)
     exact = load_scorer(spec, device="cpu").score(images)
     fast = load_scorer(spec, device="cpu", precision="fp16").score(images)
+    # Chunks of one, queued: each chunk that overflowed is scored again on its own once the device is done.
+    chunked = load_scorer(spec, device="cpu", precision="fp16", forward_chunk=1)
+    first, second = chunked.score_batches([images[:2], images[2:]])
+    queued = {name: np.concatenate([first[name], second[name]]) for name in first}
     for name in ("gradnorm", "energy", "feature_l1"):
         np.testing.assert_allclose(fast[name], exact[name], rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(queued[name], exact[name], rtol=1e-5, err_msg=name)
 
 
 def test_compiled_scorer_gives_the_eager_scores() -> None:
