@@ -26,6 +26,7 @@ needs_torchvision = pytest.mark.skipif(
     not torchvision_loads(), reason="torchvision is not installed (optional): decoder='device' needs it"
 )
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: nvJPEG decoding needs one")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: queueing on one needs one")
 
 
 def _encode(array: np.ndarray, fmt: str, **options) -> bytes:
@@ -203,7 +204,7 @@ def test_nvjpeg_decoding_of_subsampled_chroma_moves_scores_a_little(efficientnet
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-2)
 
 
-@needs_cuda
+@needs_gpu
 def test_many_groups_on_the_gpu_keep_their_images(efficientnet: Scorer) -> None:
     # Enough images for several queued groups and, decoding on the device, more chunks than are decoded ahead.
     photos = _photos_as_jpeg(subsampling=0)
