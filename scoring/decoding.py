@@ -88,7 +88,18 @@ class DeviceJpegDecoder:
                 within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(
                     width, height
                 )
-                return header.format == "JPEG" and header.mode in _DEVICE_MODES and upright and within_limits
+                # A grey JPEG whose one component is sampled 2x2 (Pillow writes these at subsampling=2) came
+                # out of nvJPEG wrong on an H200: skimage's camera photo changed class (872 to 716).
+                grey_subsampled = header.mode == "L" and any(
+                    (horizontal, vertical) != (1, 1) for _, horizontal, vertical, _ in getattr(header, "layer", [])
+                )
+                return (
+                    header.format == "JPEG"
+                    and header.mode in _DEVICE_MODES
+                    and not grey_subsampled
+                    and upright
+                    and within_limits
+                )
         except Exception:  # a header Pillow cannot read is the host path's to reject
             return False
 

@@ -272,9 +272,10 @@ class Scorer:
         return columns
 
     def _store(self, indices: list[int], queued: _Queued, results: list[ImageScores | ImageDecodeError | None]) -> None:
-        columns = self._collect(queued)
+        # One list per column: a NumPy scalar per value costs more than the scoring itself at GPU rates.
+        columns = {name: column.tolist() for name, column in self._collect(queued).items()}
         for position, index in enumerate(indices):
-            results[index] = {name: column[position].item() for name, column in columns.items()}
+            results[index] = {name: column[position] for name, column in columns.items()}
 
     def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         if self.device.type == "cuda":
