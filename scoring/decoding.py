@@ -1,10 +1,12 @@
 """JPEG decoding on the scoring device (nvJPEG on a GPU), with the host's Pillow path as the fallback.
 
-PIL on 16 host processes decodes about 2,300 ImageNet JPEGs/s while an H200's nvJPEG decodes about 10,800, so
-on a GPU worker host decoding, not the model, bounds throughput (issue 8). torchvision is optional: without
-it, or for any image the device decoder declines or fails on, the host path decodes and, where the image
-is bad, names the reason. torchvision 0.29 deprecates its image decoders in favour of TorchCodec; this module is
-the one place to change when TorchCodec's GPU JPEG decoder is the way to go.
+On an H200 host decoding bounds a GPU worker: 16 Pillow threads decode and preprocess about 1,000 ImageNet
+photos/s, nvJPEG through torchvision about 4,900, while ResNet-50 scores 12,000 (bench/gpu.py; issue 8).
+torchvision is optional: without it, or for any image the device decoder declines or fails on, the host path
+decodes and, where the image is bad, names the reason. nvJPEG matches libjpeg bit for bit on 4:4:4 JPEGs only:
+it upsamples 4:2:0 chroma differently, so a calibration records which decoder scored its reference. torchvision
+0.29 deprecates its image decoders in favour of TorchCodec; this module is the one place to change when
+TorchCodec's GPU JPEG decoder is the way to go.
 """
 
 from __future__ import annotations
