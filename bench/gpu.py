@@ -1,13 +1,16 @@
 """GPU worker throughput: the paper's method, the closed form, a forward pass, and end to end from JPEG bytes.
 
 Usage: python bench/gpu.py [--device auto] [--count 2048] [--batch-size 256] [--resnet50-weights FILE] [--compile]
+                           [--skip-efficientnet] [--profile]
 
 One short script for a lent GPU machine (a few minutes); on a CPU, ``--count 32 --batch-size 16`` runs every
 measurement at a small size so the code paths are exercised without a GPU. Models: EfficientNet-Lite0 (shipped
 weights) and, when torchvision loads, ResNet-50 (random weights unless a state dict is given). For each: images/s
 of the paper's method (batch 1 + backward), the closed form and a plain forward pass in fp32, fp16 and bf16, and
 end to end from JPEG bytes through the pipeline's model handler (host decoding threads, and the device's JPEG
-decoder when torchvision loads), with ratios to the forward pass of the same precision and to the paper's method.
+decoder when torchvision loads, also on the photos re-encoded as one 640x480 camera sends them), with ratios to
+the forward pass of the same precision and to the paper's method; ``--profile`` shows where one such pass spends
+host and device time.
 Then how far fp16, bf16 and device decoding move the scores, and the AUROC of ImageNet samples against DTD
 textures (../shared/data) in each precision.
 """
@@ -15,9 +18,11 @@ textures (../shared/data) in each precision.
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,12 +31,15 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from bench.common import SHARED, images_per_second  # noqa: E402
 from pipelines.inference import ScorerModelHandler  # noqa: E402
 from pipelines.records import EncodedImage  # noqa: E402
-from scoring import Scorer, load_scorer, resolve_device  # noqa: E402
+from scoring import Scorer, decode_image, load_scorer, resolve_device  # noqa: E402
+from scoring.decoding import DeviceJpegDecoder  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
+from scoring.scorer import DEVICE_DECODE_CHUNK  # noqa: E402
 from scoring.separation import auroc  # noqa: E402
 
 FAST = ("fp16", "bf16")
@@ -94,12 +102,66 @@ def end_to_end(handler: ScorerModelHandler, blobs: list[bytes], batch_size: int)
     return run, scorer
 
 
+def camera_feed(blobs: list[bytes]) -> list[bytes]:
+    """The same photos as one 640x480 camera would send them: 4:3, one size, 4:2:0 JPEG at quality 90."""
+    frames = {}
+    for data in blobs:
+        if data not in frames:
+            image = decode_image(data)
+            frames[data] = encode_jpeg(ImageOps.fit(image, (640, 480)))
+    return [frames[data] for data in blobs]
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, subsampling=2)
+    return buffer.getvalue()
+
+
+def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.device, feed: str) -> None:
+    """Microseconds per image of each step of device decoding, one thread, chunk by chunk."""
+    spent = dict.fromkeys(("header check", "bytes to tensor", "decode", "preprocess"), 0.0)
+
+    def timed(step: str, work: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        result = work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        spent[step] += time.perf_counter() - start
+        return result
+
+    for start in range(0, len(blobs), DEVICE_DECODE_CHUNK):
+        chunk = blobs[start : start + DEVICE_DECODE_CHUNK]
+        accepted = timed("header check", lambda c=chunk: [data for data in c if decoder.accepts(data)])
+        encoded = timed(
+            "bytes to tensor", lambda a=accepted: [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in a]
+        )
+        decoded = timed("decode", lambda e=encoded: decoder._decode(e))
+        timed("preprocess", lambda d=decoded: decoder._preprocess(d))
+    steps = ", ".join(f"{step} {seconds / len(blobs) * 1e6:.0f}" for step, seconds in spent.items())
+    print(f"device decoding of {feed}, one thread, µs per image: {steps}")
+
+
+def profile(run: Callable[[], None], device: torch.device) -> None:
+    """Where one end-to-end pass spends device time, and host time on the calling thread."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiled:
+        run()
+    averages = profiled.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
+    if device.type == "cuda":
+        print(averages.table(sort_by="self_cuda_time_total", row_limit=10))
+
+
 def relative_difference(approx: np.ndarray, exact: np.ndarray) -> str:
     relative = np.abs(approx - exact) / np.abs(exact)
     return f"median {np.median(relative):.1e}, max {relative.max():.1e}"
 
 
 def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], textures: list[bytes]) -> None:
+    camera = camera_feed(blobs)
     device = resolve_device(args.device)
     scorers = {"fp32": load_scorer(spec, device=args.device)}
     scorers.update({precision: load_scorer(spec, device=args.device, precision=precision) for precision in FAST})
@@ -143,13 +205,8 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
         handler = ScorerModelHandler(
             spec, expected_model_id=exact.model_id, device=args.device, precision=e2e_precision, decoder=decoder
         )
-        # RunInference batches: the pipeline's default on an accelerator, and larger ones where decoding keeps up.
-        for batch_size in (args.batch_size, *([4 * args.batch_size] if decoder == "device" else [])):
-            run, scorer = end_to_end(handler, blobs, batch_size)
-            record(
-                f"end to end from JPEG, {e2e_precision}, {decoder} decode, batch {batch_size}",
-                rate(run, len(blobs), device),
-            )
+        run, scorer = end_to_end(handler, blobs, args.batch_size)
+        record(f"end to end from JPEG, {e2e_precision}, {decoder} decode", rate(run, len(blobs), device))
         sources = [f"image-{i}" for i in range(len(blobs))]
         # What the decoding alone sustains, to tell a decode-bound pipeline from a slow model.
         record(
@@ -157,6 +214,18 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
             rate(lambda s=scorer, n=sources: list(s._decode_all(blobs, n)), len(blobs), device),
         )
         end_to_end_scores[decoder] = scorer.score_encoded(blobs, sources=sources)
+        if decoder == "device":
+            # A camera's feed has one frame size, so the device resizes each chunk in one go.
+            run, _ = end_to_end(handler, camera, args.batch_size)
+            record(f"end to end from JPEG, {e2e_precision}, device decode, one camera", rate(run, len(camera), device))
+            record(
+                "device decode + preprocess alone, one camera",
+                rate(lambda s=scorer, n=sources: list(s._decode_all(camera, n)), len(camera), device),
+            )
+            if args.profile:
+                for feed, feed_blobs in (("ImageNet photos", blobs), ("one camera", camera)):
+                    decode_stages(scorer._device_decoder, feed_blobs, device, feed)
+                profile(run, device)
 
     print(f"\n{name}: {exact.model_id} on {device}, {len(images)} images, batch {args.batch_size}")
     paper = rates["paper: batch 1 + backward"]
@@ -195,6 +264,7 @@ def main() -> None:
     parser.add_argument("--resnet50-weights", help="a torchvision ResNet-50 state dict; random weights without one")
     parser.add_argument("--compile", action="store_true", help="also time the closed form under torch.compile")
     parser.add_argument("--skip-efficientnet", action="store_true", help="ResNet-50 only")
+    parser.add_argument("--profile", action="store_true", help="profile one end-to-end pass with device decoding")
     args = parser.parse_args()
     args.paper_count = min(args.paper_count, args.count)
 

@@ -153,13 +153,16 @@ class DeviceJpegDecoder:
             return None
 
     def _preprocess(self, decoded: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        """Images of one size are resampled together: a camera feed's whole chunk in a handful of kernels."""
+        """On a GPU images of one size are resampled together: a camera feed's whole chunk in a few kernels.
+
+        Not on a CPU, where resampling 32 frames of 640x480 together took 2.4 ms an image, one by one 0.75.
+        """
         outputs: list[torch.Tensor | None] = [None] * len(decoded)
-        by_size: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
+        groups: dict[object, list[int]] = collections.defaultdict(list)
         for position, pixels in enumerate(decoded):
             if pixels is not None:
-                by_size[tuple(pixels.shape)].append(position)
-        for positions in by_size.values():
+                groups[tuple(pixels.shape) if self.device.type == "cuda" else position].append(position)
+        for positions in groups.values():
             try:
                 batch = self._preprocessing.pixels_to_tensor(torch.stack([decoded[p] for p in positions]))
             except RuntimeError as error:  # CUDA out of memory is a RuntimeError: the host has more room
