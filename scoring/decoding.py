@@ -16,7 +16,7 @@ import contextlib
 import io
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -29,6 +29,9 @@ Decoder = Literal["host", "device"]
 DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 
 _LOG = logging.getLogger(__name__)
+# Most pixels resampled in one go: the group is held as uint8, then float32, beside its decoded frames (16 MP is
+# about 200 MB in float32), so a chunk of 12 MP photos goes one at a time and 32 camera frames of 640x480 together.
+DEVICE_RESAMPLE_PIXELS = 16_000_000
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _JPEG_END = b"\xff\xd9"
 _EXIF_ORIENTATION = 0x0112
@@ -86,7 +89,9 @@ class DeviceJpegDecoder:
                 width, height = header.size
                 # nvJPEG ignores EXIF orientation (torchvision applies it on the CPU only): a phone photo
                 # stored sideways would be scored sideways.
-                upright = "exif" not in header.info or header.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1)
+                # Pillow reads the orientation from EXIF or XMP; a JPEG with neither (most) needs no parsing.
+                tagged = any(key in header.info for key in ("exif", "xmp", "XML:com.adobe.xmp"))
+                upright = not tagged or header.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1)
                 within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(
                     width, height
                 )
@@ -162,7 +167,7 @@ class DeviceJpegDecoder:
         for position, pixels in enumerate(decoded):
             if pixels is not None:
                 groups[tuple(pixels.shape) if self.device.type == "cuda" else position].append(position)
-        for positions in groups.values():
+        for positions in _within_pixels(groups.values(), decoded, DEVICE_RESAMPLE_PIXELS):
             try:
                 batch = self._preprocessing.pixels_to_tensor(torch.stack([decoded[p] for p in positions]))
             except RuntimeError as error:  # CUDA out of memory is a RuntimeError: the host has more room
@@ -173,3 +178,20 @@ class DeviceJpegDecoder:
             for position, tensor in zip(positions, batch.unbind(), strict=True):
                 outputs[position] = tensor
         return outputs
+
+
+def _within_pixels(
+    groups: Iterable[list[int]], decoded: Sequence[torch.Tensor | None], budget: int
+) -> Iterator[list[int]]:
+    """Each group split into runs whose frames hold at most ``budget`` pixels together (at least one frame)."""
+    for positions in groups:
+        run: list[int] = []
+        pixels = 0
+        for position in positions:
+            frame = decoded[position].shape[-2] * decoded[position].shape[-1]
+            if run and pixels + frame > budget:
+                yield run
+                run, pixels = [], 0
+            run.append(position)
+            pixels += frame
+        yield run

@@ -125,7 +125,7 @@ class Preprocessing:
         image = self._resample(image, (height, resized_width))
         # Each column resamples on its own in the vertical pass: only the cropped ones are needed.
         image = self._resample(image[..., left : left + self.crop], (resized_height, self.crop))
-        scale, shift = _normalisation(self.mean, self.std, pixels.device)
+        scale, shift = _normalisation(tuple(self.mean), tuple(self.std), pixels.device)
         normalised = torch.addcmul(shift, image[..., top : top + self.crop, :], scale)
         return normalised if pixels.ndim == 4 else normalised[0]
 

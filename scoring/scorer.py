@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,8 @@ from scoring.errors import ImageDecodeError, ModelSpecError
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.models import LoadedModel, load_model
 from scoring.scores import HeadOutputs, registered_scores
+
+_LOG = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -38,7 +41,8 @@ ACCELERATOR_SCORE_CHUNK = 128
 # JPEGs decoded on the device per call: 32 full-size 12 MP photos are about 1.2 GB of device memory.
 DEVICE_DECODE_CHUNK = 32
 # Threads that decode chunks on the device, each on a stream of its own, and chunks decoded ahead of scoring:
-# the host's share of nvJPEG (header checks, Huffman decoding, launches) runs in parallel, within a few GB.
+# header checks and resizing overlap (torchvision runs one nvJPEG decode at a time), and at most 4 chunks of
+# full-size frames are on the device at once (about 5 GB of 12 MP photos).
 DEVICE_DECODE_THREADS = 4
 DEVICE_DECODE_AHEAD = 2 * DEVICE_DECODE_THREADS
 # Beside an accelerator, host decoding threads default to the cores this process may use, up to this many: each
@@ -49,10 +53,17 @@ ImageScores = dict[str, float | int]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed to torch.
+
+    A GPU without an index gets the current one's: each thread has its own current GPU, and decoding threads
+    must work on the scorer's.
+    """
+    resolved = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else torch.device(device)
+    )
+    if resolved.type == "cuda" and resolved.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return resolved
 
 
 class Scorer:
@@ -183,6 +194,8 @@ class Scorer:
 
         On a GPU the host then copies the next batch while the device computes this one, instead of each
         waiting for the other: ResNet-50 in bf16 on an H200 scores 12,300 images/s so, 10,500 through score().
+        So a batch is still in use when the previous one's scores arrive: refill a batch's memory only once
+        the scores of the batch after it have been read.
         """
         queued: _Queued | None = None
         for batch in batches:
@@ -245,7 +258,7 @@ class Scorer:
             columns = {name: column.to("cpu", non_blocking=True) for name, column in self._columns(heads).items()}
         done = None
         if self.device.type == "cuda":
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(blocking=True)  # the waiting thread sleeps, leaving the core to the decoders
             done.record(torch.cuda.current_stream(self.device))
         return _Queued(chunks, heads, finite, columns, done)
 
@@ -259,7 +272,8 @@ class Scorer:
                     for chunk, head, ok in zip(queued.chunks, queued.heads, queued.finite.tolist(), strict=True)
                 ]
                 return {name: column.cpu().numpy() for name, column in self._columns(heads).items()}
-        return {name: column.numpy() for name, column in queued.columns.items()}
+        # Copied out of the page-locked buffers, which go back to the allocator's cache for the next batch.
+        return {name: column.numpy().copy() for name, column in queued.columns.items()}
 
     def _columns(self, heads: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         features = torch.cat([features for features, _ in heads])
@@ -331,7 +345,7 @@ class Scorer:
         on_host: dict[int, Future] = {}
         for chunk in chunks:
             ahead.append((chunk, device_pool.submit(self._device_decoder.decode, [images[i] for i in chunk])))
-            if len(ahead) > DEVICE_DECODE_AHEAD:
+            if len(ahead) >= DEVICE_DECODE_AHEAD:
                 yield from self._device_decoded(*ahead.popleft(), images, sources, on_host)
         while ahead:
             yield from self._device_decoded(*ahead.popleft(), images, sources, on_host)
@@ -346,7 +360,12 @@ class Scorer:
         sources: Sequence[str],
         on_host: dict[int, Future],
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        for index, tensor in zip(chunk, future.result(), strict=True):
+        try:
+            decoded = future.result()
+        except Exception as error:  # whatever breaks a chunk on the device, the host decodes its images
+            _LOG.warning("device decoding failed on %d images (%r); the host decodes them", len(chunk), error)
+            decoded = [None] * len(chunk)
+        for index, tensor in zip(chunk, decoded, strict=True):
             if tensor is None:  # declined or failed on the device: the host decodes it or says why not
                 on_host[index] = self._host_decode_pool().submit(self._decode_on_host, images[index], sources[index])
             else:

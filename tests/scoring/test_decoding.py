@@ -11,6 +11,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from scoring import DecoderUnavailableError, ImageDecodeError, Preprocessing, Scorer, decode_image, load_scorer
+from scoring.decoding import _within_pixels
 from tests.scoring.test_images import ODD
 
 
@@ -56,6 +57,16 @@ def _sideways_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(skimage_data.chelsea()).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif)
     return buffer.getvalue()
+
+
+def _xmp_sideways_jpeg() -> bytes:
+    """A photo stored rotated whose orientation is in XMP only, no EXIF: Pillow turns it upright too."""
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    rotated = skimage_data.chelsea().transpose(1, 0, 2)[::-1]
+    return _encode(np.ascontiguousarray(rotated), "JPEG", xmp=xmp.encode())
 
 
 def _cmyk_jpeg() -> bytes:
@@ -137,6 +148,24 @@ def test_images_of_one_size_preprocess_together_as_one_at_a_time(interpolation: 
         torch.testing.assert_close(together[index], preprocessing.pixels_to_tensor(pixels[index]), rtol=0, atol=0)
 
 
+def test_runs_of_one_size_stay_within_the_pixel_budget() -> None:
+    frames = [
+        torch.zeros(3, 100, 100),
+        None,
+        torch.zeros(3, 100, 100),
+        torch.zeros(3, 300, 300),
+        torch.zeros(3, 100, 100),
+    ]
+    runs = list(_within_pixels([[0, 2, 4], [3]], frames, budget=25_000))
+    assert runs == [[0, 2], [4], [3]]  # 20,000 pixels fit, 30,000 do not; a frame past the budget goes alone
+
+
+def test_preprocessing_given_lists_normalises_as_with_tuples() -> None:
+    pixels = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (3, 240, 320), dtype=np.uint8))
+    listed = Preprocessing(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]).pixels_to_tensor(pixels)  # type: ignore[arg-type]
+    torch.testing.assert_close(listed, Preprocessing(mean=(0.5,) * 3, std=(0.25,) * 3).pixels_to_tensor(pixels))
+
+
 def test_torch_preprocessing_refuses_what_it_cannot_resample() -> None:
     with pytest.raises(ValueError, match="decode on the host"):
         Preprocessing(interpolation="lanczos").pixels_to_tensor(torch.zeros(3, 8, 8, dtype=torch.uint8))
@@ -168,6 +197,7 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
         "cmyk": _cmyk_jpeg(),
         "sideways": _sideways_jpeg(),  # nvJPEG would not turn it upright
         "grey-2x2": _encode(skimage_data.camera(), "JPEG", subsampling=2),  # nvJPEG decodes it wrong
+        "xmp-sideways": _xmp_sideways_jpeg(),
         "truncated": ODD["truncated-jpeg"][0](),
         "broken-scan": _jpeg_with_a_broken_scan(),
         "text": b"<html>403</html>",
@@ -177,7 +207,21 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
     images = [photos[0], *others.values(), photos[1]]
     outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
-    assert outcomes[6].reason == "corrupt"  # the broken scan, rejected by the host after the device failed
+    assert outcomes[7].reason == "corrupt"  # the broken scan, rejected by the host after the device failed
+
+
+@needs_torchvision
+def test_a_chunk_the_device_fails_on_is_decoded_on_the_host(efficientnet: Scorer, monkeypatch, caplog) -> None:
+    device = load_scorer("efficientnet-lite0", device="cpu", decoder="device")
+
+    def broken(images):
+        raise ValueError("device lost")
+
+    monkeypatch.setattr(device._device_decoder, "decode", broken)
+    images = [*_photos_as_jpeg(), b"not an image"]
+    outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=1e-5)
+    assert "device lost" in caplog.text
 
 
 @needs_torchvision
