@@ -252,22 +252,18 @@ class ThresholdRegistry:
                 f"approved thresholds {name} v{version.version} were calibrated for {calibration.model_id}, but the "
                 f"monitored model is {model_id}; calibrate and approve thresholds for these weights"
             )
-        if precision is not None and calibration.precision != precision:
-            raise ThresholdModelMismatchError(
-                f"approved thresholds {name} v{version.version} were calibrated on scores computed in "
-                f"{calibration.precision}, but monitoring computes them in {precision}, which shifts them; monitor "
-                f"with --precision {calibration.precision}, or calibrate and approve thresholds with "
-                f"--precision {precision}"
-            )
-        if decoder is not None and calibration.decoder != decoder:
-            # nvJPEG upsamples 4:2:0 chroma unlike libjpeg (measured on an H200: up to 22 grey levels, GradNorm
-            # up to 4% per image), so a reference decoded one way does not hold for windows decoded the other.
-            raise ThresholdModelMismatchError(
-                f"approved thresholds {name} v{version.version} were calibrated on images decoded by the "
-                f"{calibration.decoder}, but monitoring decodes them on the {decoder}, which shifts their scores; "
-                f"monitor with --decoder {calibration.decoder}, or calibrate and approve thresholds with "
-                f"--decoder {decoder}"
-            )
+        # Both move every score a little, so a reference scored one way does not hold for windows scored the other.
+        scored_with = {
+            "precision": (calibration.precision, precision, "half precision rounds the network's activations"),
+            "decoder": (calibration.decoder, decoder, "nvJPEG upsamples 4:2:0 chroma unlike libjpeg"),
+        }
+        for option, (calibrated, monitored, why) in scored_with.items():
+            if monitored is not None and calibrated != monitored:
+                raise ThresholdModelMismatchError(
+                    f"approved thresholds {name} v{version.version} were calibrated with --{option} {calibrated}, "
+                    f"but monitoring uses --{option} {monitored}, which shifts the scores ({why}); monitor with "
+                    f"--{option} {calibrated}, or calibrate and approve thresholds with --{option} {monitored}"
+                )
         return calibration, version
 
     def start_monitoring_run(self, run_name: str, params: Mapping[str, Any]) -> str:
