@@ -109,22 +109,17 @@ def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, regi
         run_monitor(config, registry=registry, now=START + 2 * HOUR)
 
 
-def test_monitor_refuses_thresholds_calibrated_in_another_precision(tmp_path: Path, registry) -> None:
-    _approve(registry, tmp_path)  # calibrated in fp32
+@pytest.mark.parametrize(
+    ("setting", "monitored", "calibrated"), [("precision", "bf16", "fp32"), ("decoder", "device", "host")]
+)
+def test_monitor_refuses_thresholds_calibrated_with_other_settings(
+    tmp_path: Path, registry, setting: str, monitored: str, calibrated: str
+) -> None:
+    _approve(registry, tmp_path)  # in fp32, decoded on the host
     feed = tmp_path / "feed"
     _noise(feed / "a.png", 1, START)
-    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, precision="bf16")
-    with pytest.raises(ThresholdModelMismatchError, match="calibrated with --precision fp32"):
-        run_monitor(config, registry=registry, now=START + 2 * HOUR)
-    assert not (tmp_path / "out" / "scores").exists()
-
-
-def test_monitor_refuses_thresholds_calibrated_on_images_decoded_elsewhere(tmp_path: Path, registry) -> None:
-    _approve(registry, tmp_path)  # decoded on the host
-    feed = tmp_path / "feed"
-    _noise(feed / "a.png", 1, START)
-    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, decoder="device")
-    with pytest.raises(ThresholdModelMismatchError, match="calibrated with --decoder host"):
+    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, **{setting: monitored})
+    with pytest.raises(ThresholdModelMismatchError, match=f"calibrated with --{setting} {calibrated}"):
         run_monitor(config, registry=registry, now=START + 2 * HOUR)
     assert not (tmp_path / "out" / "scores").exists()
 

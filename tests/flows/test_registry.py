@@ -114,25 +114,22 @@ def test_thresholds_of_other_weights_are_refused(mlflow_server: str) -> None:
         registry.load_production("dock", "dock@dddddddddddd")
 
 
-def test_thresholds_calibrated_in_another_precision_are_refused(mlflow_server: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "calibrated", "monitored", "model"),
+    [("precision", "bf16", "fp32", "gate"), ("decoder", "device", "host", "pier")],
+)
+def test_thresholds_calibrated_with_other_settings_are_refused(
+    mlflow_server: str, setting: str, calibrated: str, monitored: str, model: str
+) -> None:
     registry = ThresholdRegistry(mlflow_server)
-    proposed = _propose(registry, "gate", "gate@ffffffffffff", precision="bf16")
+    model_id = f"{model}@ffffffffffff"
+    proposed = _propose(registry, model, model_id, **{setting: calibrated})
     registry.approve(proposed.name, proposed.version, by="ana")
-    with pytest.raises(ThresholdModelMismatchError, match="monitor with --precision bf16"):
-        registry.load_production("gate", "gate@ffffffffffff", precision="fp32")
-    calibration, _ = registry.load_production("gate", "gate@ffffffffffff", precision="bf16")
-    assert calibration.precision == "bf16"
-    assert registry.load_production("gate", "gate@ffffffffffff")[0].precision == "bf16"  # None: any precision
-
-
-def test_thresholds_calibrated_on_images_decoded_elsewhere_are_refused(mlflow_server: str) -> None:
-    registry = ThresholdRegistry(mlflow_server)
-    proposed = _propose(registry, "pier", "pier@eeeeeeeeeeee", decoder="device")
-    registry.approve(proposed.name, proposed.version, by="ana")
-    with pytest.raises(ThresholdModelMismatchError, match="monitor with --decoder device"):
-        registry.load_production("pier", "pier@eeeeeeeeeeee", decoder="host")
-    calibration, _ = registry.load_production("pier", "pier@eeeeeeeeeeee", precision="fp32", decoder="device")
-    assert calibration.decoder == "device"
+    with pytest.raises(ThresholdModelMismatchError, match=f"monitor with --{setting} {calibrated}"):
+        registry.load_production(model, model_id, **{setting: monitored})
+    calibration, _ = registry.load_production(model, model_id, **{setting: calibrated})
+    assert getattr(calibration, setting) == calibrated
+    assert getattr(registry.load_production(model, model_id)[0], setting) == calibrated  # None: any
 
 
 def test_windows_are_logged_as_steps_of_one_run(mlflow_server: str) -> None:
