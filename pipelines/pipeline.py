@@ -39,6 +39,7 @@ from pipelines.sinks import WritePartition
 from pipelines.sources import REJECTED, SUBTREE, ExpandSource, ListSubtree, check_source
 from pipelines.windows import WindowStatsFn, align_to_windows, window_rows
 from scoring import (
+    DECODERS,
     PRECISIONS,
     ImageDecodeError,
     LoadedModel,
@@ -47,7 +48,7 @@ from scoring import (
     registered_scores,
     resolve_device,
 )
-from scoring.decoding import DECODERS, DeviceJpegDecoder
+from scoring.decoding import DeviceJpegDecoder
 
 LOCAL_RUNNER = "local"
 

@@ -109,11 +109,11 @@ class Scorer:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}")
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if forward_chunk is not None and forward_chunk < 1:
             raise ValueError(f"forward_chunk must be at least 1, got {forward_chunk}")
         if decoder not in DECODERS:
-            raise ValueError(f"decoder must be 'host' or 'device', got {decoder!r}")
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if decode_threads is not None and decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         self._loaded = loaded
