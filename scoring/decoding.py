@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, get_args
 
 import torch
-from PIL import Image
 
 from scoring.errors import DecoderUnavailableError
 from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
+from scoring.jpeg import read_jpeg_header
 
 Decoder = Literal["host", "device"]
 DECODERS: tuple[Decoder, ...] = get_args(Decoder)
@@ -32,11 +31,9 @@ _LOG = logging.getLogger(__name__)
 # Most pixels resampled in one go: the group is held as uint8, then float32, beside its decoded frames (16 MP is
 # about 200 MB in float32), so a chunk of 12 MP photos goes one at a time and 32 camera frames of 640x480 together.
 DEVICE_RESAMPLE_PIXELS = 16_000_000
-_JPEG_SIGNATURE = b"\xff\xd8\xff"
 _JPEG_END = b"\xff\xd9"
-_EXIF_ORIENTATION = 0x0112
-# Colour modes nvJPEG turns into RGB as libjpeg does; CMYK and YCCK JPEGs take the host path.
-_DEVICE_MODES = ("RGB", "L")
+# Start-of-frame codings nvJPEG decodes: baseline, extended and progressive Huffman.
+_DEVICE_CODINGS = (0, 1, 2)
 
 
 class DeviceJpegDecoder:
@@ -77,38 +74,36 @@ class DeviceJpegDecoder:
     def accepts(self, data: bytes) -> bool:
         """Whether ``data`` is a JPEG the device can decode as the host would, within the preprocessing's limits.
 
-        Reads the header only (tens of microseconds); everything else goes to the host path, which also
+        Reads the header's markers only (a few microseconds); everything else goes to the host path, which also
         gives bad images their rejection reason.
         """
         # Without its end-of-image marker a JPEG is truncated: libjpeg pads it with grey where Pillow rejects it.
-        complete = data.startswith(_JPEG_SIGNATURE) and data.endswith(_JPEG_END)
-        if not complete or len(data) > self._preprocessing.max_bytes:
+        if not data.endswith(_JPEG_END) or len(data) > self._preprocessing.max_bytes:
             return False
-        try:
-            with Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-                # nvJPEG ignores EXIF orientation (torchvision applies it on the CPU only): a phone photo
-                # stored sideways would be scored sideways.
-                # Pillow reads the orientation from EXIF or XMP; a JPEG with neither (most) needs no parsing.
-                tagged = any(key in header.info for key in ("exif", "xmp", "XML:com.adobe.xmp"))
-                upright = not tagged or header.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1)
-                within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(
-                    width, height
-                )
-                # A grey JPEG whose one component is sampled 2x2 (Pillow writes these at subsampling=2) came
-                # out of nvJPEG wrong on an H200: skimage's camera photo changed class (872 to 716).
-                grey_subsampled = header.mode == "L" and any(
-                    (horizontal, vertical) != (1, 1) for _, horizontal, vertical, _ in getattr(header, "layer", [])
-                )
-                return (
-                    header.format == "JPEG"
-                    and header.mode in _DEVICE_MODES
-                    and not grey_subsampled
-                    and upright
-                    and within_limits
-                )
-        except Exception:  # a header Pillow cannot read is the host path's to reject
+        header = read_jpeg_header(data)
+        if header is None:
             return False
+        width, height = header.width, header.height
+        # nvJPEG decodes baseline and progressive Huffman-coded 8-bit JPEGs; not lossless or arithmetic coding.
+        supported = header.precision == 8 and header.coding in _DEVICE_CODINGS
+        # One grey component, or three YCbCr ones: CMYK and YCCK JPEGs take the host path, and so do RGB-coded
+        # ones, whose handling by nvJPEG is untested. A grey JPEG whose one component is sampled 2x2 (Pillow
+        # writes these at subsampling=2) came out of nvJPEG wrong on an H200: skimage's camera photo changed
+        # class (872 to 716).
+        colours = header.ycbcr or (len(header.components) == 1 and header.components[0][1:] == (1, 1))
+        within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(width, height)
+        return (
+            supported
+            and colours
+            # nvJPEG ignores EXIF and XMP orientation (torchvision applies EXIF's on the CPU only): a phone photo
+            # stored sideways would be scored sideways.
+            and header.upright
+            # The host reads an MPO's first picture; which one nvJPEG would read is untested.
+            and not header.multi_picture
+            # nvJPEG decodes a scan naming a component its frame lacks, which libjpeg rejects (seen on an H200).
+            and header.scan_matches_frame
+            and within_limits
+        )
 
     def decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
         """Decode and preprocess on the device the images it :meth:`accepts`.

@@ -43,10 +43,18 @@ def _photos_as_jpeg(subsampling: int = 2) -> list[bytes]:
 
 
 def _jpeg_with_a_broken_scan() -> bytes:
-    """A JPEG whose header reads but whose scan names a component the frame lacks: every decoder fails."""
+    """A JPEG whose scan names a component the frame lacks: libjpeg fails on it, nvJPEG decodes it."""
     data = bytearray(_encode(skimage_data.chelsea(), "JPEG"))
     start_of_scan = data.index(b"\xff\xda")
     data[start_of_scan + 5] = 9  # FF DA, length (2 bytes), component count, then the first component's id
+    return bytes(data)
+
+
+def _jpeg_with_an_undefined_table() -> bytes:
+    """A JPEG whose header reads but whose scan codes with Huffman tables never defined: decoding fails."""
+    data = bytearray(_encode(skimage_data.chelsea(), "JPEG"))
+    start_of_scan = data.index(b"\xff\xda")
+    data[start_of_scan + 6] = 0x33  # the first component's DC and AC table selectors, after its id
     return bytes(data)
 
 
@@ -199,15 +207,16 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
         "grey-2x2": _encode(skimage_data.camera(), "JPEG", subsampling=2),  # nvJPEG decodes it wrong
         "xmp-sideways": _xmp_sideways_jpeg(),
         "truncated": ODD["truncated-jpeg"][0](),
-        "broken-scan": _jpeg_with_a_broken_scan(),
+        "broken-scan": _jpeg_with_a_broken_scan(),  # nvJPEG would decode it where the host rejects it
+        "undefined-table": _jpeg_with_an_undefined_table(),
         "text": b"<html>403</html>",
     }
-    assert not any(device._device_decoder.accepts(data) for name, data in others.items() if name != "broken-scan")
-    assert device._device_decoder.accepts(others["broken-scan"])  # only decoding finds it broken
+    accepted = [name for name, data in others.items() if device._device_decoder.accepts(data)]
+    assert accepted == ["undefined-table"]  # only decoding finds it broken
     images = [photos[0], *others.values(), photos[1]]
     outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
-    assert outcomes[7].reason == "corrupt"  # the broken scan, rejected by the host after the device failed
+    assert outcomes[1 + list(others).index("undefined-table")].reason == "corrupt"  # by the host, after the device
 
 
 @needs_torchvision
@@ -227,11 +236,11 @@ def test_a_chunk_the_device_fails_on_is_decoded_on_the_host(efficientnet: Scorer
 @needs_torchvision
 @needs_cuda
 def test_nvjpeg_decoding_scores_as_the_host_does(efficientnet: Scorer) -> None:
-    # Host-decoded images (a PNG, a sideways photo) share groups with device-decoded ones. No broken scan here:
-    # nvJPEG decodes a scan naming a component its frame lacks, which libjpeg (and so the host) rejects.
+    # Host-decoded images (a PNG, a sideways photo, a scan naming a component its frame lacks, which nvJPEG
+    # would decode and libjpeg rejects) share groups with device-decoded ones.
     photos = _photos_as_jpeg(subsampling=0)
     png = _encode(skimage_data.rocket(), "PNG")
-    images = [photos[0], png, *photos[1:], _sideways_jpeg()]
+    images = [photos[0], png, *photos[1:], _sideways_jpeg(), _jpeg_with_a_broken_scan()]
     gpu = load_scorer("efficientnet-lite0", device="cuda", decoder="device")
     outcomes = gpu.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
     # Without chroma subsampling nvJPEG gives libjpeg's pixels bit for bit (seen on an H200); what is left is
