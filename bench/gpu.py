@@ -120,7 +120,7 @@ def encode_jpeg(image: Image.Image) -> bytes:
 
 def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.device, feed: str) -> None:
     """Microseconds per image of each step of device decoding, one thread, chunk by chunk."""
-    spent = dict.fromkeys(("header check", "bytes to tensor", "decode", "preprocess"), 0.0)
+    spent = dict.fromkeys(("header check", "bytes to tensor", "decode", "preprocess", "one frame at a time"), 0.0)
 
     def timed(step: str, work: Callable[[], object]) -> object:
         start = time.perf_counter()
@@ -138,6 +138,8 @@ def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.
         )
         decoded = timed("decode", lambda e=encoded: decoder._decode(e))
         timed("preprocess", lambda d=decoded: decoder._preprocess(d))
+        # What preprocessing cost before frames were resampled together (issue 8), for comparison.
+        timed("one frame at a time", lambda d=decoded: [decoder._preprocessing.pixels_to_tensor(f) for f in d])
     steps = ", ".join(f"{step} {seconds / len(blobs) * 1e6:.0f}" for step, seconds in spent.items())
     print(f"device decoding of {feed}, one thread, µs per image: {steps}")
 

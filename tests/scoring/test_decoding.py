@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from scoring import DecoderUnavailableError, ImageDecodeError, Preprocessing, Scorer, decode_image, load_scorer
-from scoring.decoding import _within_pixels
+from scoring.decoding import _padded_runs
 from tests.scoring.test_images import ODD
 
 
@@ -147,25 +147,44 @@ def test_torch_preprocessing_follows_pillow(interpolation: str, photo: str) -> N
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_images_of_one_size_preprocess_together_as_one_at_a_time(interpolation: str) -> None:
+def test_frames_of_any_sizes_preprocess_together_as_one_at_a_time(interpolation: str) -> None:
     preprocessing = Preprocessing(interpolation=interpolation)
-    pixels = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 3, 300, 410), dtype=np.uint8))
-    together = preprocessing.pixels_to_tensor(pixels)
-    assert together.shape == (3, 3, 224, 224)
-    for index in range(len(pixels)):
-        torch.testing.assert_close(together[index], preprocessing.pixels_to_tensor(pixels[index]), rtol=0, atol=0)
+    rng = np.random.default_rng(2)
+    photos = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut()]
+    # Crops of photos at many sizes and both orientations, a frame smaller than the crop (enlarged) and one
+    # reduced more than 4x.
+    frames = [
+        torch.from_numpy(
+            np.ascontiguousarray(photo[: rng.integers(200, photo.shape[0]), : rng.integers(200, photo.shape[1])])
+        )
+        for photo in photos * 3
+    ]
+    frames += [
+        torch.from_numpy(np.ascontiguousarray(np.repeat(np.repeat(photos[2], 2, 0), 3, 1))),
+        frames[0][:90, :120],
+    ]
+    frames = [frame.permute(2, 0, 1).contiguous() for frame in frames]
+    together = preprocessing.frames_to_tensor(frames)
+    assert together.shape == (len(frames), 3, 224, 224)
+    one_at_a_time = torch.stack([preprocessing.pixels_to_tensor(frame) for frame in frames])
+    grey_levels = ((together - one_at_a_time) * torch.tensor(preprocessing.std).view(3, 1, 1) * 255).abs()
+    # The same weights summed in another order: a value within float error of a half may round the other way.
+    assert grey_levels.max() <= 1 + 1e-3
+    assert (grey_levels > 0.5).float().mean() < 1e-3
 
 
-def test_runs_of_one_size_stay_within_the_pixel_budget() -> None:
+def test_padded_runs_stay_within_the_pixel_budget() -> None:
     frames = [
         torch.zeros(3, 100, 100),
         None,
-        torch.zeros(3, 100, 100),
         torch.zeros(3, 300, 300),
+        torch.zeros(3, 100, 120),
         torch.zeros(3, 100, 100),
     ]
-    runs = list(_within_pixels([[0, 2, 4], [3]], frames, budget=25_000))
-    assert runs == [[0, 2], [4], [3]]  # 20,000 pixels fit, 30,000 do not; a frame past the budget goes alone
+    runs = list(_padded_runs([0, 2, 3, 4], frames, budget=25_000))
+    # Sorted by size: two 100x100 (20,000 pixels) fit, a third padded to 100x120 (36,000) does not; a frame past
+    # the budget goes alone.
+    assert runs == [[0, 4], [3], [2]]
 
 
 def test_preprocessing_given_lists_normalises_as_with_tuples() -> None:
@@ -217,6 +236,19 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
     outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
     assert outcomes[1 + list(others).index("undefined-table")].reason == "corrupt"  # by the host, after the device
+
+
+@needs_torchvision
+def test_device_decoding_resampling_frames_together_scores_as_the_host_does(efficientnet: Scorer, monkeypatch) -> None:
+    # What a GPU does, here on the CPU: frames of several sizes resampled in padded runs. Padded to 512x600, three
+    # photos fit the budget and the fourth does not.
+    device = load_scorer("efficientnet-lite0", device="cpu", decoder="device")
+    device._device_decoder._resample_together = True
+    monkeypatch.setattr("scoring.decoding.DEVICE_RESAMPLE_PIXELS", 1_000_000)
+    photos = _photos_as_jpeg()
+    images = [photos[0], _encode(skimage_data.rocket(), "PNG"), *photos[1:], photos[2], _sideways_jpeg()]
+    outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
 
 
 @needs_torchvision

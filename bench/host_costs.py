@@ -1,0 +1,103 @@
+"""What device decoding costs the host per chunk, measured on a CPU: the header check and the kernels launched.
+
+Usage: python bench/host_costs.py [--images DIR] [--count 1000] [--repeat 5]
+
+On a GPU the threads that feed nvJPEG spend their time in Python and in kernel launches, under one interpreter
+lock (issue 8), so this counts what each step asks of the host without needing a GPU:
+- the header check: the JPEG marker scan against Pillow's Image.open reading the same fields (the check before);
+- preprocessing a chunk of DEVICE_DECODE_CHUNK frames: kernels dispatched when they are resampled together
+  (Preprocessing.frames_to_tensor) against one at a time (pixels_to_tensor), counted as torch dispatches them.
+Timings take the best of --repeat passes, both ways in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from bench.common import SHARED  # noqa: E402
+from scoring.images import Preprocessing  # noqa: E402
+from scoring.jpeg import read_jpeg_header  # noqa: E402
+from scoring.scorer import DEVICE_DECODE_CHUNK  # noqa: E402
+
+# Operators that make views: no kernel runs for them.
+_VIEWS = {"slice", "select", "unsqueeze", "view", "_unsafe_view", "transpose", "permute", "unbind", "expand", "alias"}
+
+
+def pillow_header(data: bytes) -> tuple:
+    """The fields device decoding checks, read by Pillow, as the header check did before the marker scan."""
+    with Image.open(io.BytesIO(data)) as header:
+        tagged = any(key in header.info for key in ("exif", "xmp"))
+        orientation = header.getexif().get(0x0112, 1) if tagged else 1
+        return header.format, header.mode, header.size, getattr(header, "layer", None), orientation
+
+
+def best_microseconds(work: Callable[[], object], count: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best / count * 1e6
+
+
+class KernelCount(TorchDispatchMode):
+    """Counts the operators torch dispatches that run a kernel (views excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] not in _VIEWS:
+            self.kernels += 1
+        return func(*args, **(kwargs or {}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=SHARED / "imagenet-samples")
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    blobs = [path.read_bytes() for path in sorted(args.images.glob("*.JPEG"))[: args.count]]
+    if not blobs:
+        sys.exit(f"no *.JPEG files in {args.images}; pass --images DIR")
+
+    pillow = best_microseconds(lambda: [pillow_header(data) for data in blobs], len(blobs), args.repeat)
+    scan = best_microseconds(lambda: [read_jpeg_header(data) for data in blobs], len(blobs), args.repeat)
+    print(f"header check, {len(blobs)} JPEGs, µs per image: Pillow {pillow:.1f}, marker scan {scan:.1f}")
+    print(f"  marker scan / Pillow: {scan / pillow:.2f}")
+
+    frames = [
+        torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1).contiguous()
+        for data in blobs[:DEVICE_DECODE_CHUNK]
+    ]
+    for interpolation in ("bilinear", "bicubic"):
+        preprocessing = Preprocessing(interpolation=interpolation)
+        preprocessing.frames_to_tensor(frames[:2])  # the cached normalisation is made outside the count
+        with KernelCount() as together:
+            preprocessing.frames_to_tensor(frames)
+        with KernelCount() as one_at_a_time:
+            for frame in frames:
+                preprocessing.pixels_to_tensor(frame)
+        print(
+            f"kernels to preprocess {len(frames)} ImageNet photos ({interpolation}): together {together.kernels}, "
+            f"one at a time {one_at_a_time.kernels} ({together.kernels / one_at_a_time.kernels:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
