@@ -1,7 +1,7 @@
 """GPU worker throughput: the paper's method, the closed form, a forward pass, and end to end from JPEG bytes.
 
 Usage: python bench/gpu.py [--device auto] [--count 2048] [--batch-size 256] [--resnet50-weights FILE] [--compile]
-                           [--skip-efficientnet] [--profile]
+                           [--skip-efficientnet] [--profile] [--sweep]
 
 One short script for a lent GPU machine (a few minutes); on a CPU, ``--count 32 --batch-size 16`` runs every
 measurement at a small size so the code paths are exercised without a GPU. Models: EfficientNet-Lite0 (shipped
@@ -10,7 +10,7 @@ of the paper's method (batch 1 + backward), the closed form and a plain forward 
 end to end from JPEG bytes through the pipeline's model handler (host decoding threads, and the device's JPEG
 decoder when torchvision loads, also on the photos re-encoded as one 640x480 camera sends them), with ratios to
 the forward pass of the same precision and to the paper's method; ``--profile`` shows where one such pass spends
-host and device time.
+host and device time, ``--sweep`` tries other decoding thread counts and chunk sizes.
 Then how far fp16, bf16 and device decoding move the scores, and the AUROC of ImageNet samples against DTD
 textures (../shared/data) in each precision.
 """
@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+import scoring.scorer as scorer_module  # noqa: E402
 from bench.common import SHARED, images_per_second  # noqa: E402
 from pipelines.inference import ScorerModelHandler  # noqa: E402
 from pipelines.records import EncodedImage  # noqa: E402
@@ -144,6 +145,40 @@ def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.
     print(f"device decoding of {feed}, one thread, µs per image: {steps}")
 
 
+def sweep_device_decoding(
+    handler: ScorerModelHandler,
+    precision: str,
+    blobs: list[bytes],
+    batch_size: int,
+    device: torch.device,
+    record: Callable[[str, float], float],
+) -> None:
+    """End to end and decoding alone for other decoding thread counts and chunk sizes, in the same run.
+
+    Threads share one interpreter lock and torchvision's nvJPEG handle; chunks set how many images one call
+    decodes. Which pair feeds the GPU best is for a GPU to say, so each gets a fresh scorer (its own threads).
+    """
+    defaults = (scorer_module.DEVICE_DECODE_THREADS, scorer_module.DEVICE_DECODE_CHUNK)
+    sources = [f"image-{i}" for i in range(len(blobs))]
+    try:
+        for threads in (2, 4, 8):
+            for chunk in (32, 128):
+                scorer_module.DEVICE_DECODE_THREADS, scorer_module.DEVICE_DECODE_CHUNK = threads, chunk
+                scorer_module.DEVICE_DECODE_AHEAD = 2 * threads
+                run, scorer = end_to_end(handler, blobs, batch_size)
+                record(
+                    f"  end to end, {precision}, device decode, {threads} threads x {chunk}",
+                    rate(run, len(blobs), device),
+                )
+                record(
+                    f"  device decode alone, {threads} threads x {chunk}",
+                    rate(lambda s=scorer: list(s._decode_all(blobs, sources)), len(blobs), device),
+                )
+    finally:
+        scorer_module.DEVICE_DECODE_THREADS, scorer_module.DEVICE_DECODE_CHUNK = defaults
+        scorer_module.DEVICE_DECODE_AHEAD = 2 * defaults[0]
+
+
 def profile(run: Callable[[], None], device: torch.device) -> None:
     """Where one end-to-end pass spends device time, and host time on the calling thread."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -224,6 +259,8 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
                 "device decode + preprocess alone, one camera",
                 rate(lambda s=scorer, n=sources: list(s._decode_all(camera, n)), len(camera), device),
             )
+            if args.sweep:
+                sweep_device_decoding(handler, e2e_precision, blobs, args.batch_size, device, record)
             if args.profile:
                 for feed, feed_blobs in (("ImageNet photos", blobs), ("one camera", camera)):
                     decode_stages(scorer._device_decoder, feed_blobs, device, feed)
@@ -267,6 +304,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the closed form under torch.compile")
     parser.add_argument("--skip-efficientnet", action="store_true", help="ResNet-50 only")
     parser.add_argument("--profile", action="store_true", help="profile one end-to-end pass with device decoding")
+    parser.add_argument(
+        "--sweep", action="store_true", help="device decoding with 2, 4 and 8 threads and chunks of 32 and 128"
+    )
     args = parser.parse_args()
     args.paper_count = min(args.paper_count, args.count)
 
