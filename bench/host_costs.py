@@ -4,7 +4,8 @@ Usage: python bench/host_costs.py [--images DIR] [--count 1000] [--repeat 5]
 
 On a GPU the threads that feed nvJPEG spend their time in Python and in kernel launches, under one interpreter
 lock (issue 8), so this counts what each step asks of the host without needing a GPU:
-- the header check: the JPEG marker scan against Pillow's Image.open reading the same fields (the check before);
+- the header check: the JPEG marker scan against Pillow's Image.open reading the same fields (the check before),
+  and whether the two agree on every JPEG in ../shared/data;
 - preprocessing a chunk of DEVICE_DECODE_CHUNK frames: kernels dispatched when they are resampled together
   (Preprocessing.frames_to_tensor) against one at a time (pixels_to_tensor), counted as torch dispatches them.
 Timings take the best of --repeat passes, both ways in the same run.
@@ -44,6 +45,19 @@ def pillow_header(data: bytes) -> tuple:
         return header.format, header.mode, header.size, getattr(header, "layer", None), orientation
 
 
+def fields_agree(data: bytes) -> bool:
+    header = read_jpeg_header(data)
+    image_format, mode, size, layers, orientation = pillow_header(data)
+    return (
+        header is not None
+        and image_format == "JPEG"
+        and (header.width, header.height) == size
+        and header.components == tuple(layer[:3] for layer in layers)
+        and header.upright == (orientation in (0, 1))
+        and header.ycbcr == (mode == "RGB")
+    )
+
+
 def best_microseconds(work: Callable[[], object], count: int, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -80,6 +94,9 @@ def main() -> None:
     scan = best_microseconds(lambda: [read_jpeg_header(data) for data in blobs], len(blobs), args.repeat)
     print(f"header check, {len(blobs)} JPEGs, µs per image: Pillow {pillow:.1f}, marker scan {scan:.1f}")
     print(f"  marker scan / Pillow: {scan / pillow:.2f}")
+    every_jpeg = [path.read_bytes() for path in sorted(SHARED.rglob("*")) if path.suffix.lower() in (".jpeg", ".jpg")]
+    agreeing = sum(fields_agree(data) for data in every_jpeg)
+    print(f"  size, sampling and orientation as Pillow reads them: {agreeing} of {len(every_jpeg)} JPEGs in {SHARED}")
 
     frames = [
         torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1).contiguous()

@@ -9,6 +9,7 @@ Marker layout: ITU-T T.81 annex B; EXIF: CIPA DC-008 (a TIFF header, then IFD0's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _START_OF_IMAGE = b"\xff\xd8"
@@ -21,6 +22,10 @@ _EXIF = b"Exif\x00\x00"
 _XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 _MULTI_PICTURE = b"MPF\x00"
 _ORIENTATION_TAG = 0x0112
+# Pillow's pattern for the orientation XMP gives when EXIF has none (PIL.Image.Image.getexif).
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
+# What _exif_orientation gives for EXIF it cannot read: not upright, so the host path decides.
+_UNREADABLE = -1
 _TIFF_SHORT = 3
 # Component identifiers of an RGB-coded frame without JFIF or Adobe markers ('R', 'G', 'B'), as libjpeg reads them.
 _RGB_IDENTIFIERS = (82, 71, 66)
@@ -41,7 +46,7 @@ class JpegHeader:
     components: tuple[tuple[int, int, int], ...]
     # Whether libjpeg turns three components from YCbCr into RGB (JFIF and most files) or takes them as RGB.
     ycbcr: bool
-    # No EXIF or XMP orientation asks for turning: EXIF orientation absent, 0 or 1, and XMP names none.
+    # No orientation asks for turning: EXIF's, or XMP's where EXIF has none, is absent, 0 or 1, as Pillow reads it.
     upright: bool
     # An MPO (a phone's multi-picture JPEG: several images, one after another).
     multi_picture: bool
@@ -59,9 +64,10 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
     size = len(data)
     position = len(_START_OF_IMAGE)
     frame: tuple[int, int, int, int, tuple[tuple[int, int, int], ...]] | None = None
-    jfif = multi_picture = xmp_orientation = False
+    jfif = multi_picture = False
     adobe_transform: int | None = None
     exif: bytes | None = None
+    xmp: bytes | None = None
     while True:
         if position + 4 > size or data[position] != 0xFF:
             return None
@@ -99,17 +105,18 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
                 coding=coding,
                 components=components,
                 ycbcr=_ycbcr(components, jfif=jfif, adobe_transform=adobe_transform),
-                upright=(exif is None or _exif_orientation(exif) in (0, 1)) and not xmp_orientation,
+                upright=_orientation(exif, xmp) in (None, 0, 1),
                 multi_picture=multi_picture,
                 scan_matches_frame=scanned is not None and scanned <= {identifier for identifier, _, _ in components},
             )
         elif marker == 0xE0:
             jfif = jfif or data.startswith(b"JFIF\x00", start, end)
         elif marker == 0xE1:
-            if exif is None and data.startswith(_EXIF, start, end):  # Pillow reads the first EXIF only
+            # IFD0 is in the first EXIF segment (Pillow appends any more); Pillow keeps the last XMP one.
+            if exif is None and data.startswith(_EXIF, start, end):
                 exif = data[start + len(_EXIF) : end]
             elif data.startswith(_XMP, start, end):
-                xmp_orientation = xmp_orientation or data.find(b"tiff:Orientation", start, end) >= 0
+                xmp = data[start + len(_XMP) : end]
         elif marker == 0xE2:
             multi_picture = multi_picture or data.startswith(_MULTI_PICTURE, start, end)
         elif marker == 0xEE and data.startswith(b"Adobe", start, end) and end - start >= 12:
@@ -137,25 +144,33 @@ def _scan_components(segment: bytes) -> set[int] | None:
     return {segment[start] for start in range(1, 1 + 2 * segment[0], 2)}
 
 
+def _orientation(exif: bytes | None, xmp: bytes | None) -> int | None:
+    """The orientation Pillow would read: EXIF's, else XMP's; None where neither gives one."""
+    orientation = None if exif is None else _exif_orientation(exif)
+    if orientation is None and xmp is not None and (match := _XMP_ORIENTATION.search(xmp)):
+        orientation = int(match[2])
+    return orientation
+
+
 def _exif_orientation(tiff: bytes) -> int | None:
-    """IFD0's orientation (1 when it has none), or None when the EXIF does not read."""
+    """IFD0's orientation, None when it has none, or _UNREADABLE."""
     byte_order = {b"II*\x00": "little", b"MM\x00*": "big"}.get(tiff[:4])
     if byte_order is None or len(tiff) < 8:
-        return None
+        return _UNREADABLE
     directory = int.from_bytes(tiff[4:8], byte_order)
     if directory + 2 > len(tiff):
-        return None
+        return _UNREADABLE
     for entry in range(int.from_bytes(tiff[directory : directory + 2], byte_order)):
         entry_start = directory + 2 + 12 * entry
         if entry_start + 12 > len(tiff):
-            return None
+            return _UNREADABLE
         if int.from_bytes(tiff[entry_start : entry_start + 2], byte_order) != _ORIENTATION_TAG:
             continue
         kind = int.from_bytes(tiff[entry_start + 2 : entry_start + 4], byte_order)
         count = int.from_bytes(tiff[entry_start + 4 : entry_start + 8], byte_order)
         value = int.from_bytes(tiff[entry_start + 8 : entry_start + 10], byte_order)
-        return value if (kind, count) == (_TIFF_SHORT, 1) else None
-    return 1
+        return value if (kind, count) == (_TIFF_SHORT, 1) else _UNREADABLE
+    return None
 
 
 def _ycbcr(components: tuple[tuple[int, int, int], ...], *, jfif: bool, adobe_transform: int | None) -> bool:
