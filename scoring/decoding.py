@@ -21,18 +21,56 @@ import torch
 
 from scoring.errors import DecoderUnavailableError
 from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
-from scoring.jpeg import read_jpeg_header
+from scoring.jpeg import RGB_IDENTIFIERS, read_jpeg_header
 
 Decoder = Literal["host", "device"]
 DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 
 _LOG = logging.getLogger(__name__)
-# Most pixels, padding included, resampled in one go: the run is held as uint8, then float32, beside its decoded
-# frames (16 MP is about 200 MB in float32), so 12 MP photos go one at a time and 32 ImageNet photos together.
-DEVICE_RESAMPLE_PIXELS = 16_000_000
+# Device memory one run of frames resampled together may take: its padded frames as uint8 and float32 (5 bytes a
+# value) and both passes' weights as they are built (up to 16 bytes an entry). 320 MB holds 32 ImageNet photos or
+# 32 frames of 640x480; a 12 MP photo goes alone.
+DEVICE_RESAMPLE_BYTES = 320_000_000
 _JPEG_END = b"\xff\xd9"
 # Start-of-frame codings nvJPEG decodes: baseline, extended and progressive Huffman.
 _DEVICE_CODINGS = (0, 1, 2)
+
+
+def decodes_on_device(data: bytes, preprocessing: Preprocessing) -> bool:
+    """Whether nvJPEG decodes ``data`` as the host's libjpeg would, within the preprocessing's limits.
+
+    Reads the header's markers only (a few microseconds); everything else goes to the host path, which also
+    gives bad images their rejection reason.
+    """
+    # Without its end-of-image marker a JPEG is truncated: libjpeg pads it with grey where Pillow rejects it.
+    if not data.endswith(_JPEG_END) or len(data) > preprocessing.max_bytes:
+        return False
+    header = read_jpeg_header(data)
+    if header is None:
+        return False
+    width, height = header.width, header.height
+    # nvJPEG decodes baseline and progressive Huffman-coded 8-bit JPEGs; not lossless or arithmetic coding.
+    supported = header.precision == 8 and header.coding in _DEVICE_CODINGS
+    # One grey component, or three YCbCr ones: CMYK and YCCK JPEGs take the host path, and so do RGB-coded
+    # ones and any whose component ids say R, G, B, whose handling by nvJPEG is untested. A grey JPEG whose one
+    # component is sampled 2x2 (Pillow writes these at subsampling=2) came out of nvJPEG wrong on an H200:
+    # skimage's camera photo changed class (872 to 716).
+    identifiers = tuple(identifier for identifier, _, _ in header.components)
+    colour = header.ycbcr and identifiers != RGB_IDENTIFIERS
+    grey = len(header.components) == 1 and header.components[0][1:] == (1, 1)
+    within_limits = width * height <= preprocessing.max_pixels and preprocessing.fits(width, height)
+    return (
+        supported
+        and (colour or grey)
+        # nvJPEG ignores EXIF and XMP orientation (torchvision applies EXIF's on the CPU only): a phone photo
+        # stored sideways would be scored sideways.
+        and header.upright
+        # The host reads an MPO's first picture; which one nvJPEG would read is untested.
+        and not header.multi_picture
+        # nvJPEG decodes a scan naming a component its frame lacks, which libjpeg rejects (seen on an H200).
+        and header.scans_match_frame
+        and within_limits
+    )
 
 
 class DeviceJpegDecoder:
@@ -74,38 +112,8 @@ class DeviceJpegDecoder:
         self._streams = threading.local()
 
     def accepts(self, data: bytes) -> bool:
-        """Whether ``data`` is a JPEG the device can decode as the host would, within the preprocessing's limits.
-
-        Reads the header's markers only (a few microseconds); everything else goes to the host path, which also
-        gives bad images their rejection reason.
-        """
-        # Without its end-of-image marker a JPEG is truncated: libjpeg pads it with grey where Pillow rejects it.
-        if not data.endswith(_JPEG_END) or len(data) > self._preprocessing.max_bytes:
-            return False
-        header = read_jpeg_header(data)
-        if header is None:
-            return False
-        width, height = header.width, header.height
-        # nvJPEG decodes baseline and progressive Huffman-coded 8-bit JPEGs; not lossless or arithmetic coding.
-        supported = header.precision == 8 and header.coding in _DEVICE_CODINGS
-        # One grey component, or three YCbCr ones: CMYK and YCCK JPEGs take the host path, and so do RGB-coded
-        # ones, whose handling by nvJPEG is untested. A grey JPEG whose one component is sampled 2x2 (Pillow
-        # writes these at subsampling=2) came out of nvJPEG wrong on an H200: skimage's camera photo changed
-        # class (872 to 716).
-        colours = header.ycbcr or (len(header.components) == 1 and header.components[0][1:] == (1, 1))
-        within_limits = width * height <= self._preprocessing.max_pixels and self._preprocessing.fits(width, height)
-        return (
-            supported
-            and colours
-            # nvJPEG ignores EXIF and XMP orientation (torchvision applies EXIF's on the CPU only): a phone photo
-            # stored sideways would be scored sideways.
-            and header.upright
-            # The host reads an MPO's first picture; which one nvJPEG would read is untested.
-            and not header.multi_picture
-            # nvJPEG decodes a scan naming a component its frame lacks, which libjpeg rejects (seen on an H200).
-            and header.scan_matches_frame
-            and within_limits
-        )
+        """Whether ``data`` is a JPEG the device can decode as the host would (:func:`decodes_on_device`)."""
+        return decodes_on_device(data, self._preprocessing)
 
     def decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
         """Decode and preprocess on the device the images it :meth:`accepts`.
@@ -158,8 +166,9 @@ class DeviceJpegDecoder:
         """On a GPU frames are resampled together, whatever their sizes, in runs within the pixel budget."""
         outputs: list[torch.Tensor | None] = [None] * len(decoded)
         present = [position for position, pixels in enumerate(decoded) if pixels is not None]
-        together = self._resample_together
-        runs = _padded_runs(present, decoded, DEVICE_RESAMPLE_PIXELS) if together else ([p] for p in present)
+        together = self._resample_together and not _matmul_may_round()
+        crop = self._preprocessing.crop
+        runs = _padded_runs(present, decoded, crop, DEVICE_RESAMPLE_BYTES) if together else ([p] for p in present)
         for positions in runs:
             frames = [decoded[position] for position in positions]
             try:
@@ -177,17 +186,36 @@ class DeviceJpegDecoder:
         return outputs
 
 
-def _padded_runs(positions: list[int], decoded: Sequence[torch.Tensor | None], budget: int) -> Iterator[list[int]]:
-    """``positions`` in runs whose frames, padded to the run's tallest and widest, hold at most ``budget`` pixels
-    together (a frame past the budget alone). Sorted by size first, so padding stays small."""
+def _matmul_may_round() -> bool:
+    """Whether float32 matrix products may run in TF32 or bfloat16, a process-wide torch setting.
+
+    TF32 keeps 10 bits of the resampling weights: 3% of pixels then land a grey level or two from Pillow's, so
+    frames are resampled one at a time instead, by interpolate, which the setting does not touch.
+    """
+    try:
+        return torch.get_float32_matmul_precision() != "highest"
+    except RuntimeError:  # the legacy and the per-backend TF32 settings both used: torch will not say
+        return True
+
+
+def _padded_runs(
+    positions: list[int], decoded: Sequence[torch.Tensor | None], crop: int, budget: int
+) -> Iterator[list[int]]:
+    """``positions`` in runs whose frames, padded to the run's tallest and widest, take at most ``budget`` bytes
+    to resample together (a frame past the budget alone). Sorted by size first, so padding stays small."""
     run: list[int] = []
     tallest = widest = 0
     for position in sorted(positions, key=lambda position: tuple(decoded[position].shape[-2:])):
         height, width = decoded[position].shape[-2:]
-        if run and (len(run) + 1) * max(tallest, height) * max(widest, width) > budget:
+        if run and _run_bytes(len(run) + 1, max(tallest, height), max(widest, width), crop) > budget:
             yield run
             run, tallest, widest = [], 0, 0
         run.append(position)
         tallest, widest = max(tallest, height), max(widest, width)
     if run:
         yield run
+
+
+def _run_bytes(count: int, height: int, width: int, crop: int) -> int:
+    """Device memory to resample ``count`` frames padded to ``height`` x ``width`` together (DEVICE_RESAMPLE_BYTES)."""
+    return count * (3 * height * width * 5 + 2 * crop * max(height, width) * 16)

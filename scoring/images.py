@@ -133,7 +133,9 @@ class Preprocessing:
         weights (the same weights torch's interpolate uses), built on the device for every frame together, with
         frames padded to the largest and the padding weighted zero. Sums run in another order than
         interpolate's, so a value near a half may round the other way: within one grey level of
-        :meth:`pixels_to_tensor`. On a CPU the products cost more than they save: resample one at a time there.
+        :meth:`pixels_to_tensor`, at fewer than 1 value in 10,000 on photos, 1 in 200 on images whose sums land
+        exactly on halves (a photo enlarged by copying pixels 3x4, then reduced 6x). On a CPU the products cost
+        more than they save: resample one at a time there.
 
         Args:
             frames: uint8 RGB tensors (3, H, W), of any sizes, on one device.
@@ -205,13 +207,17 @@ def _resampling_weights(
     size, scale, support, inverse_scale, first = table[:, :, None].unbind(1)
     centre = (torch.arange(crop, device=device) + first) * scale
     # static_cast<int> in torch: truncation toward zero, then clipped to the input.
-    lowest = (centre - support + 0.5).long().clamp_(min=0)
-    beyond = torch.minimum((centre + support + 0.5).long(), size.long())
-    taps = torch.arange(padded, device=device)
-    offset = (taps - lowest[..., None]).float()
-    distance = ((offset + (lowest - centre)[..., None] + 0.5) * inverse_scale[..., None]).abs_()
-    weights = _FILTERS[interpolation](distance) * ((taps >= lowest[..., None]) & (taps < beyond[..., None]))
-    return weights / weights.sum(-1, keepdim=True)
+    lowest = (centre - support + 0.5).long().clamp_(min=0).float()
+    beyond = torch.minimum((centre + support + 0.5).long(), size.long()).float()
+    # Taps and bounds as float32, exact below 2**24; every step after the first works in place, as the (axes x
+    # crop x padded) products are the largest tensors here. The same operations in the same order as torch's:
+    # (tap - lowest) + (lowest - centre) + 0.5, times the inverse scale.
+    taps = torch.arange(padded, device=device, dtype=torch.float32)
+    weights = taps - lowest[..., None]
+    outside = (weights < 0).logical_or_(taps >= beyond[..., None])
+    weights.add_((lowest - centre)[..., None]).add_(0.5).mul_(inverse_scale[..., None]).abs_()
+    weights = _FILTERS[interpolation](weights).masked_fill_(outside, 0)
+    return weights.div_(weights.sum(-1, keepdim=True))
 
 
 def _axis_table(sizes: list[int], resized: list[int], crop: int, interpolation: str) -> np.ndarray:
@@ -230,15 +236,17 @@ def _axis_table(sizes: list[int], resized: list[int], crop: int, interpolation: 
 
 
 def _triangle(distance: torch.Tensor) -> torch.Tensor:
-    return (1 - distance).clamp_(min=0)
+    """1 - distance, not below 0; overwrites ``distance``."""
+    return distance.neg_().add_(1).clamp_(min=0)
 
 
 def _keys_cubic(distance: torch.Tensor) -> torch.Tensor:
-    """Keys' cubic with a = -0.5, the one torch's antialiased bicubic and Pillow use."""
+    """Keys' cubic with a = -0.5, the one torch's antialiased bicubic and Pillow use; overwrites ``distance``."""
     a = -0.5
-    near = ((a + 2) * distance - (a + 3)) * distance * distance + 1
-    far = (((distance - 5) * distance + 8) * distance - 4) * a
-    return torch.where(distance < 1, near, torch.where(distance < 2, far, 0.0))
+    far = (distance - 5).mul_(distance).add_(8).mul_(distance).sub_(4).mul_(a).masked_fill_(distance >= 2, 0)
+    near = distance < 1
+    cubic = (distance * (a + 2)).sub_(a + 3).mul_(distance).mul_(distance).add_(1)
+    return torch.where(near, cubic, far, out=distance)
 
 
 _FILTERS = {"bilinear": _triangle, "bicubic": _keys_cubic}

@@ -11,7 +11,8 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from scoring import DecoderUnavailableError, ImageDecodeError, Preprocessing, Scorer, decode_image, load_scorer
-from scoring.decoding import _padded_runs
+from scoring.decoding import _matmul_may_round, _padded_runs, decodes_on_device
+from tests.scoring import test_jpeg
 from tests.scoring.test_images import ODD
 
 
@@ -152,7 +153,7 @@ def test_frames_of_any_sizes_preprocess_together_as_one_at_a_time(interpolation:
     rng = np.random.default_rng(2)
     photos = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut()]
     # Crops of photos at many sizes and both orientations, a frame smaller than the crop (enlarged) and one
-    # reduced more than 4x.
+    # reduced 6x (2048 x 1536; enlarged smoothly, as block copies would put many sums exactly on a half).
     frames = [
         torch.from_numpy(
             np.ascontiguousarray(photo[: rng.integers(200, photo.shape[0]), : rng.integers(200, photo.shape[1])])
@@ -160,7 +161,7 @@ def test_frames_of_any_sizes_preprocess_together_as_one_at_a_time(interpolation:
         for photo in photos * 3
     ]
     frames += [
-        torch.from_numpy(np.ascontiguousarray(np.repeat(np.repeat(photos[2], 2, 0), 3, 1))),
+        torch.from_numpy(np.array(Image.fromarray(photos[2]).resize((2048, 1536), Image.Resampling.BICUBIC))),
         frames[0][:90, :120],
     ]
     frames = [frame.permute(2, 0, 1).contiguous() for frame in frames]
@@ -173,7 +174,7 @@ def test_frames_of_any_sizes_preprocess_together_as_one_at_a_time(interpolation:
     assert (grey_levels > 0.5).float().mean() < 1e-3
 
 
-def test_padded_runs_stay_within_the_pixel_budget() -> None:
+def test_padded_runs_stay_within_the_memory_budget() -> None:
     frames = [
         torch.zeros(3, 100, 100),
         None,
@@ -181,10 +182,22 @@ def test_padded_runs_stay_within_the_pixel_budget() -> None:
         torch.zeros(3, 100, 120),
         torch.zeros(3, 100, 100),
     ]
-    runs = list(_padded_runs([0, 2, 3, 4], frames, budget=25_000))
-    # Sorted by size: two 100x100 (20,000 pixels) fit, a third padded to 100x120 (36,000) does not; a frame past
-    # the budget goes alone.
+    # Frames and weights: 866,800 bytes a 100x100 frame, 1,040,160 one padded to 100x120.
+    runs = list(_padded_runs([0, 2, 3, 4], frames, crop=224, budget=2_000_000))
+    # Sorted by size: two 100x100 fit, a third padded to 100x120 does not; a frame past the budget goes alone.
     assert runs == [[0, 4], [3], [2]]
+
+
+def test_frames_are_resampled_one_at_a_time_where_matrix_products_may_use_tf32(monkeypatch) -> None:
+    assert not _matmul_may_round()
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    assert _matmul_may_round()
+
+    def mixed_settings() -> str:
+        raise RuntimeError("you have used mix of the legacy and new APIs to set the matmul precision")
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", mixed_settings)
+    assert _matmul_may_round()
 
 
 def test_preprocessing_given_lists_normalises_as_with_tuples() -> None:
@@ -196,6 +209,61 @@ def test_preprocessing_given_lists_normalises_as_with_tuples() -> None:
 def test_torch_preprocessing_refuses_what_it_cannot_resample() -> None:
     with pytest.raises(ValueError, match="decode on the host"):
         Preprocessing(interpolation="lanczos").pixels_to_tensor(torch.zeros(3, 8, 8, dtype=torch.uint8))
+
+
+def _with_frame_marker(marker: int, precision: int = 8) -> bytes:
+    data = bytearray(_encode(skimage_data.chelsea(), "JPEG"))
+    frame = data.index(b"\xff\xc0")
+    data[frame + 1], data[frame + 4] = marker, precision
+    return bytes(data)
+
+
+DEVICE_DECISIONS = {
+    "4:2:0": (lambda: _photos_as_jpeg()[0], True),
+    "4:4:4": (lambda: _photos_as_jpeg(subsampling=0)[0], True),
+    "progressive": (test_jpeg.VARIANTS["progressive"], True),
+    "grey-1x1": (test_jpeg.VARIANTS["grey-1x1"], True),
+    "exif-upright": (test_jpeg.VARIANTS["exif-upright"], True),
+    "undefined-table": (_jpeg_with_an_undefined_table, True),  # only decoding finds it broken
+    "grey-2x2": (test_jpeg.VARIANTS["grey-2x2"], False),  # nvJPEG decoded one wrong
+    "cmyk": (_cmyk_jpeg, False),
+    "rgb-coded": (test_jpeg.VARIANTS["rgb-coded"], False),
+    "rgb-ids-with-jfif": (
+        lambda: test_jpeg._insert(
+            test_jpeg._remove(test_jpeg.VARIANTS["rgb-coded"](), 0xEE),
+            test_jpeg._segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"),
+        ),
+        False,
+    ),
+    "lossless": (lambda: _with_frame_marker(0xC3), False),
+    "arithmetic": (lambda: _with_frame_marker(0xC9), False),
+    "12-bit": (lambda: _with_frame_marker(0xC1, precision=12), False),
+    "mpo": (
+        lambda: test_jpeg._save(
+            Image.fromarray(skimage_data.chelsea()), "MPO", save_all=True, append_images=[Image.new("RGB", (8, 8))]
+        ),
+        False,
+    ),
+    "exif-sideways": (_sideways_jpeg, False),
+    "xmp-sideways": (_xmp_sideways_jpeg, False),
+    "broken-scan": (_jpeg_with_a_broken_scan, False),  # nvJPEG decodes it, libjpeg does not
+    "truncated": (ODD["truncated-jpeg"][0], False),
+    "png": (lambda: _encode(skimage_data.rocket(), "PNG"), False),
+    "text": (lambda: b"<html>403</html>", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEVICE_DECISIONS))
+def test_the_device_takes_only_jpegs_it_decodes_as_the_host_does(name: str) -> None:
+    make, expected = DEVICE_DECISIONS[name]
+    assert decodes_on_device(make(), Preprocessing()) == expected
+
+
+def test_the_device_leaves_images_past_the_limits_to_the_host() -> None:
+    data = _photos_as_jpeg()[0]  # 451 x 300
+    assert not decodes_on_device(data, Preprocessing(max_pixels=451 * 300 - 1))
+    assert not decodes_on_device(data, Preprocessing(max_bytes=len(data) - 1))
+    assert not decodes_on_device(_encode(skimage_data.chelsea()[:2], "JPEG"), Preprocessing(max_pixels=50_000))
 
 
 @pytest.mark.skipif(torchvision_loads(), reason="torchvision is installed here")
@@ -241,14 +309,20 @@ def test_device_decoding_leaves_what_it_cannot_decode_to_the_host(efficientnet: 
 @needs_torchvision
 def test_device_decoding_resampling_frames_together_scores_as_the_host_does(efficientnet: Scorer, monkeypatch) -> None:
     # What a GPU does, here on the CPU: frames of several sizes resampled in padded runs. Padded to 512x600, three
-    # photos fit the budget and the fourth does not.
+    # photos fit the budget (26.7 MB) and the fourth does not.
     device = load_scorer("efficientnet-lite0", device="cpu", decoder="device")
     device._device_decoder._resample_together = True
-    monkeypatch.setattr("scoring.decoding.DEVICE_RESAMPLE_PIXELS", 1_000_000)
+    monkeypatch.setattr("scoring.decoding.DEVICE_RESAMPLE_BYTES", 30_000_000)
     photos = _photos_as_jpeg()
     images = [photos[0], _encode(skimage_data.rocket(), "PNG"), *photos[1:], photos[2], _sideways_jpeg()]
-    outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    sources = [f"image-{index}" for index in range(len(images))]
+    outcomes = device.score_encoded(images, sources=sources)
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
+
+    # Where matrix products may run in TF32, frames are resampled one at a time instead.
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    monkeypatch.setattr(Preprocessing, "frames_to_tensor", lambda *_: pytest.fail("resampled together under TF32"))
+    _assert_outcomes(device.score_encoded(images, sources=sources), _expected(efficientnet, images), rtol=5e-3)
 
 
 @needs_torchvision

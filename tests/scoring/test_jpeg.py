@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from scoring.jpeg import read_jpeg_header
+from scoring.jpeg import RGB_IDENTIFIERS, read_jpeg_header
 
 _PHOTO = skimage_data.chelsea()
 
@@ -28,13 +28,38 @@ def _exif(orientation: int | None) -> Image.Exif:
     return exif
 
 
+def _raw_exif(
+    entries: list[tuple[int, int, int, int]], *, byte_order: str = "big", claimed: int | None = None
+) -> bytes:
+    """An EXIF block with IFD0 holding ``entries`` (tag, type, count, value), in either byte order, as cameras
+    write it (Nikon and Canon big-endian); ``claimed`` says a different entry count than there is."""
+    order = "big" if byte_order == "big" else "little"
+    header = b"MM\x00*" if order == "big" else b"II*\x00"
+    packed = b"".join(
+        tag.to_bytes(2, order) + kind.to_bytes(2, order) + count.to_bytes(4, order) + value.to_bytes(2, order) + b"\0\0"
+        for tag, kind, count, value in entries
+    )
+    count = len(entries) if claimed is None else claimed
+    return b"Exif\x00\x00" + header + (8).to_bytes(4, order) + count.to_bytes(2, order) + packed + b"\0\0\0\0"
+
+
 def _big_endian_exif(orientation: int | None) -> bytes:
-    """A Motorola-order EXIF block (as Nikon and Canon write) holding one orientation entry."""
-    entries = [] if orientation is None else [(0x0112).to_bytes(2, "big") + b"\x00\x03" + (1).to_bytes(4, "big")]
-    if orientation is not None:
-        entries[0] += orientation.to_bytes(2, "big") + b"\x00\x00"
-    ifd = len(entries).to_bytes(2, "big") + b"".join(entries) + b"\x00\x00\x00\x00"
-    return b"Exif\x00\x00MM\x00*" + (8).to_bytes(4, "big") + ifd
+    return _raw_exif([] if orientation is None else [(0x0112, 3, 1, orientation)])
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _insert(data: bytes, *segments: bytes) -> bytes:
+    """``data`` with ``segments`` right after its start-of-image marker."""
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+def _remove(data: bytes, marker: int) -> bytes:
+    """``data`` without its first segment with ``marker``."""
+    start = data.index(bytes([0xFF, marker]))
+    return data[:start] + data[start + 2 + int.from_bytes(data[start + 2 : start + 4], "big") :]
 
 
 _XMP_SIDEWAYS = (
@@ -74,6 +99,27 @@ VARIANTS = {
         Image.fromarray(_PHOTO), exif=_exif(None), xmp=_XMP_SIDEWAYS
     ),
     "tiny": lambda: _save(Image.fromarray(_PHOTO[:1, :3])),
+    "fill-bytes": lambda: _insert(_save(Image.fromarray(_PHOTO)), b"\xff\xff\xff" + _segment(0xFE, b"fill before")),
+    "exif-little-endian-sideways": lambda: _save(
+        Image.fromarray(_PHOTO), exif=_raw_exif([(0x010F, 2, 4, 0), (0x0112, 3, 1, 8)], byte_order="little")
+    ),
+    # Pillow appends a second EXIF segment to the first, whose IFD0 holds what counts.
+    "second-exif-segment-sideways": lambda: _insert(
+        _save(Image.fromarray(_PHOTO)), _segment(0xE1, _big_endian_exif(None)), _segment(0xE1, _big_endian_exif(6))
+    ),
+    # As Apple's editors write it (one of the ImageNet samples).
+    "orientation-given-twice-alike": lambda: _save(
+        Image.fromarray(_PHOTO), exif=_raw_exif([(0x0112, 3, 1, 1), (0x0112, 3, 1, 1), (0x011A, 3, 1, 72)])
+    ),
+    # Pillow keeps the last XMP segment.
+    "last-xmp-segment-upright": lambda: _insert(
+        _save(Image.fromarray(_PHOTO)),
+        _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + _XMP_SIDEWAYS),
+        _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + _XMP_UPRIGHT_ELEMENT),
+    ),
+    "first-exif-segment-sideways": lambda: _insert(
+        _save(Image.fromarray(_PHOTO)), _segment(0xE1, _big_endian_exif(6)), _segment(0xE1, _big_endian_exif(1))
+    ),
 }
 
 
@@ -89,7 +135,7 @@ def test_the_header_scan_reads_what_pillow_reads(variant: str) -> None:
         assert header.coding == (2 if "progressive" in pillow.info else 0)
         assert header.upright == (pillow.getexif().get(0x0112, 1) in (0, 1))
         assert header.ycbcr == (pillow.mode == "RGB" and variant != "rgb-coded")
-        assert header.scan_matches_frame
+        assert header.scans_match_frame
         assert not header.multi_picture
 
 
@@ -124,7 +170,111 @@ def test_a_scan_naming_a_component_the_frame_lacks_is_marked() -> None:
     data = bytearray(VARIANTS["4:2:0"]())
     start_of_scan = data.index(b"\xff\xda")
     data[start_of_scan + 5] = 9  # FF DA, length (2 bytes), component count, then the first component's id
-    assert not read_jpeg_header(bytes(data)).scan_matches_frame
+    assert not read_jpeg_header(bytes(data)).scans_match_frame
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        b"\xff\x00",  # a stuffed zero: libjpeg skips it, a length read after it could jump over an EXIF segment
+        b"\xff\x01",  # TEM, which Pillow does not know
+        b"\xff\xd0",  # a restart marker before any scan
+        _segment(0x02, b"\0\0"),  # reserved
+        _segment(0xDC, b"\0\0"),  # DNL before any scan
+        _segment(0xDE, b"\0" * 6),  # hierarchical progression
+        _segment(0xF0, b"\0\0"),  # JPEG extension
+        _segment(0xC8, b"\0\0"),  # reserved in the frame range
+        b"\xff\xd8",  # a second start of image
+    ],
+)
+def test_markers_libjpeg_or_pillow_reject_before_a_scan_give_none(segment: bytes) -> None:
+    assert read_jpeg_header(_insert(VARIANTS["exif-sideways"](), segment)) is None
+
+
+def test_two_frames_give_none() -> None:
+    data = VARIANTS["4:4:4"]()
+    frame = data.index(b"\xff\xc0")
+    length = int.from_bytes(data[frame + 2 : frame + 4], "big")
+    assert read_jpeg_header(_insert(data, data[frame : frame + 2 + length])) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "entries", "claimed"),
+    [
+        ("orientation as a LONG", [(0x0112, 4, 1, 1)], None),
+        ("orientation given twice, two ways", [(0x0112, 3, 1, 6), (0x0112, 3, 1, 1)], None),  # Pillow keeps the 1
+        ("IFD0 claims entries past its end", [(0x0112, 3, 1, 1)], 40),
+    ],
+)
+def test_exif_pillow_could_read_another_way_is_not_upright(name: str, entries: list, claimed: int | None) -> None:
+    data = _insert(VARIANTS["4:4:4"](), _segment(0xE1, _raw_exif(entries, claimed=claimed)))
+    assert not read_jpeg_header(data).upright, name
+
+
+def test_jfif_counts_only_at_its_full_length_as_libjpeg_reads_it() -> None:
+    rgb_coded = _remove(VARIANTS["rgb-coded"](), 0xEE)  # component ids R, G, B and no Adobe marker
+    full_jfif = _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+    assert read_jpeg_header(_insert(rgb_coded, full_jfif)).ycbcr
+    assert not read_jpeg_header(_insert(rgb_coded, _segment(0xE0, b"JFIF\x00\x01\x02"))).ycbcr
+
+
+@pytest.mark.parametrize(("transform", "ycbcr"), [(0, False), (1, True), (2, True)])
+def test_an_adobe_marker_says_whether_ids_one_two_three_are_ycbcr(transform: int, ycbcr: bool) -> None:
+    bare = _remove(VARIANTS["4:4:4"](), 0xE0)  # no JFIF, component ids 1, 2, 3
+    assert read_jpeg_header(bare).ycbcr
+    adobe = _segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00" + bytes([transform]))
+    assert read_jpeg_header(_insert(bare, adobe)).ycbcr == ycbcr
+    assert tuple(identifier for identifier, _, _ in read_jpeg_header(bare).components) != RGB_IDENTIFIERS
+
+
+def _with_frame_byte(offset: int, value: int) -> bytes:
+    data = bytearray(VARIANTS["4:2:0"]())
+    data[data.index(b"\xff\xc0") + offset] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # FF C0, length (2), precision, height (2), width (2), count, then (id, sampling, table) per component.
+        ("horizontal sampling 0", _with_frame_byte(11, 0x02)),
+        ("vertical sampling 5", _with_frame_byte(11, 0x25)),
+        ("two components with one id", _with_frame_byte(13, 1)),
+        ("frame length past its components", _with_frame_byte(3, 18)),
+    ],
+)
+def test_frames_libjpeg_rejects_give_none(name: str, data: bytes) -> None:
+    assert read_jpeg_header(data) is None, name
+
+
+def _with_scan_byte(offset: int, value: int) -> bytes:
+    data = bytearray(VARIANTS["4:2:0"]())
+    data[data.index(b"\xff\xda") + offset] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # FF DA, length (2), count, then (id, tables) per component, then three bytes of spectral selection.
+        ("no components", _with_scan_byte(4, 0)),
+        ("five components", _with_scan_byte(4, 5)),
+        ("one component twice", _with_scan_byte(7, 1)),
+        ("scan length past its components", _with_scan_byte(3, 14)),
+    ],
+)
+def test_scans_libjpeg_rejects_are_marked(name: str, data: bytes) -> None:
+    assert not read_jpeg_header(data).scans_match_frame, name
+
+
+def test_a_later_progressive_scan_naming_a_component_the_frame_lacks_is_marked() -> None:
+    data = VARIANTS["progressive"]()
+    assert read_jpeg_header(data).scans_match_frame
+    last_scan = data.rindex(b"\xff\xda")
+    broken = bytearray(data)
+    broken[last_scan + 5] = 9  # the last scan's first component id
+    assert not read_jpeg_header(bytes(broken)).scans_match_frame
+    assert not read_jpeg_header(data[:-2]).scans_match_frame  # scans read up to the end of the image, or not at all
 
 
 @pytest.mark.parametrize(
