@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
+from scoring import ImageDecodeError, decode_image
 from scoring.jpeg import RGB_IDENTIFIERS, read_jpeg_header
 
 _PHOTO = skimage_data.chelsea()
@@ -227,44 +228,42 @@ def test_an_adobe_marker_says_whether_ids_one_two_three_are_ycbcr(transform: int
     assert tuple(identifier for identifier, _, _ in read_jpeg_header(bare).components) != RGB_IDENTIFIERS
 
 
-def _with_frame_byte(offset: int, value: int) -> bytes:
+def _with_byte(marker: bytes, offset: int, value: int) -> bytes:
+    """A 4:2:0 JPEG with the byte ``offset`` past ``marker`` set to ``value``."""
     data = bytearray(VARIANTS["4:2:0"]())
-    data[data.index(b"\xff\xc0") + offset] = value
+    data[data.index(marker) + offset] = value
     return bytes(data)
 
 
-@pytest.mark.parametrize(
-    ("name", "data"),
-    [
-        # FF C0, length (2), precision, height (2), width (2), count, then (id, sampling, table) per component.
-        ("horizontal sampling 0", _with_frame_byte(11, 0x02)),
-        ("vertical sampling 5", _with_frame_byte(11, 0x25)),
-        ("two components with one id", _with_frame_byte(13, 1)),
-        ("frame length past its components", _with_frame_byte(3, 18)),
-    ],
-)
-def test_frames_libjpeg_rejects_give_none(name: str, data: bytes) -> None:
-    assert read_jpeg_header(data) is None, name
+_FRAME, _SCAN = b"\xff\xc0", b"\xff\xda"
+# Frame: FF C0, length (2), precision, height (2), width (2), count, then (id, sampling, table) per component.
+# Scan: FF DA, length (2), count, then (id, tables) per component, then three bytes of spectral selection.
+FRAMES_LIBJPEG_REJECTS = {
+    "horizontal sampling 0": _with_byte(_FRAME, 11, 0x02),
+    "vertical sampling 5": _with_byte(_FRAME, 11, 0x25),
+    "two components with one id": _with_byte(_FRAME, 13, 1),
+    "frame length past its components": _with_byte(_FRAME, 3, 18),
+}
+SCANS_LIBJPEG_REJECTS = {
+    "no components": _with_byte(_SCAN, 4, 0),
+    "five components": _with_byte(_SCAN, 4, 5),
+    "one component twice": _with_byte(_SCAN, 7, 1),
+    "scan length past its components": _with_byte(_SCAN, 3, 14),
+}
 
 
-def _with_scan_byte(offset: int, value: int) -> bytes:
-    data = bytearray(VARIANTS["4:2:0"]())
-    data[data.index(b"\xff\xda") + offset] = value
-    return bytes(data)
+@pytest.mark.parametrize("name", sorted(FRAMES_LIBJPEG_REJECTS))
+def test_frames_libjpeg_rejects_give_none(name: str) -> None:
+    assert read_jpeg_header(FRAMES_LIBJPEG_REJECTS[name]) is None
+    with pytest.raises(ImageDecodeError):  # the host path's rejection, which the device must not pre-empt
+        decode_image(FRAMES_LIBJPEG_REJECTS[name])
 
 
-@pytest.mark.parametrize(
-    ("name", "data"),
-    [
-        # FF DA, length (2), count, then (id, tables) per component, then three bytes of spectral selection.
-        ("no components", _with_scan_byte(4, 0)),
-        ("five components", _with_scan_byte(4, 5)),
-        ("one component twice", _with_scan_byte(7, 1)),
-        ("scan length past its components", _with_scan_byte(3, 14)),
-    ],
-)
-def test_scans_libjpeg_rejects_are_marked(name: str, data: bytes) -> None:
-    assert not read_jpeg_header(data).scans_match_frame, name
+@pytest.mark.parametrize("name", sorted(SCANS_LIBJPEG_REJECTS))
+def test_scans_libjpeg_rejects_are_marked(name: str) -> None:
+    assert not read_jpeg_header(SCANS_LIBJPEG_REJECTS[name]).scans_match_frame
+    with pytest.raises(ImageDecodeError):
+        decode_image(SCANS_LIBJPEG_REJECTS[name])
 
 
 def test_a_later_progressive_scan_naming_a_component_the_frame_lacks_is_marked() -> None:
@@ -274,6 +273,8 @@ def test_a_later_progressive_scan_naming_a_component_the_frame_lacks_is_marked()
     broken = bytearray(data)
     broken[last_scan + 5] = 9  # the last scan's first component id
     assert not read_jpeg_header(bytes(broken)).scans_match_frame
+    with pytest.raises(ImageDecodeError):
+        decode_image(bytes(broken))
     assert not read_jpeg_header(data[:-2]).scans_match_frame  # scans read up to the end of the image, or not at all
 
 
