@@ -25,6 +25,9 @@ _WITHOUT_LENGTH = frozenset({0x00, 0x01, *range(0xD0, 0xDA)})
 _TABLES_AND_METADATA = frozenset({0xC4, 0xCC, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)})
 # After a scan's entropy-coded data, the next marker: an 0xFF there is followed by 0x00 or by a restart marker.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_FILL = re.compile(rb"\xff+")
+# What may follow fill bytes inside entropy-coded data: a stuffed zero, or a restart marker.
+_IN_ENTROPY_CODED_DATA = frozenset({0x00, *range(0xD0, 0xD8)})
 # libjpeg's limits (jpeglib.h, jdinput.c): sampling factors 1 to 4, at most 4 components in one scan.
 _SAMPLING_FACTORS = range(1, 5)
 _COMPONENTS_IN_SCAN = range(1, 5)
@@ -142,8 +145,8 @@ def _segment(data: bytes, position: int) -> tuple[int, int, int] | None:
     size = len(data)
     if position + 2 > size or data[position] != 0xFF:
         return None
-    while data[position + 1] == 0xFF:  # fill bytes may pad before any marker
-        position += 1
+    if data[position + 1] == 0xFF:  # fill bytes may pad before any marker: skipped at C speed, however many
+        position = _FILL.match(data, position).end() - 1
         if position + 2 > size:
             return None
     marker = data[position + 1]
@@ -159,7 +162,8 @@ def _segment(data: bytes, position: int) -> tuple[int, int, int] | None:
 
 
 def _read_frame(segment: bytes, *, coding: int) -> tuple[int, int, int, int, tuple[tuple[int, int, int], ...]] | None:
-    """libjpeg's checks of a frame header (jdmarker.c get_sof, jdinput.c initial_setup), or None."""
+    """The frame, or None where libjpeg would refuse it (jdmarker.c get_sof, jdinput.c initial_setup) or its ids
+    repeat."""
     if len(segment) < 6:
         return None
     precision = segment[0]
@@ -174,7 +178,9 @@ def _read_frame(segment: bytes, *, coding: int) -> tuple[int, int, int, int, tup
     )
     if any(h not in _SAMPLING_FACTORS or v not in _SAMPLING_FACTORS for _, h, v in components):
         return None
-    if len({identifier for identifier, _, _ in components}) != count:  # a scan could not say which it codes
+    # Repeated ids leave a scan unable to say which component it codes: libjpeg-turbo renames them, nvJPEG is
+    # untested, so the host decodes such files.
+    if len({identifier for identifier, _, _ in components}) != count:
         return None
     return width, height, precision, coding, components
 
@@ -202,6 +208,9 @@ def _later_scans_match(data: bytes, position: int, identifiers: set[int]) -> boo
         marker, start, end = segment
         if marker == _END_OF_IMAGE:
             return True
+        if marker in _IN_ENTROPY_CODED_DATA:
+            position = end
+            continue
         if marker == _START_OF_SCAN and _scan_components(data[start:end], identifiers) is None:
             return False
         if marker != _START_OF_SCAN and marker not in _TABLES_AND_METADATA:

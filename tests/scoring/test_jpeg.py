@@ -266,6 +266,18 @@ def test_scans_libjpeg_rejects_are_marked(name: str) -> None:
         decode_image(SCANS_LIBJPEG_REJECTS[name])
 
 
+def test_fill_bytes_read_as_libjpeg_reads_them_however_many() -> None:
+    plain = VARIANTS["4:2:0"]()
+    assert read_jpeg_header(_insert(plain, b"\xff" * 100_000 + _segment(0xFE, b"padded"))) == read_jpeg_header(plain)
+    assert read_jpeg_header(plain[:2] + b"\xff" * 1000) is None
+    # Inside entropy-coded data, fill bytes may come before a stuffed zero: libjpeg and Pillow read on.
+    progressive = VARIANTS["progressive"]()
+    stuffed = progressive.index(b"\xff\x00", progressive.index(b"\xff\xda"))
+    padded = progressive[:stuffed] + b"\xff" + progressive[stuffed:]
+    assert read_jpeg_header(padded).scans_match_frame
+    decode_image(padded)
+
+
 def test_a_later_progressive_scan_naming_a_component_the_frame_lacks_is_marked() -> None:
     data = VARIANTS["progressive"]()
     assert read_jpeg_header(data).scans_match_frame
