@@ -163,7 +163,7 @@ class DeviceJpegDecoder:
             return None
 
     def _preprocess(self, decoded: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        """On a GPU frames are resampled together, whatever their sizes, in runs within the pixel budget."""
+        """On a GPU frames are resampled together, whatever their sizes, in runs within the memory budget."""
         outputs: list[torch.Tensor | None] = [None] * len(decoded)
         present = [position for position, pixels in enumerate(decoded) if pixels is not None]
         together = self._resample_together and not _matmul_may_round()

@@ -1,9 +1,9 @@
 """What a JPEG's header says, read from its markers without decoding anything.
 
 The device decoder checks every image's header before handing it to nvJPEG. Pillow's ``Image.open`` answered that
-in about 30 µs an image on ImageNet photos (2-core CPU); this scan answers it in a few, which matters because the
-check runs under the interpreter lock beside the threads that feed the GPU (issue 8). Anything that does not read
-cleanly gives None, and the caller leaves that image to the host path, which names what is wrong with it.
+in about 21 µs an image on ImageNet photos (2-core CPU), this scan in about 7 (bench/host_costs.py), which matters
+because the check runs under the interpreter lock beside the threads that feed the GPU (issue 8). Anything that
+does not read cleanly gives None, and the caller leaves that image to the host path, which names what is wrong.
 Marker layout: ITU-T T.81 annex B; EXIF: CIPA DC-008 (a TIFF header, then IFD0's 12-byte entries).
 """
 
