@@ -140,7 +140,10 @@ def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.
         decoded = timed("decode", lambda e=encoded: decoder._decode(e))
         timed("preprocess", lambda d=decoded: decoder._preprocess(d))
         # What preprocessing cost before frames were resampled together (issue 8), for comparison.
-        timed("one frame at a time", lambda d=decoded: [decoder._preprocessing.pixels_to_tensor(f) for f in d])
+        timed(
+            "one frame at a time",
+            lambda d=decoded: [decoder._preprocessing.pixels_to_tensor(f) for f in d if f is not None],
+        )
     steps = ", ".join(f"{step} {seconds / len(blobs) * 1e6:.0f}" for step, seconds in spent.items())
     print(f"device decoding of {feed}, one thread, µs per image: {steps}")
 

@@ -148,7 +148,8 @@ class Preprocessing:
         heights = [frame.shape[-2] for frame in frames]
         widths = [frame.shape[-1] for frame in frames]
         # Left as it was, not zeroed: the weights of padding are exactly zero and any byte times zero is zero.
-        padded = frames[0].new_empty((len(frames), 3, max(heights), max(widths)))
+        count, padded_height, padded_width = len(frames), max(heights), max(widths)
+        padded = frames[0].new_empty((count, 3, padded_height, padded_width))
         for slot, frame, height, width in zip(padded, frames, heights, widths, strict=True):
             slot[:, :height, :width].copy_(frame)
         resized = [self.resized_size(width, height) for width, height in zip(widths, heights, strict=True)]
@@ -157,15 +158,11 @@ class Preprocessing:
             sizes=[*widths, *heights],
             resized=[width for width, _ in resized] + [height for _, height in resized],
             crop=self.crop,
-            padded=max(padded.shape[-2:]),
+            padded=max(padded_height, padded_width),
             interpolation=self.interpolation,
             device=device,
         )
-        horizontal, vertical = (
-            weights[: len(frames), :, : padded.shape[-1]],
-            weights[len(frames) :, :, : padded.shape[-2]],
-        )
-        count, _, padded_height, padded_width = padded.shape
+        horizontal, vertical = weights[:count, :, :padded_width], weights[count:, :, :padded_height]
         # Horizontal pass first, as Pillow: (crop x W) @ (W x 3H) gives each frame's columns, channels and rows
         # side by side, which the vertical pass takes as (3 crop x H) @ (H x crop) without a copy.
         columns = torch.bmm(horizontal, padded.float().view(count, 3 * padded_height, padded_width).transpose(1, 2))
