@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipelines.outputs import read_table
 from pipelines.pipeline import ScoringConfig, run_scoring
+from pipelines.store import OutputStore
+from scoring import ScoringSettings
 
 # ../shared/data beside the checkout; GRADWATCH_SHARED_DATA points elsewhere (a copy carried to a GPU machine).
 SHARED = Path(os.environ.get("GRADWATCH_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
@@ -22,12 +23,12 @@ SHARED = Path(os.environ.get("GRADWATCH_SHARED_DATA") or Path(__file__).resolve(
 def score_folder_with_pipeline(folder: Path, out: Path, model: str) -> pa.Table:
     """Run the scoring pipeline on ``folder`` (once: an existing OUT is reused) and return its scores."""
     if not (out / "scores").exists():
-        summary = run_scoring(ScoringConfig(source=str(folder), out=str(out), model=model))
+        summary = run_scoring(ScoringConfig(source=str(folder), out=str(out), scoring=ScoringSettings(model=model)))
         print(
             f"  {folder.resolve().name}: {summary.scored} scored, {summary.rejected.total()} rejected "
             f"({summary.images_per_second:.0f} images/s)"
         )
-    return read_table(str(out), "scores")
+    return OutputStore(str(out)).read_table("scores")
 
 
 def score_columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ from PIL import Image  # noqa: E402
 
 from bench.common import SHARED, score_columns, score_folder_with_pipeline  # noqa: E402
 from flows.corruptions import CORRUPTIONS  # noqa: E402
-from scoring import decision_scores  # noqa: E402
+from scoring import DEFAULT_MODEL, decision_scores  # noqa: E402
 from scoring.calibration import CalibrationConfig, calibrate  # noqa: E402
 
 WINDOW_SIZES = (50, 100, 250)
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="where images and pipeline outputs go")
     parser.add_argument("--splits", type=int, default=10)
-    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--alpha", type=float, default=0.01)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="gradwatch-drift-"))
@@ -133,7 +133,7 @@ def main() -> None:
                             replaced = rng.choice(len(pool[names[0]]), shifted_count, replace=False)
                         decision = calibration.decide(window_of(clean, {n: pool[n][replaced] for n in names}))
                         fired.append(decision.is_drift)
-                        leaders.setdefault(key, Counter()).update(f.split("/")[1] for f in decision.fired)
+                        leaders.setdefault(key, Counter()).update(fired_test.score for fired_test in decision.fired)
                     detected.setdefault(key, []).append(float(np.mean(fired)))
                     delays.setdefault(key, []).append(fired.index(True) if any(fired) else DRIFTED)
 

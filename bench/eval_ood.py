@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.common import SHARED, score_columns, score_folder_with_pipeline, top1  # noqa: E402
-from scoring import decision_scores  # noqa: E402
+from scoring import DEFAULT_MODEL, decision_scores  # noqa: E402
 from scoring.separation import aupr_in, aupr_out, auroc, fpr_at_tpr  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument(
         "ood_dirs", nargs="*", type=Path, default=[SHARED / "ood" / "dtd-textures", SHARED / "ood" / "eurosat"]
     )
-    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=None, help="where pipeline outputs go (default: a temp dir)")
     args = parser.parse_args()
 

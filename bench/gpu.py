@@ -37,7 +37,7 @@ import scoring.scorer as scorer_module  # noqa: E402
 from bench.common import SHARED, images_per_second  # noqa: E402
 from pipelines.inference import ScorerModelHandler  # noqa: E402
 from pipelines.records import EncodedImage  # noqa: E402
-from scoring import Scorer, decode_image, load_scorer, resolve_device  # noqa: E402
+from scoring import DEFAULT_MODEL, Scorer, ScoringSettings, decode_image, load_scorer, resolve_device  # noqa: E402
 from scoring.decoding import DeviceJpegDecoder  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
 from scoring.scorer import DEVICE_DECODE_CHUNK  # noqa: E402
@@ -242,9 +242,8 @@ def measure(name: str, spec: str, args: argparse.Namespace, blobs: list[bytes], 
     decoders = ["host", *(["device"] if torchvision_loads() else [])]
     end_to_end_scores = {}
     for decoder in decoders:
-        handler = ScorerModelHandler(
-            spec, expected_model_id=exact.model_id, device=args.device, precision=e2e_precision, decoder=decoder
-        )
+        settings = ScoringSettings(model=spec, device=args.device, precision=e2e_precision, decoder=decoder)
+        handler = ScorerModelHandler(settings, expected_model_id=exact.model_id)
         run, scorer = end_to_end(handler, blobs, args.batch_size)
         record(f"end to end from JPEG, {e2e_precision}, {decoder} decode", rate(run, len(blobs), device))
         sources = [f"image-{i}" for i in range(len(blobs))]
@@ -321,7 +320,7 @@ def main() -> None:
     if torch.cuda.is_available():
         print(f"device: {torch.cuda.get_device_name()}")
     if not args.skip_efficientnet:
-        measure("EfficientNet-Lite0", "efficientnet-lite0", args, blobs, textures)
+        measure("EfficientNet-Lite0", DEFAULT_MODEL, args, blobs, textures)
     if not torchvision_loads():
         print("\nResNet-50: skipped, torchvision does not load beside this torch")
         return

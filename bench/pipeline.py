@@ -24,6 +24,8 @@ from pathlib import Path
 # Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from scoring.models import DEFAULT_MODEL  # noqa: E402
+
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-samples"
 BATCH_SIZE = 32
 
@@ -41,9 +43,11 @@ def write_manifest(images: list[Path], repeat: int, path: Path) -> None:
 
 def child_pipeline(manifest: str, model: str) -> dict:
     from pipelines.pipeline import ScoringConfig, run_scoring
+    from scoring import ScoringSettings
 
+    scoring = ScoringSettings(model=model, batch_size=BATCH_SIZE, device="cpu")
     with tempfile.TemporaryDirectory() as out:
-        summary = run_scoring(ScoringConfig(source=manifest, out=out, model=model, batch_size=BATCH_SIZE, device="cpu"))
+        summary = run_scoring(ScoringConfig(source=manifest, out=out, scoring=scoring))
     return {"images": summary.scored, "seconds": summary.seconds, "reconciled": summary.reconciled}
 
 
@@ -87,7 +91,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--child", choices=("pipeline", "loop"), help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     args = parser.parse_args()

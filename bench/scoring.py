@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import images_per_second  # noqa: E402
-from scoring import ImageDecodeError, Scorer, load_scorer  # noqa: E402
+from scoring import DEFAULT_MODEL, ImageDecodeError, Scorer, load_scorer  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-samples"
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--paper-count", type=int, default=48, help="images for the per-image backward runs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--chunk", type=int, default=None, help="images per forward pass (default: the device's)")
     args = parser.parse_args()

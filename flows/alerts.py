@@ -1,9 +1,10 @@
 """Alerts: a versioned payload, webhook and Slack targets, and delivery through a persisted outbox.
 
-An alert is written to the outbox (``OUT/alerts/outbox/<id>.json``) before any delivery is tried, so an outage
-loses nothing: the next run delivers what is pending. The alert id is derived from (window, segment, kind),
-so re-running a window produces the same id and never pages twice. Generic webhooks are signed with
-HMAC-SHA256 over ``"<timestamp>.<body>"`` with the secret from ``GRADWATCH_WEBHOOK_SECRET``.
+An alert is written to the outbox (``OUT/alerts/outbox/<id>.json``, through the output store) before any
+delivery is tried, so an outage loses nothing: the next run delivers what is pending. The alert id is derived
+from (kind, window, segment, reminder), so re-running a window produces the same id and never pages twice.
+Generic webhooks are signed with HMAC-SHA256 over ``"<timestamp>.<body>"`` with the secret from
+``GRADWATCH_WEBHOOK_SECRET``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from flows.registry import redact
+from pipelines.redaction import redact
+from pipelines.store import OutputStore
 from scoring import GradwatchError
 
-ALERT_SCHEMA = "gradwatch.alert/1"
+# 2: the OOD-rate test is named beta_binomial (was binomial); decision.fired lists {test, score, segment} objects
+# (were "segment/score/test" strings); lowest_scoring_images became most_out_of_distribution_images.
+ALERT_SCHEMA = "gradwatch.alert/2"
 AlertKind = Literal["drift", "recovered", "data_quality", "no_data"]
 SECRET_ENV = "GRADWATCH_WEBHOOK_SECRET"
 
@@ -48,7 +51,8 @@ class Alert:
     threshold_version: str
     summary: str
     decision: dict[str, Any] = field(default_factory=dict)
-    lowest_scoring: list[str] = field(default_factory=list)
+    # The images furthest out of distribution on the first score that fired, for the on-call engineer to look at.
+    most_out_of_distribution: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
     reminder: int = 0  # 0 for the first page of an episode, n for the n-th reminder
 
@@ -69,7 +73,7 @@ class Alert:
             "summary": self.summary,
             "reminder": self.reminder,
             "decision": self.decision,
-            "lowest_scoring_images": self.lowest_scoring,
+            "most_out_of_distribution_images": self.most_out_of_distribution,
             "links": self.links,
         }
 
@@ -121,34 +125,34 @@ def targets_from(webhooks: Sequence[str], slack_webhooks: Sequence[str]) -> list
 
 
 class Outbox:
-    """Alerts waiting for delivery, one JSON file each, and the record of what was delivered where."""
+    """Alerts waiting for delivery, one JSON document each, and the record of what was delivered where."""
 
-    def __init__(self, root: Path) -> None:
-        self.pending_dir = root / "outbox"
-        self.delivered_dir = root / "delivered"
-        self.pending_dir.mkdir(parents=True, exist_ok=True)
-        self.delivered_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, store: OutputStore) -> None:
+        self.store = store
 
     def add(self, alert: Alert) -> bool:
-        """Queue an alert unless it was queued or delivered before (same window, segment, kind, reminder)."""
+        """Queue an alert unless it was queued or delivered before (same kind, window, segment, reminder)."""
         # Window first in the name, so pending alerts go out in time order.
         name = f"{alert.window_start.strftime('%Y%m%dT%H%M%S')}-{alert.alert_id}.json"
-        if (self.pending_dir / name).exists() or (self.delivered_dir / name).exists():
+        if self.store.has_alert("outbox", name) or self.store.has_alert("delivered", name):
             return False
-        temporary = self.pending_dir / f".{name}.tmp"
-        temporary.write_text(json.dumps({"alert": alert.payload(), "delivered_to": []}))
-        temporary.replace(self.pending_dir / name)
+        self.store.write_alert("outbox", name, {"alert": alert.payload(), "delivered_to": []})
         return True
 
-    def pending(self) -> list[tuple[Path, dict[str, Any]]]:
-        return [(path, json.loads(path.read_text())) for path in sorted(self.pending_dir.glob("*.json"))]
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, self.store.read_alert("outbox", name)) for name in self.store.alert_names("outbox")]
 
-    def record(self, path: Path, entry: dict[str, Any], *, done: bool) -> None:
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(entry))
-        temporary.replace(self.delivered_dir / path.name if done else path)
+    def delivered(self) -> list[dict[str, Any]]:
+        return [self.store.read_alert("delivered", name) for name in self.store.alert_names("delivered")]
+
+    def record(self, name: str, entry: dict[str, Any], *, done: bool) -> None:
         if done:
-            path.unlink(missing_ok=True)
+            # Written to delivered before it leaves the outbox: a crash in between re-sends nothing, since add()
+            # and deliver_pending() both see it delivered.
+            self.store.write_alert("delivered", name, entry)
+            self.store.remove_alert("outbox", name)
+        else:
+            self.store.write_alert("outbox", name, entry)
 
 
 def deliver_pending(
@@ -157,21 +161,28 @@ def deliver_pending(
     """Post every pending alert to every target it has not reached yet.
 
     Timeouts, connection errors and 5xx answers are retried with exponential backoff; a 4xx is not (the
-    request itself is wrong). What still fails stays in the outbox for the next run.
+    request itself is wrong). What still fails stays in the outbox for the next run, and so does everything when
+    there are no targets: an alert is delivered when a target took it, never by default.
 
     Returns:
         (alerts fully delivered, alerts still pending).
     """
+    pending = outbox.pending()
+    if not targets:
+        return 0, len(pending)
     delivered = still_pending = 0
     secret = os.environ.get(SECRET_ENV, "")
-    for path, entry in outbox.pending():
+    for name, entry in pending:
+        if outbox.store.has_alert("delivered", name):  # delivered by a run that stopped before clearing it
+            outbox.store.remove_alert("outbox", name)
+            continue
         for target in targets:
             if target.url in entry["delivered_to"]:
                 continue
             if _post(target, entry["alert"], secret, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s):
                 entry["delivered_to"].append(target.url)
         done = all(target.url in entry["delivered_to"] for target in targets)
-        outbox.record(path, entry, done=done)
+        outbox.record(name, entry, done=done)
         delivered += done
         still_pending += not done
     return delivered, still_pending
@@ -204,48 +215,3 @@ def _post(
         if attempt + 1 < attempts:
             time.sleep(backoff_s * 2**attempt)
     return False
-
-
-@dataclass
-class EpisodeState:
-    """Per segment: whether a drift episode is open, when it paged last, and how many reminders went out."""
-
-    drifting_since: str | None = None
-    last_paged: str | None = None
-    reminders: int = 0
-
-
-class AlertPolicy:
-    """Cooldown: a drift pages once, then reminds every ``reminder_every`` windows, and ``recovered`` ends it.
-
-    State is kept with the outputs (``OUT/alerts/state.json``), so the policy holds across runs.
-    """
-
-    def __init__(self, root: Path, *, reminder_every: dt.timedelta) -> None:
-        self.path = root / "state.json"
-        self.reminder_every = reminder_every
-        raw = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.states = {segment: EpisodeState(**state) for segment, state in raw.items()}
-
-    def on_decision(self, segment: str, window_start: dt.datetime, is_drift: bool) -> tuple[str | None, int]:
-        """What to send for this window: ``("drift", reminder)``, ``("recovered", 0)`` or ``(None, 0)``."""
-        state = self.states.setdefault(segment, EpisodeState())
-        if is_drift:
-            if state.drifting_since is None:
-                state.drifting_since = state.last_paged = window_start.isoformat()
-                state.reminders = 0
-                return "drift", 0
-            if window_start - dt.datetime.fromisoformat(state.last_paged) >= self.reminder_every:
-                state.last_paged = window_start.isoformat()
-                state.reminders += 1
-                return "drift", state.reminders
-            return None, 0
-        if state.drifting_since is not None and window_start > dt.datetime.fromisoformat(state.drifting_since):
-            self.states[segment] = EpisodeState()
-            return "recovered", 0
-        return None, 0
-
-    def save(self) -> None:
-        temporary = self.path.with_name(".state.json.tmp")
-        temporary.write_text(json.dumps({segment: state.__dict__ for segment, state in self.states.items()}))
-        temporary.replace(self.path)

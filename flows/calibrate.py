@@ -6,30 +6,44 @@ import datetime as dt
 import hashlib
 import io
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
+import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flows.plots import reference_histograms, validation_plots
-from flows.registry import ThresholdRegistry, ThresholdVersion, redact
-from pipelines.outputs import read_table
+from flows.registry import ThresholdRegistry, ThresholdVersion
 from pipelines.pipeline import ScoringConfig, run_scoring
-from scoring import GradwatchError, decision_scores
+from pipelines.records import ImageRef
+from pipelines.redaction import redact
+from pipelines.settings import PipelineSettings
+from pipelines.sources import open_source
+from pipelines.store import OutputStore
+from scoring import GradwatchError, ScoringSettings, decision_scores, load_scorer, registered_scores
 from scoring.calibration import Calibration, CalibrationConfig, calibrate
 from scoring.models import model_name
 
 
-def score_source(source: str, out: Path, model: str, **scoring: Any) -> tuple[pa.Table, str]:
-    """Score a folder, prefix or manifest with the pipeline; returns its scores table and the model id.
-
-    ``scoring`` holds further :class:`ScoringConfig` fields (device, precision, decoder, workers).
-    """
-    summary = run_scoring(ScoringConfig(source=source, out=str(out), model=model, **scoring))
-    table = read_table(str(out), "scores")
+def score_source(
+    source: str,
+    out: Path,
+    *,
+    scoring: ScoringSettings,
+    pipeline: PipelineSettings,
+    fitted_scores: Mapping[str, Any],
+) -> tuple[pa.Table, str]:
+    """Score a folder, prefix or manifest with the pipeline; returns its scores table and the model id."""
+    config = ScoringConfig(
+        source=source, out=str(out), scoring=scoring, pipeline=pipeline, fitted_scores=dict(fitted_scores)
+    )
+    summary = run_scoring(config)
+    table = OutputStore(str(out)).read_table("scores")
     if table.num_rows == 0:
         raise GradwatchError(
             f"none of the {summary.listed} images in {redact(source)} could be scored "
@@ -38,34 +52,48 @@ def score_source(source: str, out: Path, model: str, **scoring: Any) -> tuple[pa
     return table, summary.model_id
 
 
+def fit_scores(reference: str, *, scoring: ScoringSettings, config: CalibrationConfig) -> tuple[dict, set[str]]:
+    """Fit the registered scores that learn from the reference, on the part of it set aside for them.
+
+    Returns:
+        What each fitted score learned, and the URIs of the images it learned from (to leave out of the thresholds);
+        both empty when no registered score learns.
+    """
+    if not any(score.fit is not None for score in registered_scores().values()):
+        return {}, set()
+    refs = [entry for entry in open_source(reference).list() if isinstance(entry, ImageRef)]
+    fit_uris = config.fits_on(ref.uri for ref in refs)
+    ordered = sorted(fit_uris)
+    images = []
+    for uri in ordered:
+        with fsspec.open(uri, "rb") as file:
+            images.append(file.read())
+    states = load_scorer(scoring).fit_scores(images, sources=ordered)
+    return states, fit_uris
+
+
 def calibrate_reference(
     reference: str,
     *,
     registry: ThresholdRegistry,
-    model: str = "efficientnet-lite0",
+    scoring: ScoringSettings = ScoringSettings(),
+    pipeline: PipelineSettings = PipelineSettings(),
     score: str = "gradnorm",
     config: CalibrationConfig | None = None,
     validation_ood: Sequence[str] = (),
     work_dir: Path | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    decoder: str = "host",
-    workers: int = 1,
 ) -> tuple[ThresholdVersion, Calibration]:
     """Score the reference (and validation sets), calibrate, and propose the result for review.
 
     Args:
         reference: healthy images: a folder, prefix or manifest, as for ``gradwatch score``.
         registry: where the calibration run and the proposed version go.
-        model: model spec.
+        scoring: how images are scored; monitoring must score with the same score-defining settings.
+        pipeline: where the scoring pipeline runs.
         score: the score the operator leads with; the guardrail warns when it is weak.
         config: TPR, alpha, minimum window size and the false-alarm check (default: CalibrationConfig()).
         validation_ood: folders of known-shifted images for the guardrail's separation table.
         work_dir: where the pipeline writes its outputs (default: a temporary folder).
-        device: where the network runs, as for ``gradwatch score``.
-        precision: fp32, fp16 or bf16: monitoring must compute scores in the same precision.
-        decoder: host or device JPEG decoding: monitoring must decode the same way.
-        workers: local worker processes.
 
     Returns:
         The proposed version (alias ``candidate``) and the calibration.
@@ -74,49 +102,75 @@ def calibrate_reference(
     if score not in decision_scores():
         raise GradwatchError(f"--score {score!r} is not one of the decision scores {decision_scores()}")
     work = work_dir or Path(tempfile.mkdtemp(prefix="gradwatch-calibrate-"))
-    scoring = {"device": device, "precision": precision, "decoder": decoder, "workers": workers}
-    table, model_id = score_source(reference, work / "reference", model, **scoring)
-    names = decision_scores()
-    columns = {name: table.column(name).to_numpy() for name in names}
+    fitted, fit_uris = fit_scores(reference, scoring=scoring, config=config)
+    run = {"scoring": scoring, "pipeline": pipeline, "fitted_scores": fitted}
+    scored, model_id = score_source(reference, work / "reference", **run)
+    # What a fitted score learned from would look healthier to it than production does.
+    table = scored.filter(pc.invert(pc.is_in(scored.column("uri"), pa.array(sorted(fit_uris), pa.string()))))
+    names = [name for name in decision_scores() if name in table.column_names]
     validation = {}
     for folder in validation_ood:
-        label = Path(folder.rstrip("/")).name or folder
-        shifted, _ = score_source(folder, work / "validation" / label, model, **scoring)
+        label = open_source(folder).name
+        shifted, _ = score_source(folder, work / "validation" / label, **run)
         validation[label] = {name: shifted.column(name).to_numpy() for name in names}
     calibration = calibrate(
-        columns,
+        {name: table.column(name).to_numpy() for name in names},
         model_id=model_id,
         segments=table.column("segment").to_pylist(),
         validation=validation,
         primary_score=score,
         config=config,
-        precision=precision,
-        decoder=decoder,
+        scoring=scoring.recorded(),
+        fitted_scores=fitted,
     )
+    params = _params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris))
+    name = model_name(scoring.model)
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    run_name = f"calibrate {name} on {open_source(reference).name} ({table.num_rows} images, {today})"
+    version = registry.propose(
+        calibration, model_name=name, params=params, artifacts=_artifacts(table, calibration, validation),
+        run_name=run_name,
+    )  # fmt: skip
+    return version, calibration
+
+
+def _params(
+    reference: str,
+    table: pa.Table,
+    scoring: ScoringSettings,
+    pipeline: PipelineSettings,
+    score: str,
+    config: CalibrationConfig,
+    validation: Mapping[str, Any],
+    *,
+    fitted_images: int,
+) -> dict[str, Any]:
+    """What a reviewer sees as the calibration run's parameters."""
     image_ids = sorted(table.column("image_id").to_pylist())
-    params = {
-        "model_spec": model,
+    return {
+        "model_spec": scoring.model,
         "score": score,
         "tpr": config.tpr,
         "alpha": config.alpha,
         "min_window": config.min_window,
-        "precision": precision,
-        "decoder": decoder,
+        **scoring.recorded(),
+        **pipeline.described(),
         "reference_source": redact(reference),
         "reference_images": table.num_rows,
         "reference_sha256": hashlib.sha256("\n".join(image_ids).encode()).hexdigest(),
+        "fitted_score_images": fitted_images,
         "validation_sets": ",".join(validation) or "-",
         "gradwatch_version": installed_version("gradwatch"),
     }
+
+
+def _artifacts(
+    table: pa.Table, calibration: Calibration, validation: Mapping[str, Mapping[str, np.ndarray]]
+) -> dict[str, bytes]:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    artifacts = {
+    return {
         "reference/scores.parquet": buffer.getvalue(),
         "plots/reference_histograms.png": reference_histograms(calibration),
         **validation_plots(calibration, validation),
     }
-    name = model_name(model)
-    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    run_name = f"calibrate {name} on {Path(reference.rstrip('/')).name} ({table.num_rows} images, {today})"
-    version = registry.propose(calibration, model_name=name, params=params, artifacts=artifacts, run_name=run_name)
-    return version, calibration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,7 +30,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from scoring import DECODERS, PRECISIONS, GradwatchError, ImageDecodeError, Scorer, load_scorer
+from flows.cli_options import (
+    model_option,
+    pipeline_parent,
+    pipeline_settings,
+    positive_int,
+    scoring_parent,
+    scoring_settings,
+)
+from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
 
@@ -53,21 +61,17 @@ def score_folder(scorer: Scorer, folder: Path, batch_size: int) -> Iterator[list
     """
     files = list_files(folder)
     for start in range(0, len(files), batch_size):
-        rows: list[ImageRow] = []
-        tensors, accepted = [], []
-        for path in files[start : start + batch_size]:
+        batch = files[start : start + batch_size]
+        outcomes = scorer.score_encoded([path.read_bytes() for path in batch], sources=[str(path) for path in batch])
+        rows = []
+        for path, outcome in zip(batch, outcomes, strict=True):
             name = str(path.relative_to(folder))
-            try:
-                tensors.append(scorer.preprocess(path, source=str(path)))
-                accepted.append(name)
-            except ImageDecodeError as error:
-                rows.append(ImageRow(name, rejected=error.reason))
-        if tensors:
-            scores = scorer.score(torch.stack(tensors))
-            for index, name in enumerate(accepted):
-                values = {score: float(scores[score][index]) for score in scorer.score_names}
-                rows.append(ImageRow(name, pred=int(scores["pred"][index]), scores=values))
-        yield sorted(rows, key=lambda row: row.file)
+            if isinstance(outcome, ImageDecodeError):
+                rows.append(ImageRow(name, rejected=outcome.reason))
+            else:
+                scores = {score: float(outcome[score]) for score in scorer.score_names}
+                rows.append(ImageRow(name, pred=int(outcome["pred"]), scores=scores))
+        yield rows
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -84,14 +88,15 @@ def _score_images(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise GradwatchError(f"DIR {str(folder)!r} is not a folder; pass a folder of images")
     errors = Console(stderr=True, soft_wrap=True)
-    scorer = load_scorer(args.model, device=args.device, temperature=args.temperature)
+    settings = scoring_settings(args)
+    scorer = load_scorer(settings)
     total = len(list_files(folder))
     rows: list[ImageRow] = []
     with Progress(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors
     ) as progress:
         task = progress.add_task("scoring", total=total)
-        for batch in score_folder(scorer, folder, args.batch_size):
+        for batch in score_folder(scorer, folder, settings.batch_size_on(scorer.device.type)):
             rows.extend(batch)
             progress.advance(task, len(batch))
     if args.format == "csv":
@@ -110,32 +115,20 @@ def _score_images(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
-    from pipelines.pipeline import ScoringConfig, count_progress, read_options_file, run_scoring
-    from pipelines.sources import parse_event_time
-    from pipelines.windows import parse_window
+    from pipelines.pipeline import ScoringConfig, count_progress, run_scoring
+    from pipelines.times import parse_event_time, parse_window
 
-    progress_dir = tempfile.mkdtemp(prefix="gradwatch-progress-") if args.runner == "local" else None
+    pipeline = pipeline_settings(args)
+    progress_dir = tempfile.mkdtemp(prefix="gradwatch-progress-") if pipeline.is_local else None
     try:
         config = ScoringConfig(
             source=args.source,
             out=args.out,
             window=parse_window(args.window),
-            model=args.model,
-            device=args.device,
-            batch_size=args.batch_size,
-            temperature=args.temperature,
-            precision=args.precision,
-            compile=args.compile,
-            decoder=args.decoder,
-            workers=args.workers,
-            runner=args.runner,
-            beam_options=(
-                *(read_options_file(args.beam_options_file) if args.beam_options_file else ()),
-                *args.beam_option,
-            ),
             since=parse_event_time(args.since) if args.since else None,
             until=parse_event_time(args.until) if args.until else None,
-            large_model=args.large_model,
+            scoring=scoring_settings(args),
+            pipeline=pipeline,
             progress_dir=progress_dir,
         )
     except ValueError as error:
@@ -144,7 +137,7 @@ def _score(args: argparse.Namespace) -> int:
     since, until = config.aligned_range()
     if (since, until) != (config.since, config.until):
         console.print(f"time range widened to whole windows: [{since or '-inf'}, {until or '+inf'})")
-    console.print(f"scoring {config.source} on the {config.runner} runner, {config.workers} worker(s)")
+    console.print(f"scoring {config.source} on the {pipeline.runner} runner, {pipeline.workers} worker(s)")
     with Progress(
         TextColumn("{task.completed} images done"), TimeElapsedColumn(), console=console, transient=True
     ) as progress:
@@ -176,7 +169,8 @@ def _score(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, force=True)
     from flows.calibrate import calibrate_reference
-    from flows.registry import ThresholdRegistry, redact
+    from flows.registry import ThresholdRegistry
+    from pipelines.redaction import redact
     from scoring.calibration import CalibrationConfig
 
     try:
@@ -189,12 +183,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         version, calibration = calibrate_reference(
             args.reference,
             registry=registry,
-            model=args.model,
+            scoring=scoring_settings(args),
+            pipeline=pipeline_settings(args),
             score=args.score,
             config=config,
             validation_ood=args.validation_ood,
             work_dir=Path(args.out) if args.out else None,
-            **_scoring_options(args),
         )
     print(f"proposed {version.name} version {version.version} (alias candidate, review_status proposed)")
     print(
@@ -255,19 +249,19 @@ def _monitor(args: argparse.Namespace) -> int:
 
     try:
         config = monitor_config(
-            args.source, args.out, window=args.window, model=args.model, since=args.since, until=args.until,
-            webhooks=args.webhook, slack_webhooks=args.slack_webhook, reprocess=args.reprocess,
-            **_scoring_options(args),
+            args.source, args.out, window=args.window, since=args.since, until=args.until, webhooks=args.webhook,
+            slack_webhooks=args.slack_webhook, reprocess=args.reprocess, scoring=scoring_settings(args),
+            pipeline=pipeline_settings(args),
         )  # fmt: skip
     except ValueError as error:
         raise GradwatchError(str(error)) from error
     report = run_monitor(config, registry=ThresholdRegistry())
     for window in report.windows:
-        fired = ", ".join(window["fired"]) or "-"
-        quality = "" if window["data_quality_passed"] else "  data quality FAILED"
+        fired = ", ".join(test.label for test in window.fired) or "-"
+        quality = "" if window.data_quality_passed else "  data quality FAILED"
         print(
-            f"{window['window_start']:%Y-%m-%d %H:%M}  {window['status']:<17} n={window['n']:<5} "
-            f"rejected={window['n_rejected']:<4} fired: {fired}{quality}"
+            f"{window.window_start:%Y-%m-%d %H:%M}  {window.status:<17} n={window.scored:<5} "
+            f"rejected={window.rejected:<4} fired: {fired}{quality}"
         )
     print(
         f"{len(report.windows)} window(s) processed; alerts queued {report.alerts_queued}, "
@@ -277,14 +271,15 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:
+    """The monitor flow's parameters, as a deployment stores them (plain JSON values)."""
     return {
         "source": args.source,
         "out": args.out,
         "window": args.window,
-        "model": args.model,
         "webhooks": args.webhook,
         "slack_webhooks": args.slack_webhook,
-        **_scoring_options(args),
+        "scoring": dataclasses.asdict(scoring_settings(args)),
+        "pipeline": dataclasses.asdict(pipeline_settings(args)),
     }
 
 
@@ -317,8 +312,7 @@ def _report(args: argparse.Namespace) -> int:
     except RegistryUnavailableError as error:
         print(f"warning: {error}; the report is drawn without the reference band", file=sys.stderr)
         registry = None
-    path = write_report(args.out, Path(args.output or Path(args.out) / "report.html"), registry=registry)
-    print(f"report: {path.resolve()}")
+    print(f"report: {write_report(args.out, args.output, registry=registry)}")
     return 0
 
 
@@ -333,11 +327,12 @@ def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig(hours=args.hours)
     result = run_demo(workdir, config, source=Path(args.source) if args.source else None, model=args.model)
     registry = ThresholdRegistry(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
-    report = write_report(str(workdir / "out"), workdir / "report.html", registry=registry)
+    report = Path(write_report(str(workdir / "out"), str(workdir / "report.html"), registry=registry))
     print("4/4 done. Window by window:")
     for window in result.report.windows:
-        fired = ", ".join(window["fired"][:3]) + (" ..." if len(window["fired"]) > 3 else "")
-        print(f"    {window['window_start']:%H:%M}  {window['status']:<17} n={window['n']:<4} {fired}")
+        labels = [test.label for test in window.fired]
+        fired = ", ".join(labels[:3]) + (" ..." if len(labels) > 3 else "")
+        print(f"    {window.window_start:%H:%M}  {window.status:<17} n={window.scored:<4} {fired}")
     print("alerts received by the local webhook, in order:")
     for alert in result.alerts:
         print(f"    {alert['window']['start'][11:16]}  {alert['kind']:<12} {alert['summary'][:90]}")
@@ -385,52 +380,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradwatch", description="Drift monitor for image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="print the installed version").set_defaults(run=_version)
+    scoring, pipeline = scoring_parent(), pipeline_parent()
+    _add_score_images(commands, scoring)
+    _add_score(commands, scoring, pipeline)
+    _add_calibrate(commands, scoring, pipeline)
+    _add_thresholds(commands)
+    _add_monitor(commands, scoring, pipeline)
+    _add_scheduled(commands, scoring, pipeline)
+    _add_report(commands)
+    _add_demo(commands)
+    return parser
 
-    score = commands.add_parser("score-images", help="score every image in a folder and print a table")
+
+def _add_score_images(commands, scoring: argparse.ArgumentParser) -> None:
+    score = commands.add_parser("score-images", parents=[scoring], help="score every image in a folder, print a table")
     score.add_argument("dir", help="folder of images (searched recursively)")
-    score.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
-    score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    score.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
-    score.add_argument("--temperature", type=float, default=1.0, help="T of GradNorm and Energy")
     score.add_argument("--format", choices=("table", "csv"), default="table", help="stdout format")
     score.set_defaults(run=_score_images)
 
-    pipeline = commands.add_parser("score", help="score SOURCE with the Beam pipeline into window-partitioned Parquet")
-    pipeline.add_argument("source", help="folder, prefix (any fsspec URL) or manifest (.csv, .parquet, .jsonl)")
-    pipeline.add_argument("--out", required=True, help="output folder or prefix")
-    pipeline.add_argument("--window", default="1h", help="event-time window: 1h, 30m, 1d... (default: %(default)s)")
-    pipeline.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
-    pipeline.add_argument("--batch-size", type=_positive_int, default=None, help="largest batch (default: by device)")
-    pipeline.add_argument("--temperature", type=float, default=1.0, help="T of GradNorm and Energy")
-    _add_scoring_options(pipeline)
-    pipeline.add_argument("--compile", action="store_true", help="torch.compile the model (GPU, long runs)")
-    pipeline.add_argument("--runner", default="local", help="local (FnApiRunner), or a Beam runner: FlinkRunner...")
-    pipeline.add_argument(
-        "--beam-option", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, repeatable"
-    )
-    pipeline.add_argument(
-        "--beam-options-file", metavar="FILE", help="KEY=VALUE lines, e.g. infra/beam-presets/flink.options"
-    )
-    pipeline.add_argument("--since", help="first event time to score (ISO-8601 or epoch), widened to its window")
-    pipeline.add_argument("--until", help="event time to stop before, widened to its window's end")
-    pipeline.add_argument("--large-model", action="store_true", help="one model per machine shared by processes")
-    pipeline.add_argument("-v", "--verbose", action="store_true", help="show Beam's warnings")
-    pipeline.set_defaults(run=_score)
 
-    calibrate = commands.add_parser("calibrate", help="calibrate thresholds on healthy reference images, for review")
+def _add_score(commands, scoring: argparse.ArgumentParser, pipeline: argparse.ArgumentParser) -> None:
+    command = commands.add_parser(
+        "score", parents=[scoring, pipeline], help="score SOURCE with the Beam pipeline into window-partitioned Parquet"
+    )
+    command.add_argument("source", help="folder, prefix (any fsspec URL) or manifest (.csv, .parquet, .jsonl)")
+    command.add_argument("--out", required=True, help="output folder or prefix")
+    command.add_argument("--window", default="1h", help="event-time window: 1h, 30m, 1d... (default: %(default)s)")
+    command.add_argument("--since", help="first event time to score (ISO-8601 or epoch), widened to its window")
+    command.add_argument("--until", help="event time to stop before, widened to its window's end")
+    command.add_argument("-v", "--verbose", action="store_true", help="show Beam's warnings")
+    command.set_defaults(run=_score)
+
+
+def _add_calibrate(commands, scoring: argparse.ArgumentParser, pipeline: argparse.ArgumentParser) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", parents=[scoring, pipeline], help="calibrate thresholds on healthy reference images, for review"
+    )
     calibrate.add_argument("reference", help="healthy images: folder, prefix or manifest")
-    calibrate.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
     calibrate.add_argument("--score", default="gradnorm", help="the score you lead with (all are tested)")
     calibrate.add_argument("--tpr", type=float, default=0.95, help="share of healthy images above each threshold")
     calibrate.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate per window")
-    calibrate.add_argument("--min-window", type=_positive_int, default=50, help="smallest window that is tested")
+    calibrate.add_argument("--min-window", type=positive_int, default=50, help="smallest window that is tested")
     calibrate.add_argument(
         "--validation-ood", action="append", default=[], metavar="DIR", help="known-shifted images, repeatable"
     )
     calibrate.add_argument("--out", help="where the pipeline's outputs go (default: a temporary folder)")
-    _add_scoring_options(calibrate)
     calibrate.set_defaults(run=_calibrate)
 
+
+def _add_thresholds(commands) -> None:
     thresholds = commands.add_parser("thresholds", help="review thresholds in MLflow: list, show, approve, reject")
     actions = thresholds.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="every version with its review status")
@@ -438,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve = actions.add_parser("approve", help="make VERSION the production thresholds")
     reject = actions.add_parser("reject", help="mark VERSION rejected")
     for action in (listing, show, approve, reject):
-        action.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+        model_option(action)
     for action in (show, approve, reject):
         action.add_argument("version")
     for action in (approve, reject):
@@ -446,82 +444,57 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--note", help="why (required to reject)")
     thresholds.set_defaults(run=_thresholds)
 
-    monitor = commands.add_parser("monitor", help="process every complete window not yet processed, then exit")
-    monitor.add_argument("source", help="folder, prefix or manifest of production images")
-    monitor.add_argument("--out", required=True, help="outputs, decisions, watermark and alert outbox")
-    monitor.add_argument("--window", default="1h", help="event-time window (default: %(default)s)")
+
+def _add_monitor(commands, scoring: argparse.ArgumentParser, pipeline: argparse.ArgumentParser) -> None:
+    monitor = commands.add_parser(
+        "monitor", parents=[scoring, pipeline], help="process every complete window not yet processed, then exit"
+    )
+    _add_feed_arguments(monitor)
     monitor.add_argument("--since", help="first window to consider (default: the first one seen)")
     monitor.add_argument("--until", help="stop before this time (default: the last complete window)")
-    monitor.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
-    monitor.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed generic webhook")
-    monitor.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack incoming webhook")
     monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
-    _add_scoring_options(monitor)
     monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
     monitor.set_defaults(run=_monitor)
 
+
+def _add_scheduled(commands, scoring: argparse.ArgumentParser, pipeline: argparse.ArgumentParser) -> None:
+    for command, run, summary in (
+        ("deploy", _deploy, "create the scheduled monitor deployment on a Prefect server (process work pool)"),
+        ("serve", _serve, "run the monitor's schedule in this process, for small setups"),
+    ):
+        scheduled = commands.add_parser(command, parents=[scoring, pipeline], help=summary)
+        _add_feed_arguments(scheduled)
+        scheduled.add_argument("--name", default="hourly", help="deployment name (default: %(default)s)")
+        # A few minutes after the hour, once the hour's window is complete.
+        scheduled.add_argument("--cron", default="5 * * * *", help="schedule (default: %(default)r)")
+        if command == "deploy":
+            scheduled.add_argument("--work-pool", default="gradwatch", help="process work pool (created if missing)")
+        scheduled.set_defaults(run=run)
+
+
+def _add_feed_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE, OUT, the window and the alert targets: what every monitoring command watches and pages."""
+    parser.add_argument("source", help="folder, prefix or manifest of production images")
+    parser.add_argument("--out", required=True, help="outputs, decisions, watermark and alert outbox")
+    parser.add_argument("--window", default="1h", help="event-time window (default: %(default)s)")
+    parser.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed generic webhook")
+    parser.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack incoming webhook")
+
+
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="render OUT's drift report as one self-contained HTML page")
     report.add_argument("out", help="the OUT the monitor writes to")
     report.add_argument("--output", help="where the page goes (default: OUT/report.html)")
     report.set_defaults(run=_report)
 
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="the whole loop, offline, on a simulated day with injected drift")
     demo.add_argument("--source", help="your own healthy images instead of scikit-image's sample photographs")
     demo.add_argument("--workdir", default=".demo", help="where everything goes (default: %(default)s)")
-    demo.add_argument("--hours", type=_positive_int, default=24, help="hourly windows to simulate")
-    demo.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
+    demo.add_argument("--hours", type=positive_int, default=24, help="hourly windows to simulate")
+    model_option(demo)
     demo.set_defaults(run=_demo)
-
-    for command, run, summary in (
-        ("deploy", _deploy, "create the scheduled monitor deployment on a Prefect server (process work pool)"),
-        ("serve", _serve, "run the monitor's schedule in this process, for small setups"),
-    ):
-        scheduled = commands.add_parser(command, help=summary)
-        scheduled.add_argument("source", help="folder, prefix or manifest of production images")
-        scheduled.add_argument("--out", required=True, help="outputs, decisions, watermark and alert outbox")
-        scheduled.add_argument("--name", default="hourly", help="deployment name (default: %(default)s)")
-        # A few minutes after the hour, once the hour's window is complete.
-        scheduled.add_argument("--cron", default="5 * * * *", help="schedule (default: %(default)r)")
-        scheduled.add_argument("--window", default="1h", help="event-time window (default: %(default)s)")
-        scheduled.add_argument("--model", default="efficientnet-lite0", help="model spec (default: %(default)s)")
-        scheduled.add_argument("--webhook", action="append", default=[], metavar="URL", help="signed webhook")
-        scheduled.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack webhook")
-        _add_scoring_options(scheduled)
-        if command == "deploy":
-            scheduled.add_argument("--work-pool", default="gradwatch", help="process work pool (created if missing)")
-        scheduled.set_defaults(run=run)
-    return parser
-
-
-def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
-    """Where and how the pipeline runs the network: the same flags on every command that scores."""
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp16/bf16: autocast on GPU tensor cores; fp16 keeps scores within 5e-3; thresholds hold for the "
-        "precision they were calibrated in (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--decoder",
-        choices=DECODERS,
-        default="host",
-        help="device: decode JPEGs on the GPU with torchvision, host threads for the rest; nvJPEG moves scores a "
-        "little, so thresholds hold for the decoder they were calibrated with (default: %(default)s)",
-    )
-    parser.add_argument("--workers", type=_positive_int, default=1, help="local worker processes (default: 1)")
-
-
-def _scoring_options(args: argparse.Namespace) -> dict[str, object]:
-    return {"device": args.device, "precision": args.precision, "decoder": args.decoder, "workers": args.workers}
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _version(_args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from flows.corruptions import CORRUPTIONS
 from flows.monitor import MonitorConfig, MonitorReport, run_monitor
 from flows.registry import ThresholdRegistry
 from flows.sample_images import IN_SCOPE, OUT_OF_SCOPE, sample_data_dir
+from scoring import DEFAULT_MODEL, ScoringSettings
 from scoring.calibration import CalibrationConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -164,7 +165,7 @@ def run_demo(
     config: DemoConfig | None = None,
     *,
     source: Path | None = None,
-    model: str = "efficientnet-lite0",
+    model: str = DEFAULT_MODEL,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     """Build the feed, calibrate, auto-approve, monitor the day with alerts to a local receiver."""
@@ -175,8 +176,9 @@ def run_demo(
     registry = ThresholdRegistry(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
     say(f"2/4 calibrating on {config.reference_images} reference images")
     calibration_config = CalibrationConfig(min_window=config.min_window, check_window_sizes=(config.min_window,))
+    scoring = ScoringSettings(model=model)
     version, _ = calibrate_reference(
-        str(reference), registry=registry, model=model, config=calibration_config, work_dir=workdir / "calibration"
+        str(reference), registry=registry, scoring=scoring, config=calibration_config, work_dir=workdir / "calibration"
     )
     registry.approve(version.name, version.version, by="gradwatch-demo", note="auto-approved by the demo")
     say(f"    the demo AUTO-APPROVES {version.name} v{version.version}; in production an ML owner reviews it first")
@@ -186,7 +188,7 @@ def run_demo(
     say(f"3/4 monitoring {config.hours} hourly windows, alerts to a webhook receiver on 127.0.0.1")
     with alert_receiver(alerts_log) as url:
         monitor_config = MonitorConfig(
-            source=str(manifest), out=str(workdir / "out"), model=model, webhooks=(url,),
+            source=str(manifest), out=str(workdir / "out"), scoring=scoring, webhooks=(url,),
             since=config.start, until=config.start + dt.timedelta(hours=config.hours),
         )  # fmt: skip
         report = run_monitor(monitor_config, registry=registry)

@@ -30,7 +30,8 @@ def reference_histograms(calibration: Calibration) -> bytes:
         axis.hist(reference.sample, bins=40, color="#4c72b0", alpha=0.85)
         axis.axvline(reference.threshold, color="#c44e52", linewidth=2, label=f"threshold {reference.threshold:.4g}")
         axis.set_title(f"{name} (reference, n={reference.sample.size})")
-        axis.set_xlabel(f"{name} (higher = in-distribution)")
+        side = "higher" if reference.higher_is_in_distribution else "lower"
+        axis.set_xlabel(f"{name} ({side} = in-distribution)")
         axis.legend(fontsize=8)
     figure.suptitle(f"{calibration.model_id}: TPR {calibration.config.tpr:.0%} thresholds")
     return _png(figure)
@@ -51,7 +52,7 @@ def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[
             top.axvline(reference.threshold, color="#c44e52", linewidth=1.5)
             top.set_title(name)
             top.legend(fontsize=8)
-            false_positive, true_positive = _roc(reference.sample, shifted)
+            false_positive, true_positive = _roc(reference.oriented(reference.sample), reference.oriented(shifted))
             entry = next((e for e in calibration.separation if (e.score, e.dataset) == (name, dataset)), None)
             bottom.plot(false_positive, true_positive, label=f"AUROC {entry.auroc:.3f}" if entry else None)
             bottom.plot([0, 1], [0, 1], linestyle=":", color="grey")
@@ -64,6 +65,7 @@ def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[
 
 
 def _roc(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points of scores oriented so that higher is in distribution."""
     thresholds = np.unique(np.concatenate([in_scores, out_scores]))[::-1]
     true_positive = (in_scores[None, :] >= thresholds[:, None]).mean(axis=1)
     false_positive = (out_scores[None, :] >= thresholds[:, None]).mean(axis=1)

@@ -2,8 +2,10 @@
 
 Tasks retry where the cause can be transient (MLflow, the object store, webhooks) and never where it cannot
 (configuration: those errors are raised before any task runs). Parameters are plain values an operator
-sets on a deployment; secrets (GRADWATCH_WEBHOOK_SECRET, MLflow and object-store credentials) come from the
-worker's environment or Prefect Secret blocks, never from parameters.
+sets on a deployment, the scoring and pipeline settings as one object each (``scoring: {model: ..., precision:
+fp16}``, ``pipeline: {runner: FlinkRunner, beam_options: [...]}``), validated as the command line's are; secrets
+(GRADWATCH_WEBHOOK_SECRET, MLflow and object-store credentials) come from the worker's environment or Prefect
+Secret blocks, never from parameters.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.calibrate import calibrate_reference
-from flows.monitor import Monitor, monitor_config
+from flows.monitor import Monitor, WindowOutcome, monitor_config
 from flows.registry import ThresholdRegistry
+from pipelines.settings import PipelineSettings
+from scoring import ScoringSettings
 from scoring.calibration import CalibrationConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +46,13 @@ def plan_windows(monitor: Monitor) -> list[dt.datetime]:
 
 
 @task(name="process window", **TRANSIENT)
-def process_window(monitor: Monitor, window_start: dt.datetime) -> dict[str, Any]:
-    record = monitor.process(window_start)
+def process_window(monitor: Monitor, window_start: dt.datetime) -> WindowOutcome:
+    outcome = monitor.process(window_start)
     get_run_logger().info(
-        "window %s: %s, n=%s, rejected=%s, fired=%s", window_start.isoformat(), record["status"], record["n"],
-        record["n_rejected"], record["fired"],
+        "window %s: %s, n=%s, rejected=%s, fired=%s", window_start.isoformat(), outcome.status, outcome.scored,
+        outcome.rejected, [test.label for test in outcome.fired],
     )  # fmt: skip
-    return {key: value for key, value in record.items() if key in ("status", "n", "n_rejected", "fired")}
+    return outcome
 
 
 @task(name="deliver alerts", **TRANSIENT)
@@ -61,37 +65,33 @@ def monitor(
     source: str,
     out: str,
     window: str = "1h",
-    model: str = "efficientnet-lite0",
     since: str | None = None,
     until: str | None = None,
     webhooks: list[str] | None = None,
     slack_webhooks: list[str] | None = None,
     reprocess: bool = False,
-    device: str = "auto",
-    precision: str = "fp32",
-    decoder: str = "host",
-    workers: int = 1,
+    scoring: ScoringSettings = ScoringSettings(),
+    pipeline: PipelineSettings = PipelineSettings(),
 ) -> dict[str, Any]:
     """Process every complete window of SOURCE not yet processed, then deliver pending alerts."""
     config = monitor_config(
-        source, out, window=window, model=model, since=since, until=until, webhooks=webhooks or (),
-        slack_webhooks=slack_webhooks or (), reprocess=reprocess, device=device, precision=precision,
-        decoder=decoder, workers=workers,
+        source, out, window=window, since=since, until=until, webhooks=webhooks or (),
+        slack_webhooks=slack_webhooks or (), reprocess=reprocess, scoring=scoring, pipeline=pipeline,
     )  # fmt: skip
     job = Monitor(config, links={"prefect_flow_run": str(flow_run.id or ""), "prefect_ui": flow_run.ui_url or ""})
     threshold_version = load_thresholds(job)
     windows = plan_windows(job)
     failed = True
     try:
-        records = [process_window(job, window_start) for window_start in windows]
+        outcomes = [process_window(job, window_start) for window_start in windows]
         failed = False
     finally:
         job.finish(failed=failed)
     delivered, pending = deliver_alerts(job)
     return {
         "threshold_version": threshold_version,
-        "windows": len(records),
-        "drift": sum(record["status"] == "drift" for record in records),
+        "windows": len(outcomes),
+        "drift": sum(outcome.is_drift for outcome in outcomes),
         "alerts_delivered": delivered,
         "alerts_pending": pending,
     }
@@ -104,39 +104,37 @@ def backfill(
     start: str,
     end: str,
     window: str = "1h",
-    model: str = "efficientnet-lite0",
     reprocess: bool = True,
-    device: str = "auto",
-    precision: str = "fp32",
-    decoder: str = "host",
-    workers: int = 1,
+    webhooks: list[str] | None = None,
+    slack_webhooks: list[str] | None = None,
+    scoring: ScoringSettings = ScoringSettings(),
+    pipeline: PipelineSettings = PipelineSettings(),
 ) -> dict[str, Any]:
-    """History: every window in [start, end), re-processed by default; alerts are queued and delivered as usual."""
+    """History: every window in [start, end), re-processed by default; alerts are queued and delivered to the
+    targets given, as the hourly monitor's are (without targets they stay in the outbox for the next run that has
+    them)."""
     return monitor(
-        source=source, out=out, window=window, model=model, since=start, until=end, reprocess=reprocess,
-        device=device, precision=precision, decoder=decoder, workers=workers,
+        source=source, out=out, window=window, since=start, until=end, reprocess=reprocess, webhooks=webhooks,
+        slack_webhooks=slack_webhooks, scoring=scoring, pipeline=pipeline,
     )  # fmt: skip
 
 
 @flow(name="gradwatch-calibrate")
 def calibrate(
     reference: str,
-    model: str = "efficientnet-lite0",
     score: str = "gradnorm",
     tpr: float = 0.95,
     alpha: float = 0.01,
     min_window: int = 50,
     validation_ood: list[str] | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    decoder: str = "host",
-    workers: int = 1,
+    scoring: ScoringSettings = ScoringSettings(),
+    pipeline: PipelineSettings = PipelineSettings(),
 ) -> dict[str, str]:
     """Calibrate on healthy reference images and propose the thresholds for review in MLflow."""
     config = CalibrationConfig(tpr=tpr, alpha=alpha, min_window=min_window)
     version, calibration = calibrate_reference(
-        reference, registry=ThresholdRegistry(), model=model, score=score, config=config,
-        validation_ood=validation_ood or (), device=device, precision=precision, decoder=decoder, workers=workers,
+        reference, registry=ThresholdRegistry(), scoring=scoring, pipeline=pipeline, score=score, config=config,
+        validation_ood=validation_ood or (),
     )  # fmt: skip
     return {"registered_model": version.name, "version": version.version, "model_id": calibration.model_id}
 

@@ -19,7 +19,6 @@ import pandas as pd
 from PIL import Image
 
 from pipelines.records import QUANTILES, ImageRef
-from scoring import decision_scores
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,13 @@ class Gates:
             results.append(self._validate(self._metadata_batch, decodable, image_suite))
         return _merge("before_scoring", results)
 
-    def after_scoring(self, scores: pd.DataFrame, windows: pd.DataFrame, min_window: int) -> GateResult:
-        """n at least the minimum, scores finite, quantiles ordered, duplicate image share bounded."""
+    def after_scoring(
+        self, scores: pd.DataFrame, windows: pd.DataFrame, *, names: Sequence[str], min_window: int
+    ) -> GateResult:
+        """n at least the minimum, the ``names`` scores finite, quantiles ordered, duplicate image share bounded."""
         expect = self._gx.expectations
-        names = decision_scores()
+        if scores.empty:  # nothing scored: every column still has to be there for the suite to run
+            scores = pd.DataFrame({name: pd.Series(dtype=float) for name in names} | {"image_id": pd.Series(dtype=str)})
         frame = scores.assign(
             **{f"{name}_finite": np.isfinite(scores[name].to_numpy()).astype(int) for name in names},
             duplicate=scores["image_id"].duplicated().astype(int),

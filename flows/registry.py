@@ -8,6 +8,7 @@ and it is the only thing monitoring loads.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -16,11 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from scoring import GradwatchError
+from pipelines.redaction import redact
+from scoring import GradwatchError, ScoringSettings
 from scoring.calibration import Calibration, calibration_summary
-from scoring.drift import WindowDecision
+from scoring.drift import EffectSize, WindowDecision
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CALIBRATION_EXPERIMENT = "gradwatch-calibration"
@@ -57,15 +58,6 @@ class ThresholdModelMismatchError(RegistryError):
 def tracking_uri() -> str:
     """``GRADWATCH_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else MLflow's sqlite store in the working directory."""
     return os.environ.get("GRADWATCH_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def redact(uri: str) -> str:
-    """The URI without user or password, fit for logs and messages."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def registered_model_name(model_name: str) -> str:
@@ -226,14 +218,19 @@ class ThresholdRegistry:
     # -- monitoring ------------------------------------------------------------------------------------
 
     def load_production(
-        self, model_name: str, model_id: str, *, precision: str | None = None, decoder: str | None = None
+        self, model_name: str, model_id: str, *, scoring: ScoringSettings | None = None
     ) -> tuple[Calibration, ThresholdVersion]:
         """The approved calibration for the monitored model.
 
+        Args:
+            model_name: the short model name the registered model is named after.
+            model_id: the monitored weights' id.
+            scoring: the settings windows will be scored with; None accepts any (the report, which only reads).
+
         Raises:
             NoApprovedThresholdError: nothing carries the production alias.
-            ThresholdModelMismatchError: it was calibrated for other weights than ``model_id``, or at another
-                ``precision``, or with images decoded by another ``decoder``, than the one given (None: any).
+            ThresholdModelMismatchError: it was calibrated for other weights than ``model_id``, or scored with
+                settings that move scores (precision, decoder, temperature) other than ``scoring``'s.
         """
         name = registered_model_name(model_name)
         production = self._aliases(name).get(PRODUCTION) if self._model_exists(name) else None
@@ -252,18 +249,9 @@ class ThresholdRegistry:
                 f"approved thresholds {name} v{version.version} were calibrated for {calibration.model_id}, but the "
                 f"monitored model is {model_id}; calibrate and approve thresholds for these weights"
             )
-        # Both move every score a little, so a reference scored one way does not hold for windows scored the other.
-        scored_with = {
-            "precision": (calibration.precision, precision, "half precision rounds the network's activations"),
-            "decoder": (calibration.decoder, decoder, "nvJPEG upsamples 4:2:0 chroma unlike libjpeg"),
-        }
-        for option, (calibrated, monitored, why) in scored_with.items():
-            if monitored is not None and calibrated != monitored:
-                raise ThresholdModelMismatchError(
-                    f"approved thresholds {name} v{version.version} were calibrated with --{option} {calibrated}, "
-                    f"but monitoring uses --{option} {monitored}, which shifts the scores ({why}); monitor with "
-                    f"--{option} {calibrated}, or calibrate and approve thresholds with --{option} {monitored}"
-                )
+        mismatch = scoring.mismatch(calibration.scoring) if scoring is not None else None
+        if mismatch is not None:
+            raise ThresholdModelMismatchError(f"approved thresholds {name} v{version.version} do not hold: {mismatch}")
         return calibration, version
 
     def start_monitoring_run(self, run_name: str, params: Mapping[str, Any]) -> str:
@@ -286,7 +274,7 @@ class ThresholdRegistry:
         for record in decision.tests:
             metrics[_key(record.segment, record.score, f"{record.test}_p")] = record.p_value
         for effect in decision.effects:
-            for field_name in ("ood_rate", "wasserstein", "psi", "median_shift"):
+            for field_name in _EFFECT_METRICS:
                 metrics[_key(effect.segment, effect.score, field_name)] = getattr(effect, field_name)
         self.client.log_batch(run_id, metrics=[_metric(k, v, timestamp, step) for k, v in metrics.items()])
 
@@ -327,6 +315,12 @@ class ThresholdRegistry:
             self.client.log_artifacts(run_id, scratch)
 
 
+# Effect sizes logged per window; the expected OOD rate is the calibration's, logged with it.
+_EFFECT_METRICS = [
+    f.name for f in dataclasses.fields(EffectSize) if f.name not in ("score", "segment", "expected_ood_rate")
+]
+
+
 def _key(*parts: str) -> str:
     return "/".join(part for part in parts if part)
 
@@ -347,8 +341,7 @@ def _now_iso() -> str:
 
 def _first_line(error: BaseException) -> str:
     """The error's first line, with any user:password@ of a URL inside it removed."""
-    line = (str(error).strip().splitlines() or [""])[0][:300]
-    return re.sub(r"[^\s/@]+:[^\s/@]+@", "", line)
+    return redact((str(error).strip().splitlines() or [""])[0][:300])
 
 
 def describe(version: ThresholdVersion) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import datetime as dt
 import html
 import io
 import json
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,11 +20,13 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from flows.monitor import lowest_scoring
+from flows.alerts import Outbox
+from flows.monitor.paging import most_out_of_distribution
 from flows.plots import plt
-from pipelines.outputs import read_table
+from pipelines.store import OutputStore
 from scoring import decision_scores
 from scoring.calibration import Calibration
+from scoring.drift import FiredTest
 
 BAND_COLOUR, REFERENCE_COLOUR, ALERT_COLOUR = "#4c72b0", "#55a868", "#c44e52"
 
@@ -71,7 +74,7 @@ def quantile_bands(windows: pa.Table, decisions: list[dict], calibration: Calibr
 
 
 def ood_rates(scores: pa.Table, decisions: list[dict], calibration: Calibration | None) -> bytes | None:
-    """Per score: share of each window's images below the per-image threshold, against the expected share."""
+    """Per score: share of each window's images past the per-image threshold, against the expected share."""
     if calibration is None or scores.num_rows == 0:
         return None
     names = [name for name in decision_scores() if name in calibration.references[""]]
@@ -81,8 +84,8 @@ def ood_rates(scores: pa.Table, decisions: list[dict], calibration: Calibration 
     figure, axis = plt.subplots(figsize=(11, 3.2))
     for name in names:
         reference = calibration.references[""][name]
-        values = scores.column(name).to_numpy()
-        rates = [float(np.mean(values[starts == start] < reference.threshold)) for start in windows]
+        outside = reference.is_out_of_distribution(scores.column(name).to_numpy())
+        rates = [float(np.mean(outside[starts == start])) for start in windows]
         axis.step(edges, [*rates, rates[-1]], where="post", label=name)
     expected = np.mean([calibration.references[""][name].expected_ood_rate for name in names])
     axis.axhline(expected, color=REFERENCE_COLOUR, linestyle="--", label=f"expected on healthy images ({expected:.0%})")
@@ -90,7 +93,7 @@ def ood_rates(scores: pa.Table, decisions: list[dict], calibration: Calibration 
         axis.axvline(start, color=ALERT_COLOUR, linewidth=1.5)
     axis.set_ylabel("OOD rate")
     axis.set_title(
-        f"images below the per-image threshold (alert rule: KS and OOD-rate tests of every score, "
+        f"images past the per-image threshold (alert rule: {', '.join(calibration.tests)} tests of every score, "
         f"Holm-corrected to alpha={calibration.config.alpha:g} per window)"
     )
     axis.legend(fontsize=7, ncol=5)
@@ -133,29 +136,28 @@ def thumbnail(uri: str, size: int = 112) -> str | None:
 
 
 def render_report(
-    out: str, calibration: Calibration | None = None, *, lowest_k: int = 8
+    store: OutputStore, calibration: Calibration | None = None, *, images_per_window: int = 8
 ) -> tuple[str, dict[str, bytes]]:
     """The report's HTML, and its charts by file name (to log them elsewhere too)."""
-    windows = read_table(out, "windows")
-    scores = read_table(out, "scores")
-    decisions = sorted(read_table(out, "decisions").to_pylist(), key=lambda row: row["window_start"])
+    windows = store.read_table("windows")
+    scores = store.read_table("scores")
+    decisions = sorted(store.read_table("decisions").to_pylist(), key=lambda row: row["window_start"])
     charts = {"quantile_bands.png": quantile_bands(windows, decisions, calibration)}
     for name, chart in (("ood_rates.png", ood_rates(scores, decisions, calibration)),
                         ("segments.png", segment_medians(windows, decisions))):  # fmt: skip
         if chart is not None:
             charts[name] = chart
-    return _html(out, decisions, scores, charts, calibration, lowest_k, _alerts(out)), charts
+    page = _html(store.url(), decisions, scores, charts, calibration, images_per_window, _alerts(Outbox(store)))
+    return page, charts
 
 
-def _alerts(out: str) -> list[dict]:
+def _alerts(outbox: Outbox) -> list[dict]:
     """Every alert in OUT's outbox, delivered or still pending, in time order."""
-    root = Path(out) / "alerts"
-    alerts = []
-    for state in ("delivered", "outbox"):
-        for path in sorted((root / state).glob("*.json")):
-            entry = json.loads(path.read_text())
-            alerts.append({**entry["alert"], "delivered_to": len(entry["delivered_to"]), "pending": state == "outbox"})
-    return sorted(alerts, key=lambda alert: (alert["window"]["start"], alert["kind"]))
+    delivered = [{**entry["alert"], "delivered_to": len(entry["delivered_to"]), "pending": False}
+                 for entry in outbox.delivered()]  # fmt: skip
+    pending = [{**entry["alert"], "delivered_to": len(entry["delivered_to"]), "pending": True}
+               for _, entry in outbox.pending()]  # fmt: skip
+    return sorted(delivered + pending, key=lambda alert: (alert["window"]["start"], alert["kind"]))
 
 
 def _html(
@@ -164,7 +166,7 @@ def _html(
     scores: pa.Table,
     charts: Mapping[str, bytes],
     calibration: Calibration | None,
-    lowest_k: int,
+    images_per_window: int,
     alerts: list[dict],
 ) -> str:
     escape = html.escape
@@ -189,10 +191,11 @@ def _html(
         )  # fmt: skip
         rows.append(
             f'<tr class="{css}"><td>{start:%Y-%m-%d %H:%M}</td><td>{escape(row["status"])}</td><td>{row["n"]}</td>'
-            f"<td>{row['n_rejected']}</td><td>{escape(', '.join(row['fired']) or '-')}</td><td>{quality}</td></tr>"
+            f"<td>{row['n_rejected']}</td><td>{escape(', '.join(FiredTest(**f).label for f in row['fired']) or '-')}"
+            f"</td><td>{quality}</td></tr>"
         )
         if row["status"] == "drift" and score_rows:
-            strips.append(_strip(score_rows, row, lowest_k))
+            strips.append(_strip(score_rows, row, images_per_window))
     threshold = f"thresholds v{escape(decisions[-1]['threshold_version'])}, " if decisions else ""
     model = escape(calibration.model_id if calibration else (decisions[-1]["model_id"] if decisions else "-"))
     drift_count = sum(row["status"] == "drift" for row in decisions)
@@ -214,7 +217,7 @@ tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
 <h2>Windows</h2>
 <table id="windows"><thead><tr><th>window</th><th>status</th><th>n</th><th>rejected</th><th>fired</th>
 <th>data quality</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
-<h2>Lowest-scoring images of alerted windows</h2>{"".join(strips) or "<p>No drift alerts.</p>"}
+<h2>Images furthest out of distribution in alerted windows</h2>{"".join(strips) or "<p>No drift alerts.</p>"}
 </body></html>
 """
 
@@ -222,24 +225,26 @@ tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
 def _strip(score_rows: list[dict], decision: Mapping, k: int) -> str:
     start = decision["window_start"]
     in_window = [row for row in score_rows if row["window_start"] == start]
-    score, lowest = lowest_scoring(in_window, decision["fired"], k)
+    score, extreme = most_out_of_distribution(in_window, [FiredTest(**fired) for fired in decision["fired"]], k)
     thumbs = "".join(
         f'<img src="{src}" title="{html.escape(row["uri"])} {score}={row[score]:.4g}" '
         f'alt="{html.escape(Path(row["uri"]).name)}">'
-        for row in lowest
+        for row in extreme
         if (src := thumbnail(row["uri"])) is not None
     )
-    return f'<div class="strip"><h3>{start:%Y-%m-%d %H:%M} (lowest {html.escape(score)})</h3>{thumbs}</div>'
+    return f'<div class="strip"><h3>{start:%Y-%m-%d %H:%M} (by {html.escape(score)})</h3>{thumbs}</div>'
 
 
-def write_report(out: str, destination: Path, *, registry=None, log_to_mlflow: bool = True) -> Path:
-    """Render OUT's report to ``destination``, with the approved calibration's reference when MLflow has it.
+def write_report(out: str, destination: str | None = None, *, registry=None, log_to_mlflow: bool = True) -> str:
+    """Render OUT's report to ``destination`` (default ``OUT/report.html``; any local path or fsspec URL), with
+    the approved calibration's reference when MLflow has it. Returns where it went.
 
     The charts are also logged to the latest monitoring run of OUT's decisions when ``log_to_mlflow``.
     """
     from flows.registry import RegistryError
 
-    decisions = read_table(out, "decisions")
+    store = OutputStore(out)
+    decisions = store.read_table("decisions")
     calibration = None
     latest = max(decisions.to_pylist(), key=lambda row: row["window_start"]) if decisions.num_rows else None
     if registry is not None and latest is not None:
@@ -248,9 +253,14 @@ def write_report(out: str, destination: Path, *, registry=None, log_to_mlflow: b
             calibration, _ = registry.load_production(model_id.split("@")[0], model_id)
         except RegistryError:
             calibration = None  # drawn without the reference band; the page says which thresholds were used
-    page, charts = render_report(out, calibration)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    destination.write_text(page)
+    page, charts = render_report(store, calibration)
+    if destination is None:
+        where = store.write_file("report.html", page.encode())
+    else:
+        fs, path = fsspec.core.url_to_fs(destination)
+        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+        fs.pipe_file(path, page.encode())
+        where = destination
     if log_to_mlflow and registry is not None and latest is not None and latest["mlflow_run_id"]:
         registry.log_report(latest["mlflow_run_id"], {f"report/{name}": data for name, data in charts.items()})
-    return destination
+    return where

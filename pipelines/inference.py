@@ -9,14 +9,16 @@ Beam loads one model per worker process and shares it between the process's thre
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import apache_beam as beam
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from pipelines.records import EncodedImage
-from scoring import ModelSpecError, Scorer, load_scorer
+from pipelines.records import REJECTED, EncodedImage, Rejected
+from scoring import ImageDecodeError, ModelSpecError, Scorer, ScoringSettings, load_scorer, resolve_device
 
 
 class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
@@ -29,16 +31,10 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
 
     def __init__(
         self,
-        model_spec: str,
+        settings: ScoringSettings,
         *,
         expected_model_id: str,
-        device: str = "auto",
-        temperature: float = 1.0,
-        precision: str = "fp32",
-        compile: bool = False,
-        decoder: str = "host",
-        min_batch_size: int = 1,
-        max_batch_size: int = 32,
+        fitted_scores: Mapping[str, Any] | None = None,
         cpu_threads: int | None = None,
         large_model: bool = False,
         model_copies: int | None = None,
@@ -46,48 +42,39 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
     ) -> None:
         """
         Args:
-            model_spec: what ``load_scorer`` loads on each worker.
+            settings: what ``load_scorer`` loads on each worker, and how it scores; ``settings.batch_size``
+                bounds the batches Beam forms (by device when None).
             expected_model_id: the model id the pipeline was built for; a worker whose weights differ
                 (another image, another file at the same path) refuses to score.
-            device: ``auto``, ``cpu``, ``cuda``...
-            temperature: T of GradNorm and Energy.
-            precision: ``fp32``, or ``fp16``/``bf16`` autocast of the network (GPU tensor cores).
-            compile: ``torch.compile`` the network on each worker.
-            decoder: ``host`` (Pillow threads) or ``device`` (JPEGs on the scorer's device, needs torchvision).
-            min_batch_size: smallest batch Beam's BatchElements forms.
-            max_batch_size: largest batch; size it to the device's memory.
+            fitted_scores: what the scores fitted on a calibration's reference learned there, by score name.
             cpu_threads: torch intra-op threads per worker process; set it to cores / workers so that
                 several local workers do not oversubscribe the CPU.
             large_model: load one model per machine and share it between processes (GPU workers).
             model_copies: how many such shared copies per machine.
             load_scorer_fn: builds the scorer; injected for other loaders (a registry, a cache).
         """
+        batch_size = settings.batch_size_on(resolve_device(settings.device).type)
         super().__init__(
-            min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
+            # Up to 4 images a batch may wait for: a CPU scores 4 at a time anyway.
+            min_batch_size=min(batch_size, 4),
+            max_batch_size=batch_size,
             large_model=large_model,
             model_copies=model_copies,
         )
-        self._model_spec = model_spec
+        self._settings = settings
         self._expected_model_id = expected_model_id
-        self._scorer_options = {
-            "device": device,
-            "temperature": temperature,
-            "precision": precision,
-            "compile": compile,
-            "decoder": decoder,
-        }
+        self._fitted_scores = dict(fitted_scores or {})
         self._cpu_threads = cpu_threads
         self._load_scorer_fn = load_scorer_fn
 
     def load_model(self) -> Scorer:
         if self._cpu_threads:
             torch.set_num_threads(self._cpu_threads)
-        scorer = self._load_scorer_fn(self._model_spec, **self._scorer_options)
+        scorer = self._load_scorer_fn(self._settings, fitted_scores=self._fitted_scores)
         if scorer.model_id != self._expected_model_id:
             raise ModelSpecError(
-                f"worker {os.uname().nodename} loaded {scorer.model_id} for {self._model_spec!r}, but the pipeline "
-                f"was built for {self._expected_model_id}; deploy the same weights to launcher and workers"
+                f"worker {os.uname().nodename} loaded {scorer.model_id} for {self._settings.model!r}, but the "
+                f"pipeline was built for {self._expected_model_id}; deploy the same weights to launcher and workers"
             )
         return scorer
 
@@ -114,3 +101,44 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
 
     def get_metrics_namespace(self) -> str:
         return "gradwatch_inference"
+
+
+class ScoreImages(beam.PTransform):
+    """EncodedImage -> ``rows`` (one scores-table row per scored image) and ``rejected`` (those that did not decode)."""
+
+    def __init__(self, handler: ScorerModelHandler, *, model_id: str, score_names: Sequence[str]) -> None:
+        super().__init__()
+        self._handler = handler
+        self._rows = _ScoreRows(model_id=model_id, score_names=score_names)
+
+    def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            images
+            | "RunInference" >> RunInference(self._handler)
+            | "ToRows" >> beam.ParDo(self._rows).with_outputs(REJECTED, main="rows")
+        )
+
+
+class _ScoreRows(beam.DoFn):
+    """PredictionResult -> a scores row (main), or a decode Rejected (``rejected``) for an image that failed."""
+
+    def __init__(self, *, model_id: str, score_names: Sequence[str]) -> None:
+        self._model_id = model_id
+        self._score_names = tuple(score_names)
+
+    def process(self, result: PredictionResult) -> Iterator[Any]:
+        image, outcome = result.example, result.inference
+        if isinstance(outcome, ImageDecodeError):
+            rejection = Rejected(image.uri, image.event_time, "decode", outcome.reason, str(outcome), image.segment)
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+            return
+        Metrics.counter("gradwatch", "scored").inc()
+        yield {
+            "image_id": image.image_id,
+            "uri": image.uri,
+            "event_time": image.event_time,
+            "segment": image.segment,
+            "model_id": self._model_id,
+            **{name: outcome[name] for name in self._score_names},
+            "pred": outcome["pred"],
+        }

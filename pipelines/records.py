@@ -17,8 +17,9 @@ RejectStage = Literal["list", "manifest", "read", "decode"]
 
 # Score columns every scores table has; scores registered beyond these are appended after them.
 CORE_SCORE_COLUMNS = ("gradnorm", "energy", "msp", "maxlogit", "feature_l1", "output_l1")
+# The tag of every dead-letter output: images listed but not scored.
+REJECTED = "rejected"
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
-UNKNOWN_WINDOW = "unknown"  # partition of rejected images whose event time could not be read
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -53,17 +54,6 @@ class Rejected:
     reason: str  # short code, e.g. "truncated", "missing_uri", "not_found"
     error: str  # the full message, naming the input and the fix
     segment: str = ""
-
-
-def window_label(window_start: dt.datetime | None) -> str:
-    """The Hive partition value of a window: ``2026-11-26T13-00-00Z`` (no colons: object-store safe)."""
-    if window_start is None:
-        return UNKNOWN_WINDOW
-    return window_start.astimezone(dt.UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-
-
-def parse_window_label(label: str) -> dt.datetime:
-    return dt.datetime.strptime(label, "%Y-%m-%dT%H-%M-%SZ").replace(tzinfo=dt.UTC)
 
 
 def scores_schema(score_names: tuple[str, ...]) -> pa.Schema:

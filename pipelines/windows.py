@@ -1,4 +1,4 @@
-"""Per-window statistics of every score: exact moments and a mergeable KLL quantile sketch.
+"""Event-time windows, and per-window statistics of every score: exact moments and a mergeable KLL sketch.
 
 Partial results from many workers merge exactly (count, mean, variance by Chan et al.'s parallel
 formula, min, max) or within the sketch's rank error (quantiles), so an hour's windows can be regrouped
@@ -9,50 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window as beam_window
 from datasketches import kll_doubles_sketch
 
-from pipelines.records import QUANTILES
+from pipelines.records import QUANTILES, REJECTED, Rejected
+from pipelines.times import window_label
 
 # k = 200 gives about 1.65% normalized rank error (DataSketches KLL docs), and is exact below ~200 values.
 SKETCH_K = 200
-
-_DURATION = re.compile(r"(\d+)\s*(d|h|min|m|s)")
-_UNITS = {"d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1}
-
-
-def parse_window(text: str) -> dt.timedelta:
-    """``"1h"``, ``"30m"``/``"30min"``, ``"1d"``, ``"90s"``, ``"1h30m"`` -> timedelta."""
-    compact = text.strip().lower()
-    parts = _DURATION.findall(compact)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != compact.replace(" ", ""):
-        raise ValueError(f"window {text!r} is not a duration like 1h, 30m, 1d or 90s")
-    seconds = sum(int(number) * _UNITS[unit] for number, unit in parts)
-    if seconds <= 0 or (86400 % seconds and seconds % 86400):
-        raise ValueError(f"window {text!r} must divide a day or be whole days, so windows align to midnight UTC")
-    return dt.timedelta(seconds=seconds)
-
-
-def align_to_windows(
-    since: dt.datetime | None, until: dt.datetime | None, window: dt.timedelta
-) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """Widen [since, until) to whole windows: a window is the unit that is written, replaced and tested."""
-    size = window.total_seconds()
-
-    def floor(moment: dt.datetime) -> dt.datetime:
-        return dt.datetime.fromtimestamp(math.floor(moment.timestamp() / size) * size, dt.UTC)
-
-    aligned_until = None
-    if until is not None:
-        aligned_until = floor(until)
-        if aligned_until < until:
-            aligned_until += window
-    return (floor(since) if since is not None else None), aligned_until
 
 
 @dataclass
@@ -161,3 +131,94 @@ def window_rows(
             "sketch": stats.sketch.serialize(),
             "model_id": model_id,
         }
+
+
+class WindowTables(beam.PTransform):
+    """(scored rows, rejections) -> each table's rows keyed by their window's partition label.
+
+    Rows and rejections go into event-time fixed windows; each (window, segment) is combined into one windows-table
+    row per score. Rejections of unknown time go to the ``unknown`` partition of ``rejected`` and into no window.
+
+    Returns:
+        ``{"scores": ..., "windows": ..., "rejected": ...}``, PCollections of (label, row) in the global window.
+    """
+
+    def __init__(self, *, window: dt.timedelta, score_names: Sequence[str], model_id: str) -> None:
+        super().__init__()
+        self._window_seconds = window.total_seconds()
+        self._score_names = tuple(score_names)
+        self._model_id = model_id
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
+        scored_rows, rejected = inputs
+        names, windows = self._score_names, beam_window.FixedWindows(self._window_seconds)
+        scored = (
+            scored_rows
+            | "ScoresEventTime"
+            >> beam.Map(lambda row: beam_window.TimestampedValue(row, row["event_time"].timestamp()))
+            | "ScoresWindows" >> beam.WindowInto(windows)
+        )
+        rejected_timed = (
+            rejected
+            | "KnownTime" >> beam.Filter(lambda rejection: rejection.event_time is not None)
+            | "RejectedEventTime"
+            >> beam.Map(lambda rejection: beam_window.TimestampedValue(rejection, rejection.event_time.timestamp()))
+            | "RejectedWindows" >> beam.WindowInto(windows)
+        )
+        statistics = (
+            (
+                scored | "ScoresBySegment" >> beam.Map(lambda row: (row["segment"], {n: row[n] for n in names})),
+                rejected_timed | "RejectedBySegment" >> beam.Map(lambda rejection: (rejection.segment, None)),
+            )
+            | "StatsInputs" >> beam.Flatten()
+            | "Combine" >> beam.CombinePerKey(WindowStatsFn(names))
+            | "StatsRows" >> beam.ParDo(_LabelWindowRows(self._model_id))
+        )
+        rejected_rows = (
+            rejected_timed
+            | "LabelRejected" >> beam.ParDo(_LabelByWindow())
+            | "RejectedToGlobal" >> beam.WindowInto(beam_window.GlobalWindows()),
+            rejected
+            | "UnknownTime" >> beam.Filter(lambda rejection: rejection.event_time is None)
+            | "LabelUnknown" >> beam.Map(lambda rejection: (window_label(None), rejected_row(rejection))),
+        ) | "AllRejectedRows" >> beam.Flatten()
+        to_global = beam_window.GlobalWindows()
+        return {
+            "scores": scored
+            | "LabelScores" >> beam.ParDo(_LabelByWindow())
+            | "ScoresToGlobal" >> beam.WindowInto(to_global),
+            "windows": statistics | "WindowsToGlobal" >> beam.WindowInto(to_global),
+            REJECTED: rejected_rows,
+        }
+
+
+def rejected_row(rejection: Rejected) -> dict[str, Any]:
+    """A rejected-table row, counting the rejection by stage and reason for the run's reconciliation."""
+    Metrics.counter("gradwatch", f"rejected/{rejection.stage}/{rejection.reason}").inc()
+    return {
+        "uri": rejection.uri,
+        "event_time": rejection.event_time,
+        "segment": rejection.segment,
+        "stage": rejection.stage,
+        "reason": rejection.reason,
+        "error": rejection.error,
+    }
+
+
+class _LabelByWindow(beam.DoFn):
+    """Row (or rejection) -> (its window's partition label, row)."""
+
+    def process(self, element: Any, window: beam_window.IntervalWindow = beam.DoFn.WindowParam):
+        row = rejected_row(element) if isinstance(element, Rejected) else element
+        yield window_label(window.start.to_utc_datetime(has_tz=True)), row
+
+
+class _LabelWindowRows(beam.DoFn):
+    def __init__(self, model_id: str) -> None:
+        self._model_id = model_id
+
+    def process(self, element, window: beam_window.IntervalWindow = beam.DoFn.WindowParam):
+        segment, accumulator = element
+        label = window_label(window.start.to_utc_datetime(has_tz=True))
+        for row in window_rows(segment, accumulator, window.end.to_utc_datetime(has_tz=True), self._model_id):
+            yield label, row

@@ -3,12 +3,14 @@
 from scoring.decoding import DECODERS
 from scoring.errors import DecoderUnavailableError, GradwatchError, ImageDecodeError, ModelSpecError
 from scoring.images import Preprocessing, decode_image
-from scoring.models import LoadedModel, load_model
-from scoring.scorer import PRECISIONS, Scorer, load_scorer, resolve_device
+from scoring.models import DEFAULT_MODEL, LoadedModel, load_model
+from scoring.scorer import Scorer, load_scorer, resolve_device
 from scoring.scores import HeadOutputs, Score, decision_scores, register, registered_scores
+from scoring.settings import PRECISIONS, ScoringSettings
 
 __all__ = [
     "DECODERS",
+    "DEFAULT_MODEL",
     "PRECISIONS",
     "DecoderUnavailableError",
     "GradwatchError",
@@ -19,6 +21,7 @@ __all__ = [
     "Preprocessing",
     "Score",
     "Scorer",
+    "ScoringSettings",
     "decision_scores",
     "decode_image",
     "load_model",

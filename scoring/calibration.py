@@ -1,26 +1,33 @@
-"""Calibration on healthy reference images: thresholds, references, and a checked false-alarm rate.
+"""Calibration on healthy reference images: thresholds, fitted window tests, and a checked false-alarm rate.
 
-The reference is split once: thresholds and reference samples come from the calibration part, and
-healthy windows resampled from the held-out part measure the false-alarm rate the decision rule really
-has, so what is reported is what was checked.
+The reference is split once: thresholds, reference samples and every window test's fitted state come from the
+calibration part, and healthy windows resampled from the held-out part measure the false-alarm rate the decision
+rule really has, so what is reported is what was checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from scoring.drift import ScoreReference, WindowDecision, decide_window
-from scoring.scores import decision_scores
+from scoring.drift import WindowDecision, decide_window
+from scoring.references import ScoreReference, score_reference
+from scoring.scores import decision_scores, registered_scores
 from scoring.separation import aupr_in, aupr_out, auroc, fpr_at_tpr
+from scoring.settings import RECORDED_BEFORE
+from scoring.window_tests import registered_window_tests, window_test
 
-CALIBRATION_FORMAT = "gradwatch.calibration/1"
+CALIBRATION_FORMAT = "gradwatch.calibration/2"
+# Format 1, written before window tests were registered, tested KS and the beta-binomial test (named "binomial").
+_FORMAT_1 = "gradwatch.calibration/1"
+_FORMAT_1_TESTS = ("beta_binomial", "ks")  # in the registry's order, as a new calibration fits them
 # An AUROC below this on a validation set means the score barely tells that shift from healthy images.
 WEAK_AUROC = 0.7
 
@@ -44,6 +51,10 @@ class CalibrationConfig:
     check_window_sizes: tuple[int, ...] = (50, 100, 250)
     # Reference samples above this size are subsampled: KS power saturates and the JSON stays small.
     max_reference_sample: int = 20_000
+    # Share of the reference that scores fitted on it learn from (at most max_fit_images): those images are left
+    # out of thresholds and the false-alarm check, since a fitted score looks healthier on what it learned from.
+    fit_share: float = 0.3
+    max_fit_images: int = 2_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,6 +66,14 @@ class CalibrationConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.min_window < 1:
             raise ValueError(f"min_window must be at least 1, got {self.min_window}")
+        if not 0 < self.fit_share < 1:
+            raise ValueError(f"fit_share must be in (0, 1), got {self.fit_share}")
+
+    def fits_on(self, image_ids: Iterable[str]) -> set[str]:
+        """The images fitted scores learn from: ``fit_share`` of them, chosen by their ids' hashes, so that every
+        process and every run on the same reference picks the same ones."""
+        ordered = sorted(set(image_ids), key=lambda image_id: hashlib.sha256(image_id.encode()).digest())
+        return set(ordered[: min(self.max_fit_images, round(len(ordered) * self.fit_share))])
 
 
 @dataclass(frozen=True)
@@ -96,17 +115,25 @@ class Calibration:
     separation: list[Separation] = field(default_factory=list)
     recommended_score: str | None = None
     warnings: list[str] = field(default_factory=list)
-    # The network's precision when the reference was scored: fp16/bf16 shift scores, so thresholds hold for it only.
-    precision: str = "fp32"
-    # Who decoded the reference's JPEGs: nvJPEG upsamples 4:2:0 chroma unlike libjpeg, moving scores by up to 4%.
-    decoder: str = "host"
+    # The settings that move scores (ScoringSettings.recorded()): thresholds hold for windows scored with them only.
+    scoring: dict[str, Any] = field(default_factory=lambda: dict(RECORDED_BEFORE))
+    # What each score fitted on the reference learned there; monitoring computes those scores with it.
+    fitted_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def scores(self) -> list[str]:
         return list(self.references[""])
 
+    @property
+    def tests(self) -> list[str]:
+        """The window tests every window is decided with."""
+        return list(next(iter(self.references[""].values())).tests)
+
+    def reference(self, score: str, segment: str = "") -> ScoreReference:
+        return (self.references.get(segment) or self.references[""])[score]
+
     def threshold(self, score: str, segment: str = "") -> float:
-        return (self.references.get(segment) or self.references[""])[score].threshold
+        return self.reference(score, segment).threshold
 
     def decide(self, window: Mapping[str, Mapping[str, np.ndarray]]) -> WindowDecision:
         """The drift decision for a window: segment -> score -> per-image scores."""
@@ -117,21 +144,14 @@ class Calibration:
             {
                 "format": CALIBRATION_FORMAT,
                 "model_id": self.model_id,
-                "precision": self.precision,
-                "decoder": self.decoder,
+                "scoring": self.scoring,
                 "config": {**asdict(self.config), "check_window_sizes": list(self.config.check_window_sizes)},
                 "reference_images": self.reference_images,
                 "references": {
-                    segment: {
-                        name: {
-                            "threshold": ref.threshold,
-                            "expected_ood_rate": ref.expected_ood_rate,
-                            "sample": ref.sample.tolist(),
-                        }
-                        for name, ref in scores.items()
-                    }
+                    segment: {name: reference.to_dict() for name, reference in scores.items()}
                     for segment, scores in self.references.items()
                 },
+                "fitted_scores": self.fitted_scores,
                 "false_alarm_checks": [asdict(check) for check in self.false_alarm_checks],
                 "separation": [asdict(entry) for entry in self.separation],
                 "recommended_score": self.recommended_score,
@@ -141,28 +161,32 @@ class Calibration:
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
+        """Read a calibration document of this format, or of format 1, whose tests are fitted again as they were."""
         document = json.loads(text)
-        if document.get("format") != CALIBRATION_FORMAT:
+        found = document.get("format")
+        if found not in (CALIBRATION_FORMAT, _FORMAT_1):
             raise ValueError(
-                f"not a gradwatch calibration of format {CALIBRATION_FORMAT!r} (got {document.get('format')!r}); "
+                f"not a gradwatch calibration of format {CALIBRATION_FORMAT!r} (got {found!r}); "
                 "recalibrate with this version of gradwatch"
             )
+        known = {option.name for option in dataclasses.fields(CalibrationConfig)}
         config = CalibrationConfig(
-            **{**document["config"], "check_window_sizes": tuple(document["config"]["check_window_sizes"])}
+            **{key: value for key, value in document["config"].items() if key in known and key != "check_window_sizes"},
+            check_window_sizes=tuple(document["config"]["check_window_sizes"]),
         )
         references = {
-            segment: {
-                name: ScoreReference(name, ref["threshold"], ref["expected_ood_rate"], np.asarray(ref["sample"]))
-                for name, ref in scores.items()
-            }
+            segment: {name: ScoreReference.from_dict(name, entry) for name, entry in scores.items()}
             for segment, scores in document["references"].items()
         }
+        if found == _FORMAT_1:
+            references = {
+                segment: {name: fit_tests(reference, _FORMAT_1_TESTS) for name, reference in scores.items()}
+                for segment, scores in references.items()
+            }
+        # Format 1 kept precision and decoder at the top level, or (earlier still) not at all.
+        scoring = document.get("scoring") or {name: document[name] for name in RECORDED_BEFORE if name in document}
         return cls(
             model_id=document["model_id"],
-            # Calibrations written before precision was recorded were all scored in fp32.
-            precision=document.get("precision", "fp32"),
-            # ... and decoded on the host.
-            decoder=document.get("decoder", "host"),
             config=config,
             references=references,
             reference_images=document["reference_images"],
@@ -170,16 +194,14 @@ class Calibration:
             separation=[Separation(**entry) for entry in document["separation"]],
             recommended_score=document["recommended_score"],
             warnings=document["warnings"],
+            scoring={**RECORDED_BEFORE, **scoring},
+            fitted_scores=document.get("fitted_scores", {}),
         )
 
 
-def score_reference(score: str, values: np.ndarray, tpr: float) -> ScoreReference:
-    """Threshold at ``tpr``: the largest value with at least ``tpr`` of the reference at or above it."""
-    ordered = np.sort(np.asarray(values, np.float64))
-    if ordered.size == 0 or not np.isfinite(ordered).all():
-        raise ValueError(f"reference scores of {score!r} must be non-empty and finite")
-    threshold = float(ordered[math.floor(ordered.size * (1 - tpr) + 1e-9)])
-    return ScoreReference(score, threshold, float(np.mean(ordered < threshold)), ordered)
+def fit_tests(reference: ScoreReference, tests: Iterable[str]) -> ScoreReference:
+    """The reference with each named window test fitted on it."""
+    return replace(reference, tests={name: window_test(name).fit(reference) for name in tests})
 
 
 def calibrate(
@@ -190,8 +212,9 @@ def calibrate(
     validation: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     primary_score: str = "gradnorm",
     config: CalibrationConfig = CalibrationConfig(),
-    precision: str = "fp32",
-    decoder: str = "host",
+    scoring: Mapping[str, Any] | None = None,
+    fitted_scores: Mapping[str, dict[str, Any]] | None = None,
+    tests: Sequence[str] | None = None,
 ) -> Calibration:
     """Calibrate thresholds and references on healthy images, and check the false-alarm rate.
 
@@ -202,13 +225,18 @@ def calibrate(
         validation: dataset name -> score name -> scores of known-shifted images, for the guardrail.
         primary_score: the score the operator leads with; a warning says when it is weak.
         config: see :class:`CalibrationConfig`.
-        precision: the network's precision when the scores were computed; monitoring refuses any other.
-        decoder: where the images were decoded ("host" or "device"); monitoring refuses any other.
+        scoring: the score-defining settings the reference was scored with (``ScoringSettings.recorded()``);
+            monitoring refuses windows scored otherwise. Default: the defaults.
+        fitted_scores: what fitted scores learned on the fit part of the reference, which ``reference`` must not
+            include (see :meth:`CalibrationConfig.fits_on`).
+        tests: the window tests to fit on every score; default: every registered one.
 
     Returns:
         The calibration, with its false-alarm check and, given validation sets, the separation table.
     """
     names = [name for name in decision_scores() if name in reference]
+    tests = list(tests if tests is not None else registered_window_tests())
+    directions = {name: registered_scores()[name].higher_is_in_distribution for name in names}
     if not names:
         raise ValueError(f"reference has none of the decision scores {decision_scores()}; pass the scores table")
     count = len(reference[names[0]])
@@ -230,7 +258,13 @@ def calibrate(
     def references_for(indices: np.ndarray) -> dict[str, ScoreReference]:
         if indices.size > config.max_reference_sample:
             indices = rng.choice(indices, config.max_reference_sample, replace=False)
-        return {name: score_reference(name, columns[name][indices], config.tpr) for name in names}
+        return {
+            name: fit_tests(
+                score_reference(name, columns[name][indices], config.tpr, higher_is_in_distribution=directions[name]),
+                tests,
+            )
+            for name in names
+        }
 
     references = {"": references_for(calibration_part)}
     for segment in sorted(set(segment_of[calibration_part]) - {""}):
@@ -253,8 +287,18 @@ def calibrate(
                 f"realized false-alarm rate {check.rate:.3f} at window size {check.window_size} exceeds twice "
                 f"alpha={config.alpha}: the reference may not represent production; calibrate on more images"
             )
+    scored_with = {**RECORDED_BEFORE, **(scoring or {})}
     return Calibration(
-        model_id, config, references, count, checks, separation, recommended, warnings, precision, decoder
+        model_id,
+        config,
+        references,
+        count,
+        checks,
+        separation,
+        recommended,
+        warnings,
+        scored_with,
+        dict(fitted_scores or {}),
     )
 
 
@@ -287,15 +331,16 @@ def _separation(
     table = []
     for dataset, scores in validation.items():
         for name, reference in references.items():
-            shifted = np.asarray(scores[name], np.float64)
+            # Oriented so that higher is in distribution, as the separation measures read scores.
+            healthy, shifted = reference.oriented(reference.sample), reference.oriented(scores[name])
             table.append(
                 Separation(
                     name,
                     dataset,
-                    auroc(reference.sample, shifted),
-                    fpr_at_tpr(reference.sample, shifted),
-                    aupr_in(reference.sample, shifted),
-                    aupr_out(reference.sample, shifted),
+                    auroc(healthy, shifted),
+                    fpr_at_tpr(healthy, shifted),
+                    aupr_in(healthy, shifted),
+                    aupr_out(healthy, shifted),
                 )
             )
     return table

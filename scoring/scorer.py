@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from scoring.decoding import DECODERS, Decoder, DeviceJpegDecoder
+from scoring.decoding import DeviceJpegDecoder
 from scoring.errors import ImageDecodeError, ModelSpecError
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.models import LoadedModel, load_model
-from scoring.scores import HeadOutputs, registered_scores
+from scoring.scores import HeadOutputs, computable_scores, registered_scores
+from scoring.settings import ScoringSettings
 
 _LOG = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 # Autocast dtypes of the reduced precisions. On EfficientNet-Lite0 over 1000 ImageNet samples (CPU autocast),
 # fp16 moves GradNorm by at most 4.7e-3 relative (median 6.5e-4) and bf16 by up to 4.7e-2 (median 5.5e-3):
@@ -76,54 +75,41 @@ class Scorer:
     def __init__(
         self,
         loaded: LoadedModel,
+        settings: ScoringSettings = ScoringSettings(),
         *,
-        device: str | torch.device = "auto",
-        temperature: float = 1.0,
+        fitted_scores: Mapping[str, Any] | None = None,
         forward_chunk: int | None = None,
-        precision: Precision = "fp32",
-        compile: bool = False,
-        decoder: Decoder = "host",
         decode_threads: int | None = None,
     ) -> None:
         """Put the model on its device, channels-last, and optionally compile it.
 
         Args:
-            loaded: from :func:`scoring.models.load_model`.
-            device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...
-            temperature: T of GradNorm and Energy.
+            loaded: from :func:`scoring.models.load_model` (``settings.model`` names it).
+            settings: device, precision, decoder, temperature and compile, as :class:`ScoringSettings` checks them.
+                ``fp16``/``bf16`` run the network under autocast; a chunk in which any features or logits
+                overflow half precision is scored again in fp32, and the scores are always computed in float64
+                from the head's outputs. ``decoder="device"`` decodes JPEGs in :meth:`score_encoded` with
+                torchvision on the scorer's device (nvJPEG on a GPU); other formats and any image it fails on go
+                to the host path.
+            fitted_scores: what the scores that learn from a reference learned there (:meth:`fit_scores`), by
+                name; a fitted score without its state is not computed.
             forward_chunk: most images per forward pass, whatever the batch size; default
                 ``CPU_FORWARD_CHUNK`` on a CPU and the whole batch on an accelerator.
-            precision: ``fp32``; ``fp16`` or ``bf16`` to run the network under autocast (tensor cores on a
-                GPU). fp16 keeps scores within 5e-3 of fp32, bf16 within a few percent; a chunk in which
-                any features or logits overflow half precision is scored again in fp32. The scores are
-                always computed in float64 from the head's outputs.
-            compile: run the network through ``torch.compile``: faster on a GPU after a first batch that
-                compiles it (tens of seconds), and again for each new batch shape.
-            decoder: how :meth:`score_encoded` decodes: ``host`` (Pillow on host threads), or ``device``
-                (JPEGs with torchvision on the scorer's device, nvJPEG on a GPU; other formats and any
-                image it fails on go to the host path). Needs torchvision.
             decode_threads: host decoding threads of :meth:`score_encoded`; default: the cores this process
                 may use (at most ``MAX_DECODE_THREADS``) beside an accelerator, torch's intra-op thread count
                 on a CPU (decoding and the network share it).
         """
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if forward_chunk is not None and forward_chunk < 1:
             raise ValueError(f"forward_chunk must be at least 1, got {forward_chunk}")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if decode_threads is not None and decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         self._loaded = loaded
-        self.device = resolve_device(device)
-        self.temperature = temperature
+        self.settings = settings
+        self.device = resolve_device(settings.device)
         self.forward_chunk = forward_chunk or (CPU_FORWARD_CHUNK if self.device.type == "cpu" else None)
-        self.precision = precision
         # Channels-last convolutions are about twice as fast on CPU (oneDNN) and on tensor cores.
         loaded.module.to(self.device, memory_format=torch.channels_last)
-        if compile:
+        if settings.compile:
             if isinstance(loaded.module, torch.jit.ScriptModule):
                 raise ModelSpecError(
                     f"{loaded.model_id} is a TorchScript model, which torch.compile cannot compile; "
@@ -131,8 +117,11 @@ class Scorer:
                 )
             # In place, so the head's capture hook stays on the module that runs.
             loaded.module.compile()
-        self._scores = registered_scores()
-        self._device_decoder = DeviceJpegDecoder(loaded.preprocessing, self.device) if decoder == "device" else None
+        self._fitted_scores = dict(fitted_scores or {})
+        self._scores = computable_scores(self._fitted_scores)
+        self._device_decoder = (
+            DeviceJpegDecoder(loaded.preprocessing, self.device) if settings.decoder == "device" else None
+        )
         if decode_threads is None:
             usable_cores = min(len(os.sched_getaffinity(0)), MAX_DECODE_THREADS)
             decode_threads = torch.get_num_threads() if self.device.type == "cpu" else usable_cores
@@ -235,6 +224,33 @@ class Scorer:
             self._store(*queued, results)
         return results  # type: ignore[return-value]  # every slot is filled above
 
+    def fit_scores(self, images: Sequence[bytes], *, sources: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Fit every registered score that learns from a reference, on these images' head outputs.
+
+        Images that do not decode are left out (the pipeline rejects them, with their reason, when it scores them).
+
+        Returns:
+            Each fitted score's state by name, for ``fitted_scores``; empty when no registered score learns.
+        """
+        learning = {name: score for name, score in registered_scores().items() if score.fit is not None}
+        if not learning:
+            return {}
+        features, logits = [], []
+        rejected: list[ImageScores | ImageDecodeError | None] = [None] * len(images)
+        for _, tensors in self._decoded_groups(images, sources, rejected):
+            batch = self._stack(tensors).to(self.device, memory_format=torch.channels_last)
+            with torch.inference_mode():
+                for chunk in batch.split(self.forward_chunk or len(batch)):
+                    chunk_features, chunk_logits = self._forward(chunk)
+                    if not (torch.isfinite(chunk_features).all() and torch.isfinite(chunk_logits).all()):
+                        chunk_features, chunk_logits = self._loaded.forward_to_head(chunk)
+                    features.append(chunk_features.double().cpu())
+                    logits.append(chunk_logits.double().cpu())
+        if not features:
+            raise ValueError(f"none of the {len(images)} images to fit scores on decodes; see why with gradwatch score")
+        head = HeadOutputs(torch.cat(features), torch.cat(logits), self.settings.temperature)
+        return {name: score.fit(head) for name, score in learning.items()}
+
     def _launch(self, batch: torch.Tensor) -> _Queued:
         """Queue the forward pass, the scores and their copy to the host, without waiting for the device."""
         if batch.ndim != 4 or len(batch) == 0:
@@ -249,7 +265,7 @@ class Scorer:
             chunks = batch.split(self.forward_chunk or len(batch))
             heads = [self._forward(chunk) for chunk in chunks]
             finite = None
-            if self.precision != "fp32":
+            if self.settings.precision != "fp32":
                 # fp16 tops out at 65504: an activation past it is inf, and that image's scores would be nan.
                 # Checked once the device is done, so the check costs no wait.
                 finite = torch.stack([torch.isfinite(f).all() & torch.isfinite(z).all() for f, z in heads])
@@ -280,8 +296,8 @@ class Scorer:
         logits = torch.cat([logits for _, logits in heads])
         # float64 for the few N x C operations after the network: they are cheap next to the forward
         # pass, and C·p - 1 near a uniform softmax needs the digits.
-        head = HeadOutputs(features.double(), logits.double(), self.temperature)
-        columns = {name: score.compute(head) for name, score in self._scores.items()}
+        head = HeadOutputs(features.double(), logits.double(), self.settings.temperature)
+        columns = {name: score(head, self._fitted_scores) for name, score in self._scores.items()}
         columns["pred"] = logits.argmax(dim=1)
         return columns
 
@@ -398,9 +414,9 @@ class Scorer:
             return self._device_pool
 
     def _forward(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.precision == "fp32":
+        if self.settings.precision == "fp32":
             return self._loaded.forward_to_head(chunk)
-        with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision]):
+        with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.settings.precision]):
             return self._loaded.forward_to_head(chunk)
 
 
@@ -416,47 +432,37 @@ class _Queued:
 
 
 def load_scorer(
-    spec: str = "efficientnet-lite0",
+    settings: ScoringSettings | str = ScoringSettings(),
     *,
-    device: str | torch.device = "auto",
-    temperature: float = 1.0,
     head: str | None = None,
     weights: str | os.PathLike | None = None,
     preprocessing: Preprocessing | None = None,
+    fitted_scores: Mapping[str, Any] | None = None,
     forward_chunk: int | None = None,
-    precision: Precision = "fp32",
-    compile: bool = False,
-    decoder: Decoder = "host",
     decode_threads: int | None = None,
+    **changes: Any,
 ) -> Scorer:
-    """Load a model by spec and wrap it in a :class:`Scorer`.
+    """Load the model the settings name and wrap it in a :class:`Scorer`.
 
     Args:
-        spec: ``"efficientnet-lite0"`` (default), a TorchScript file, ``"module.path:factory"``,
-            ``"torchvision:NAME"`` or ``"timm:NAME"``, with ``?head=...&weights=...`` options; see
-            :mod:`scoring.models`.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        temperature: T of GradNorm and Energy; the GradNorm paper uses 1.
+        settings: the scoring settings, or just a model spec (``"efficientnet-lite0"``, a TorchScript or
+            ``.pt2`` file, ``"module.path:factory"``, ``"torchvision:NAME"``, ``"timm:NAME"``, with
+            ``?head=...&weights=...`` options; see :mod:`scoring.models`).
         head: dotted name of the final nn.Linear when the last one is not the classifier.
         weights: a state dict file for the architecture.
         preprocessing: replaces the model's own input pipeline.
+        fitted_scores: what fitted scores learned on a reference; see :class:`Scorer`.
         forward_chunk: most images per forward pass; see :class:`Scorer`.
-        precision: ``fp32``, or ``fp16``/``bf16`` autocast of the network; see :class:`Scorer`.
-        compile: run the network through ``torch.compile``; see :class:`Scorer`.
-        decoder: ``host`` or ``device`` decoding in :meth:`Scorer.score_encoded`.
         decode_threads: host decoding threads of :meth:`Scorer.score_encoded`.
+        changes: :class:`ScoringSettings` fields to replace, e.g. ``device="cpu"``, ``precision="fp16"``.
 
     Returns:
         A ready scorer.
     """
-    loaded = load_model(spec, head=head, weights=weights, preprocessing=preprocessing)
+    if isinstance(settings, str):
+        settings = ScoringSettings(model=settings)
+    settings = dataclasses.replace(settings, **changes)
+    loaded = load_model(settings.model, head=head, weights=weights, preprocessing=preprocessing)
     return Scorer(
-        loaded,
-        device=device,
-        temperature=temperature,
-        forward_chunk=forward_chunk,
-        precision=precision,
-        compile=compile,
-        decoder=decoder,
-        decode_threads=decode_threads,
+        loaded, settings, fitted_scores=fitted_scores, forward_chunk=forward_chunk, decode_threads=decode_threads
     )

@@ -1,6 +1,7 @@
 """How well a score separates in-distribution from shifted images: AUROC, FPR at a target TPR, AUPR.
 
-Scores are read with in-distribution high, as every registered score is.
+Scores are read with in-distribution high: callers orient a score that is low in distribution first
+(``ScoreReference.oriented``).
 """
 
 from __future__ import annotations

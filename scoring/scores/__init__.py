@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -54,29 +55,42 @@ class Score:
 
     Attributes:
         name: the column name in every output.
-        compute: maps a batch's head outputs to an (N,) tensor.
-        higher_is_in_distribution: the direction drift tests and thresholds read it in.
+        compute: maps a batch's head outputs to an (N,) tensor; a fitted score's also takes what ``fit`` learned.
+        higher_is_in_distribution: the direction thresholds, tests and separation read it in: an image is out of
+            distribution below its threshold when True, above it when False.
         diagnostic: True for factors shown to people but never used in a drift decision.
+        fit: for a score that learns statistics of the reference (a feature mean, a percentile): maps the
+            reference's head outputs to a JSON-serialisable state, kept with the calibration and handed to
+            ``compute`` wherever the score is computed. None for scores of the head outputs alone.
     """
 
     name: str
-    compute: Callable[[HeadOutputs], torch.Tensor]
+    compute: Callable[..., torch.Tensor]
     higher_is_in_distribution: bool = True
     diagnostic: bool = False
+    fit: Callable[[HeadOutputs], dict[str, Any]] | None = None
+
+    def __call__(self, head: HeadOutputs, fitted_scores: Mapping[str, Any]) -> torch.Tensor:
+        """The score of a batch, given what every fitted score learned (by name)."""
+        return self.compute(head) if self.fit is None else self.compute(head, fitted_scores[self.name])
 
 
 _REGISTRY: dict[str, Score] = {}
 
 
 def register(
-    name: str, *, higher_is_in_distribution: bool = True, diagnostic: bool = False
-) -> Callable[[Callable[[HeadOutputs], torch.Tensor]], Callable[[HeadOutputs], torch.Tensor]]:
-    """Decorator registering ``compute`` as the score ``name``."""
+    name: str,
+    *,
+    higher_is_in_distribution: bool = True,
+    diagnostic: bool = False,
+    fit: Callable[[HeadOutputs], dict[str, Any]] | None = None,
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator registering ``compute`` as the score ``name``; see :class:`Score` for the options."""
 
-    def add(compute: Callable[[HeadOutputs], torch.Tensor]) -> Callable[[HeadOutputs], torch.Tensor]:
+    def add(compute: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"score {name!r} is registered twice; rename one of them")
-        _REGISTRY[name] = Score(name, compute, higher_is_in_distribution, diagnostic)
+        _REGISTRY[name] = Score(name, compute, higher_is_in_distribution, diagnostic, fit)
         return compute
 
     return add
@@ -85,6 +99,11 @@ def register(
 def registered_scores() -> dict[str, Score]:
     """Every registered score by name, in the order of their modules' names."""
     return dict(_REGISTRY)
+
+
+def computable_scores(fitted_scores: Mapping[str, Any]) -> dict[str, Score]:
+    """The registered scores that can be computed: all but the fitted ones that have not been fitted."""
+    return {name: score for name, score in _REGISTRY.items() if score.fit is None or name in fitted_scores}
 
 
 def decision_scores() -> list[str]:

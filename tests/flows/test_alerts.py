@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.alerts import (
-    SECRET_ENV,
-    Alert,
-    AlertConfigError,
-    AlertPolicy,
-    Outbox,
-    deliver_pending,
-    targets_from,
-    verify,
-)
+from flows.alerts import SECRET_ENV, Alert, AlertConfigError, Outbox, deliver_pending, targets_from, verify
+from flows.monitor.paging import AlertPolicy
+from pipelines.store import OutputStore
 from tests.flows.conftest import free_port
 from tests.flows.receiver import Receiver
 
@@ -43,7 +36,7 @@ def _alert(kind: str = "drift", hour: int = 13, segment: str = "cam-1", reminder
 
 
 def test_signed_webhook_verifies(tmp_path: Path, receiver: Receiver) -> None:
-    outbox = Outbox(tmp_path)
+    outbox = Outbox(OutputStore(str(tmp_path)))
     assert outbox.add(_alert())
     assert deliver_pending(outbox, targets_from([receiver.url], [])) == (1, 0)
     (post,) = receiver.received
@@ -53,13 +46,13 @@ def test_signed_webhook_verifies(tmp_path: Path, receiver: Receiver) -> None:
     assert not verify(
         SECRET, str(int(headers["X-Gradwatch-Timestamp"]) - 3600), post["body"], headers["X-Gradwatch-Signature"]
     )
-    assert post["json"]["schema"] == "gradwatch.alert/1"
+    assert post["json"]["schema"] == "gradwatch.alert/2"
     assert post["json"]["alert_id"] == headers["X-Gradwatch-Alert-Id"]
     assert SECRET not in post["body"].decode()
 
 
 def test_receiver_down_or_failing_gets_it_later_exactly_once(tmp_path: Path, receiver: Receiver) -> None:
-    outbox = Outbox(tmp_path)
+    outbox = Outbox(OutputStore(str(tmp_path)))
     outbox.add(_alert())
     down = targets_from([f"http://127.0.0.1:{free_port()}/hook"], [])
     assert deliver_pending(outbox, down, attempts=2, backoff_s=0.01) == (0, 1)
@@ -74,7 +67,7 @@ def test_receiver_down_or_failing_gets_it_later_exactly_once(tmp_path: Path, rec
 
 
 def test_rerun_of_a_window_never_pages_twice(tmp_path: Path, receiver: Receiver) -> None:
-    outbox = Outbox(tmp_path)
+    outbox = Outbox(OutputStore(str(tmp_path)))
     targets = targets_from([receiver.url], [])
     assert outbox.add(_alert())
     deliver_pending(outbox, targets)
@@ -86,7 +79,7 @@ def test_rerun_of_a_window_never_pages_twice(tmp_path: Path, receiver: Receiver)
 def test_slack_and_webhook_targets_together(tmp_path: Path, receiver: Receiver) -> None:
     slack = Receiver()
     try:
-        outbox = Outbox(tmp_path)
+        outbox = Outbox(OutputStore(str(tmp_path)))
         outbox.add(_alert("no_data", segment="dock"))
         assert deliver_pending(outbox, targets_from([receiver.url], [slack.url])) == (1, 0)
         (message,) = slack.received
@@ -98,13 +91,13 @@ def test_slack_and_webhook_targets_together(tmp_path: Path, receiver: Receiver) 
 
 
 def test_drift_pages_once_reminds_then_recovers(tmp_path: Path) -> None:
-    policy = AlertPolicy(tmp_path, reminder_every=3 * HOUR)
+    policy = AlertPolicy(OutputStore(str(tmp_path)), reminder_every=3 * HOUR)
     start = dt.datetime(2026, 11, 26, 10, tzinfo=dt.UTC)
     sequence = [False, True, True, True, True, True, False, False]
     sent = [policy.on_decision("cam", start + i * HOUR, drift) for i, drift in enumerate(sequence)]
     assert sent == [(None, 0), ("drift", 0), (None, 0), (None, 0), ("drift", 1), (None, 0), ("recovered", 0), (None, 0)]
     policy.save()
-    reloaded = AlertPolicy(tmp_path, reminder_every=3 * HOUR)
+    reloaded = AlertPolicy(OutputStore(str(tmp_path)), reminder_every=3 * HOUR)
     assert reloaded.on_decision("cam", start + 9 * HOUR, True) == ("drift", 0)
     assert reloaded.on_decision("cam", start + 9 * HOUR, True) == (None, 0)  # the same window again
 
@@ -119,8 +112,29 @@ def test_bad_configuration_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_pending_alerts_go_out_in_time_order(tmp_path: Path, receiver: Receiver) -> None:
-    outbox = Outbox(tmp_path)
+    outbox = Outbox(OutputStore(str(tmp_path)))
     for hour in (14, 12, 13):
         outbox.add(_alert("no_data", hour=hour))
     deliver_pending(outbox, targets_from([receiver.url], []))
     assert [post["json"]["window"]["start"][11:13] for post in receiver.received] == ["12", "13", "14"]
+
+
+def test_a_run_without_targets_leaves_alerts_pending_for_one_that_has_them(tmp_path: Path, receiver: Receiver) -> None:
+    outbox = Outbox(OutputStore(str(tmp_path)))
+    outbox.add(_alert())
+    assert deliver_pending(outbox, []) == (0, 1)  # a backfill without targets: nothing is delivered by default
+    assert deliver_pending(outbox, []) == (0, 1)
+    assert deliver_pending(outbox, targets_from([receiver.url], [])) == (1, 0)
+    assert len(receiver.received) == 1
+
+
+def test_an_alert_delivered_just_before_a_crash_is_not_sent_again(tmp_path: Path, receiver: Receiver) -> None:
+    store = OutputStore(str(tmp_path))
+    outbox = Outbox(store)
+    outbox.add(_alert())
+    targets = targets_from([receiver.url], [])
+    ((name, entry),) = outbox.pending()
+    store.write_alert("delivered", name, {**entry, "delivered_to": [receiver.url]})  # the run died here
+    assert deliver_pending(outbox, targets) == (0, 0)
+    assert receiver.received == []
+    assert outbox.pending() == []

@@ -26,7 +26,7 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
 
 
 def test_demo_alerts_at_the_injected_hour(small_demo: DemoResult) -> None:
-    statuses = [(window["window_start"].hour, window["status"]) for window in small_demo.report.windows]
+    statuses = [(window.window_start.hour, window.status) for window in small_demo.report.windows]
     assert next(hour for hour, status in statuses if status == "drift") in (DRIFT_HOUR, DRIFT_HOUR + 1)
     assert all(status == "ok" for hour, status in statuses if hour < DRIFT_HOUR)
     kinds = [(alert["kind"], int(alert["window"]["start"][11:13])) for alert in small_demo.alerts]
@@ -41,7 +41,7 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="needs Chromium from the OS packages: apt-get install chromium")
 def test_report_renders_in_headless_chromium(small_demo: DemoResult, tmp_path: Path) -> None:
     registry = ThresholdRegistry(f"sqlite:///{(small_demo.workdir / 'mlflow.db').resolve()}")
-    page = write_report(str(small_demo.workdir / "out"), tmp_path / "report.html", registry=registry)
+    page = Path(write_report(str(small_demo.workdir / "out"), str(tmp_path / "report.html"), registry=registry))
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
         "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
@@ -57,7 +57,7 @@ def test_report_renders_in_headless_chromium(small_demo: DemoResult, tmp_path: P
     table = dom[dom.index('<table id="windows">') :]
     table = table[: table.index("</table>")]
     assert table.count("<tr") == 1 + len(small_demo.report.windows)
-    assert table.count('class="drift"') == sum(w["status"] == "drift" for w in small_demo.report.windows)
+    assert table.count('class="drift"') == sum(w.is_drift for w in small_demo.report.windows)
     assert '<div class="strip">' in dom
     assert 'src="data:image/jpeg;base64,' in dom
 
@@ -69,7 +69,7 @@ def test_report_renders_in_headless_chromium(small_demo: DemoResult, tmp_path: P
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
     assert pixels.std() > 20  # charts drawn, not a blank page
 
-    run_id = max(small_demo.report.windows, key=lambda w: w["window_start"])["mlflow_run_id"]
+    run_id = small_demo.report.mlflow_run_id
     logged = {item.path for item in registry.client.list_artifacts(run_id, "report")}
     assert {"report/quantile_bands.png", "report/ood_rates.png"} <= logged
 

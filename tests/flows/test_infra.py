@@ -22,6 +22,7 @@ def test_prefect_yaml_deployments_resolve(prefect_server, monkeypatch) -> None:
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attribute)
         accepted = set(inspect.signature(flow.fn).parameters)
         assert set(deployment["parameters"]) <= accepted, deployment["name"]
+        flow.validate_parameters(deployment["parameters"])  # nested settings are checked as a run would check them
         assert not any("secret" in key.lower() or "password" in key.lower() for key in deployment["parameters"])
         names.add(deployment["name"])
     assert names == {"hourly", "backfill", "calibrate"}
@@ -76,27 +77,20 @@ def test_dockerfiles_copy_what_exists_and_pin_their_bases() -> None:
 def test_beam_presets_construct_valid_pipeline_options() -> None:
     from apache_beam.options.pipeline_options import GoogleCloudOptions, PortableOptions, WorkerOptions
 
-    from pipelines.pipeline import ScoringConfig, pipeline_options, read_options_file
+    from pipelines.settings import PipelineSettings, read_options_file
+
+    def options(runner: str, preset: str):
+        return PipelineSettings(runner=runner, beam_options=read_options_file(presets / preset)).options()
 
     presets = REPO / "infra" / "beam-presets"
-    flink = pipeline_options(
-        ScoringConfig("s3://feed/", "s3://out/", runner="FlinkRunner",
-                      beam_options=read_options_file(presets / "flink.options"))
-    )  # fmt: skip
+    flink = options("FlinkRunner", "flink.options")
     assert flink.get_all_options()["flink_master"] == "flink-jobmanager:8081"
     assert flink.view_as(PortableOptions).environment_type == "DOCKER"
     for preset in ("dataflow-gpu.options", "dataflow-cpu.options"):
-        options = pipeline_options(
-            ScoringConfig("gs://feed/", "gs://out/", runner="DataflowRunner",
-                          beam_options=read_options_file(presets / preset))
-        )  # fmt: skip
-        google = options.view_as(GoogleCloudOptions)
+        dataflow = options("DataflowRunner", preset)
+        google = dataflow.view_as(GoogleCloudOptions)
         assert (google.project, google.region) == ("acme-vision", "europe-west4")
-        assert options.view_as(WorkerOptions).sdk_container_image.endswith(":0.1.0")
-    gpu = pipeline_options(
-        ScoringConfig("gs://feed/", "gs://out/", runner="DataflowRunner",
-                      beam_options=read_options_file(presets / "dataflow-gpu.options"))
-    )  # fmt: skip
-    assert gpu.view_as(GoogleCloudOptions).dataflow_service_options == [
+        assert dataflow.view_as(WorkerOptions).sdk_container_image.endswith(":0.1.0")
+    assert options("DataflowRunner", "dataflow-gpu.options").view_as(GoogleCloudOptions).dataflow_service_options == [
         "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
     ]

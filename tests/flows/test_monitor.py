@@ -14,7 +14,8 @@ from flows.alerts import SECRET_ENV, verify
 from flows.calibrate import calibrate_reference
 from flows.monitor import MonitorConfig, run_monitor
 from flows.registry import NoApprovedThresholdError, ThresholdModelMismatchError, ThresholdRegistry
-from pipelines.outputs import read_table
+from pipelines.store import OutputStore
+from scoring import ScoringSettings
 from scoring.calibration import CalibrationConfig
 from tests.flows.receiver import Receiver
 
@@ -50,7 +51,9 @@ def _approve(registry: ThresholdRegistry, tmp_path: Path) -> None:
     for index in range(120):
         _noise(tmp_path / "reference" / f"{index}.png", 1000 + index, START - 48 * HOUR)
     config = CalibrationConfig(min_window=20, check_windows=50, check_window_sizes=(20,))
-    version, _ = calibrate_reference(str(tmp_path / "reference"), registry=registry, model=TINY, config=config)
+    version, _ = calibrate_reference(
+        str(tmp_path / "reference"), registry=registry, scoring=ScoringSettings(model=TINY), config=config
+    )
     registry.approve(version.name, version.version, by="test")
 
 
@@ -63,9 +66,11 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
             make(feed / f"h{hour}-{index}.png", 100 * hour + index, START + hour * HOUR + dt.timedelta(minutes=index))
     receiver = Receiver()
     try:
-        config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, webhooks=(receiver.url,))
+        config = MonitorConfig(
+            source=str(feed), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY), webhooks=(receiver.url,)
+        )
         report = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
-        statuses = [(w["window_start"].hour, w["status"]) for w in report.windows]
+        statuses = [(w.window_start.hour, w.status) for w in report.windows]
         assert statuses == [(10, "ok"), (11, "ok"), (12, "drift"), (13, "no_data"), (14, "ok")]
         kinds = [(post["json"]["kind"], post["json"]["window"]["start"][11:13]) for post in receiver.received]
         # The lens-cap frames are also tiny files, which the data-quality gate reports on its own.
@@ -79,7 +84,7 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
             drift["body"],
             drift["headers"]["X-Gradwatch-Signature"],
         )
-        assert all("/h2-" in uri for uri in drift["json"]["lowest_scoring_images"])
+        assert all("/h2-" in uri for uri in drift["json"]["most_out_of_distribution_images"])
         assert drift["json"]["links"]["mlflow_run_id"] == report.mlflow_run_id
 
         again = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
@@ -88,12 +93,12 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
 
         _noise(feed / "late.png", 999, START + HOUR + dt.timedelta(minutes=59))  # a late image for 11:00
         late = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
-        assert [(w["window_start"].hour, w["n"]) for w in late.windows] == [(11, 31)]
+        assert [(w.window_start.hour, w.scored) for w in late.windows] == [(11, 31)]
         assert len(receiver.received) == 4
     finally:
         receiver.close()
 
-    decisions = read_table(str(tmp_path / "out"), "decisions").to_pylist()
+    decisions = OutputStore(str(tmp_path / "out")).read_table("decisions").to_pylist()
     assert sorted((row["window_start"].hour, row["status"]) for row in decisions) == [
         (10, "ok"), (11, "ok"), (12, "drift"), (13, "no_data"), (14, "ok"),
     ]  # fmt: skip
@@ -104,13 +109,14 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
 def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, registry) -> None:
     feed = tmp_path / "feed"
     _noise(feed / "a.png", 1, START)
-    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY)
+    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY))
     with pytest.raises(NoApprovedThresholdError):
         run_monitor(config, registry=registry, now=START + 2 * HOUR)
 
 
 @pytest.mark.parametrize(
-    ("setting", "monitored", "calibrated"), [("precision", "bf16", "fp32"), ("decoder", "device", "host")]
+    ("setting", "monitored", "calibrated"),
+    [("precision", "bf16", "fp32"), ("decoder", "device", "host"), ("temperature", 2.0, 1.0)],
 )
 def test_monitor_refuses_thresholds_calibrated_with_other_settings(
     tmp_path: Path, registry, setting: str, monitored: str, calibrated: str
@@ -118,7 +124,8 @@ def test_monitor_refuses_thresholds_calibrated_with_other_settings(
     _approve(registry, tmp_path)  # in fp32, decoded on the host
     feed = tmp_path / "feed"
     _noise(feed / "a.png", 1, START)
-    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), model=TINY, **{setting: monitored})
+    scoring = ScoringSettings(model=TINY, **{setting: monitored})
+    config = MonitorConfig(source=str(feed), out=str(tmp_path / "out"), scoring=scoring)
     with pytest.raises(ThresholdModelMismatchError, match=f"calibrated with --{setting} {calibrated}"):
         run_monitor(config, registry=registry, now=START + 2 * HOUR)
     assert not (tmp_path / "out" / "scores").exists()
@@ -138,11 +145,11 @@ def test_a_camera_that_stops_while_others_go_on_is_no_data(tmp_path: Path, regis
     (tmp_path / "feed.csv").write_text("\n".join(rows) + "\n")
     receiver = Receiver()
     try:
-        config = MonitorConfig(source=str(tmp_path / "feed.csv"), out=str(tmp_path / "out"), model=TINY,
-                               webhooks=(receiver.url,))  # fmt: skip
+        config = MonitorConfig(source=str(tmp_path / "feed.csv"), out=str(tmp_path / "out"),
+                               scoring=ScoringSettings(model=TINY), webhooks=(receiver.url,))  # fmt: skip
         report = run_monitor(config, registry=registry, now=START + 2 * HOUR + dt.timedelta(minutes=5))
     finally:
         receiver.close()
-    assert [w["status"] for w in report.windows] == ["ok", "ok"]
+    assert [w.status for w in report.windows] == ["ok", "ok"]
     alerts = [(p["json"]["kind"], p["json"]["segment"], p["json"]["window"]["start"][11:13]) for p in receiver.received]
     assert alerts == [("no_data", "cam-b", "11")]

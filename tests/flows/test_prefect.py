@@ -14,7 +14,8 @@ import pytest
 
 from flows.calibrate import calibrate_reference
 from flows.registry import ThresholdRegistry
-from pipelines.outputs import read_table
+from pipelines.store import OutputStore
+from scoring import ScoringSettings
 from scoring.calibration import CalibrationConfig
 from tests.flows.test_monitor import TINY, _noise
 
@@ -31,7 +32,9 @@ def test_deployment_runs_on_a_worker_and_writes_outputs(tmp_path: Path, prefect_
     for index in range(100):
         _noise(tmp_path / "reference" / f"{index}.png", 1000 + index, last_hour - dt.timedelta(days=2))
     config = CalibrationConfig(min_window=20, check_windows=20, check_window_sizes=(20,))
-    version, _ = calibrate_reference(str(tmp_path / "reference"), registry=registry, model=TINY, config=config)
+    version, _ = calibrate_reference(
+        str(tmp_path / "reference"), registry=registry, scoring=ScoringSettings(model=TINY), config=config
+    )
     registry.approve(version.name, version.version, by="test")
     for index in range(25):
         _noise(tmp_path / "feed" / f"{index}.png", index, last_hour + dt.timedelta(minutes=index))
@@ -43,7 +46,7 @@ def test_deployment_runs_on_a_worker_and_writes_outputs(tmp_path: Path, prefect_
     out = tmp_path / "out"
     # until: so an hour turning during the test does not add an empty window.
     until = (last_hour + dt.timedelta(hours=1)).isoformat()
-    parameters = {"source": str(tmp_path / "feed"), "out": str(out), "model": TINY, "until": until}
+    parameters = {"source": str(tmp_path / "feed"), "out": str(out), "scoring": {"model": TINY}, "until": until}
     deployment_id = deploy(name="feed", parameters=parameters, work_pool="gradwatch-test")
     assert _schedules(deployment_id) == ["5 * * * *"]
     assert _pool_type("gradwatch-test") == "process"
@@ -60,9 +63,9 @@ def test_deployment_runs_on_a_worker_and_writes_outputs(tmp_path: Path, prefect_
     output = worker.communicate()[0]
     assert state.is_completed(), f"{state}\n{output[-3000:]}"
 
-    decisions = read_table(str(out), "decisions").to_pylist()
+    decisions = OutputStore(str(out)).read_table("decisions").to_pylist()
     assert [(row["window_start"], row["status"]) for row in decisions] == [(last_hour, "ok")]
-    assert read_table(str(out), "scores").num_rows == 25
+    assert OutputStore(str(out)).read_table("scores").num_rows == 25
 
 
 def _pool_type(name: str) -> str:

@@ -14,9 +14,10 @@ from flows.registry import (
     RegistryUnavailableError,
     ThresholdModelMismatchError,
     ThresholdRegistry,
-    redact,
     registered_model_name,
 )
+from pipelines.redaction import redact
+from scoring import ScoringSettings
 from scoring.calibration import CalibrationConfig, calibrate
 from tests.flows.conftest import free_port
 
@@ -24,23 +25,18 @@ SCORES = ("gradnorm", "energy", "msp", "maxlogit")
 FAST = CalibrationConfig(check_windows=20, check_window_sizes=(50,))
 
 
-def _calibration(model_id: str, seed: int = 0, precision: str = "fp32", decoder: str = "host"):
+def _calibration(model_id: str, seed: int = 0, scoring: ScoringSettings = ScoringSettings()):
     rng = np.random.default_rng(seed)
     base = rng.normal(10, 1, 400)
     scores = {name: base + rng.normal(0, 0.2, 400) for name in SCORES}
-    return calibrate(scores, model_id=model_id, config=FAST, precision=precision, decoder=decoder)
+    return calibrate(scores, model_id=model_id, config=FAST, scoring=scoring.recorded())
 
 
 def _propose(
-    registry: ThresholdRegistry,
-    model: str,
-    model_id: str,
-    seed: int = 0,
-    precision: str = "fp32",
-    decoder: str = "host",
+    registry: ThresholdRegistry, model: str, model_id: str, seed: int = 0, scoring: ScoringSettings = ScoringSettings()
 ):
     return registry.propose(
-        _calibration(model_id, seed, precision, decoder),
+        _calibration(model_id, seed, scoring),
         model_name=model,
         params={"model_spec": model, "reference_source": "s3://feed/reference"},
         artifacts={"plots/empty.png": b"\x89PNG"},
@@ -116,20 +112,20 @@ def test_thresholds_of_other_weights_are_refused(mlflow_server: str) -> None:
 
 @pytest.mark.parametrize(
     ("setting", "calibrated", "monitored", "model"),
-    [("precision", "bf16", "fp32", "gate"), ("decoder", "device", "host", "pier")],
+    [("precision", "bf16", "fp32", "gate"), ("decoder", "device", "host", "pier"), ("temperature", 2.0, 1.0, "quay")],
 )
 def test_thresholds_calibrated_with_other_settings_are_refused(
-    mlflow_server: str, setting: str, calibrated: str, monitored: str, model: str
+    mlflow_server: str, setting: str, calibrated, monitored, model: str
 ) -> None:
     registry = ThresholdRegistry(mlflow_server)
     model_id = f"{model}@ffffffffffff"
-    proposed = _propose(registry, model, model_id, **{setting: calibrated})
+    proposed = _propose(registry, model, model_id, scoring=ScoringSettings(**{setting: calibrated}))
     registry.approve(proposed.name, proposed.version, by="ana")
     with pytest.raises(ThresholdModelMismatchError, match=f"monitor with --{setting} {calibrated}"):
-        registry.load_production(model, model_id, **{setting: monitored})
-    calibration, _ = registry.load_production(model, model_id, **{setting: calibrated})
-    assert getattr(calibration, setting) == calibrated
-    assert getattr(registry.load_production(model, model_id)[0], setting) == calibrated  # None: any
+        registry.load_production(model, model_id, scoring=ScoringSettings(**{setting: monitored}))
+    calibration, _ = registry.load_production(model, model_id, scoring=ScoringSettings(**{setting: calibrated}))
+    assert calibration.scoring[setting] == calibrated
+    assert registry.load_production(model, model_id)[0].scoring[setting] == calibrated  # None: any
 
 
 def test_windows_are_logged_as_steps_of_one_run(mlflow_server: str) -> None:
@@ -173,4 +169,6 @@ def test_embedded_sqlite_default(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_credentials_are_redacted() -> None:
     assert redact("https://user:pw@mlflow.acme.io:5000/x") == "https://mlflow.acme.io:5000/x"
+    assert redact("http://token@host/x and s3://bucket/a@b.jpg") == "http://host/x and s3://bucket/a@b.jpg"
+    assert redact("flink_master=http://u:p@jobmanager:8081") == "flink_master=http://jobmanager:8081"
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"

@@ -15,32 +15,55 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.outputs import read_table
 from pipelines.pipeline import RunSummary, ScoringConfig, count_progress, run_scoring
-from scoring import load_scorer
+from pipelines.settings import PipelineSettings
+from pipelines.store import OutputStore
+from scoring import ScoringSettings, load_scorer
 from tests.pipelines.conftest import TINY, utc, write_image
 from tests.scoring.test_decoding import needs_torchvision
 
 
-def _run(source: Path | str, out: Path, **overrides) -> RunSummary:
-    return run_scoring(ScoringConfig(source=str(source), out=str(out), model=TINY, **overrides))
+def _run(source: Path | str, out: Path, *, workers: int = 1, **scoring) -> RunSummary:
+    return run_scoring(
+        ScoringConfig(
+            source=str(source),
+            out=str(out),
+            scoring=ScoringSettings(model=TINY, **scoring),
+            pipeline=PipelineSettings(workers=workers),
+        )
+    )
+
+
+def _run_in_range(source: Path, out: Path, since, until) -> RunSummary:
+    return run_scoring(
+        ScoringConfig(source=str(source), out=str(out), since=since, until=until, scoring=ScoringSettings(model=TINY))
+    )
 
 
 def _rows(out: Path, table: str, *columns: str) -> list[tuple]:
-    rows = read_table(str(out), table).to_pylist()
+    rows = OutputStore(str(out)).read_table(table).to_pylist()
     return sorted(tuple(row[column] for column in columns) for row in rows)
 
 
 def test_every_listed_image_is_scored_or_rejected(odd_folder: Path, tmp_path: Path) -> None:
     progress = tmp_path / "progress"
     progress.mkdir()
-    summary = _run(odd_folder, tmp_path / "out", progress_dir=str(progress))
+    config = ScoringConfig(
+        source=str(odd_folder),
+        out=str(tmp_path / "out"),
+        scoring=ScoringSettings(model=TINY),
+        progress_dir=str(progress),
+    )
+    summary = run_scoring(config)
     assert count_progress(str(progress)) == summary.listed
     assert (summary.listed, summary.scored) == (11, 8)
     assert summary.rejected == {"decode/empty": 1, "decode/truncated": 1, "decode/not_an_image": 1}
     assert summary.reconciled
     assert summary.windows == 1
-    scores, rejected = read_table(str(tmp_path / "out"), "scores"), read_table(str(tmp_path / "out"), "rejected")
+    scores, rejected = (
+        OutputStore(str(tmp_path / "out")).read_table("scores"),
+        OutputStore(str(tmp_path / "out")).read_table("rejected"),
+    )
     assert scores.num_rows + rejected.num_rows == summary.listed
     assert not any(".hidden" in uri for uri in scores.column("uri").to_pylist())
     reasons = {Path(row["uri"]).name: (row["stage"], row["reason"]) for row in rejected.to_pylist()}
@@ -55,7 +78,7 @@ def test_every_listed_image_is_scored_or_rejected(odd_folder: Path, tmp_path: Pa
 def test_scores_equal_the_scorer_called_directly(odd_folder: Path, tmp_path: Path) -> None:
     _run(odd_folder, tmp_path / "out")
     scorer = load_scorer(TINY, device="cpu")
-    rows = read_table(str(tmp_path / "out"), "scores").to_pylist()
+    rows = OutputStore(str(tmp_path / "out")).read_table("scores").to_pylist()
     direct = scorer.score(torch.stack([scorer.preprocess(row["uri"]) for row in rows]))
     for name in (*scorer.score_names, "pred"):
         np.testing.assert_allclose([row[name] for row in rows], direct[name], rtol=1e-6, err_msg=name)
@@ -88,7 +111,7 @@ def test_windows_at_their_boundaries(tmp_path: Path) -> None:
         (13, "img-2.png"),
         (14, "img-3.png"),
     ]
-    windows = read_table(str(tmp_path / "out"), "windows").to_pylist()
+    windows = OutputStore(str(tmp_path / "out")).read_table("windows").to_pylist()
     gradnorm = sorted(
         (row["window_start"].hour, row["segment"], row["n"]) for row in windows if row["score"] == "gradnorm"
     )
@@ -118,12 +141,12 @@ def test_segments_get_their_own_statistics_and_rejections(tmp_path: Path) -> Non
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     _run(manifest, tmp_path / "out")
-    windows = read_table(str(tmp_path / "out"), "windows").to_pylist()
+    windows = OutputStore(str(tmp_path / "out")).read_table("windows").to_pylist()
     summary = {(row["segment"], row["score"]): (row["n"], row["n_rejected"]) for row in windows}
     assert summary[("cam-a", "gradnorm")] == (3, 0)
     assert summary[("cam-b", "gradnorm")] == (0, 1)
     assert np.isnan([row["mean"] for row in windows if row["segment"] == "cam-b"]).all()
-    scores = read_table(str(tmp_path / "out"), "scores").to_pylist()
+    scores = OutputStore(str(tmp_path / "out")).read_table("scores").to_pylist()
     cam_a = sorted(row["gradnorm"] for row in scores)
     stats = next(row for row in windows if (row["segment"], row["score"]) == ("cam-a", "gradnorm"))
     assert stats["mean"] == pytest.approx(np.mean(cam_a))
@@ -166,7 +189,11 @@ def test_manifest_forms_and_their_bad_rows(form: str, tmp_path: Path) -> None:
         utc("2026-11-26T13:00:00Z"),
         utc("2026-11-26T13:00:00Z"),
     ]
-    unknown = [row for row in read_table(str(tmp_path / "out"), "rejected").to_pylist() if row["window_start"] is None]
+    unknown = [
+        row
+        for row in OutputStore(str(tmp_path / "out")).read_table("rejected").to_pylist()
+        if row["window_start"] is None
+    ]
     assert len(unknown) == sum(manifest_rejections.values())
 
 
@@ -183,7 +210,7 @@ def test_since_until_select_whole_windows(tmp_path: Path) -> None:
         ["2026-11-26T11:59:00Z", "2026-11-26T12:10:00Z", "2026-11-26T13:50:00Z", "2026-11-26T14:00:00Z"]
     ):
         write_image(tmp_path / "feed" / f"{index}.png", index, mtime=utc(when))
-    summary = _run(
+    summary = _run_in_range(
         tmp_path / "feed", tmp_path / "out", since=utc("2026-11-26T12:30:00Z"), until=utc("2026-11-26T13:10:00Z")
     )
     assert (summary.since, summary.until) == (utc("2026-11-26T12:00:00Z"), utc("2026-11-26T14:00:00Z"))

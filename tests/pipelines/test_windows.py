@@ -10,10 +10,10 @@ import pytest
 from datasketches import kll_doubles_sketch
 
 from pipelines.inference import ScorerModelHandler
-from pipelines.records import QUANTILES, window_label
-from pipelines.sources import object_mtime, parse_event_time
-from pipelines.windows import ScoreStats, WindowStatsFn, align_to_windows, parse_window, window_rows
-from scoring import ModelSpecError
+from pipelines.records import QUANTILES
+from pipelines.times import align_to_windows, object_mtime, parse_event_time, parse_window, window_label
+from pipelines.windows import ScoreStats, WindowStatsFn, window_rows
+from scoring import ModelSpecError, ScoringSettings
 from tests.pipelines.conftest import TINY, utc
 
 
@@ -117,7 +117,7 @@ def test_window_labels_have_no_colons() -> None:
 
 
 def test_worker_with_other_weights_refuses_to_score() -> None:
-    handler = ScorerModelHandler(TINY, expected_model_id="build@000000000000", device="cpu")
+    handler = ScorerModelHandler(ScoringSettings(model=TINY, device="cpu"), expected_model_id="build@000000000000")
     with pytest.raises(ModelSpecError, match="deploy the same weights"):
         handler.load_model()
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 32}
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 32}

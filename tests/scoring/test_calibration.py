@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from scoring.calibration import Calibration, CalibrationConfig, calibrate, calibration_summary, score_reference
+from scoring.calibration import Calibration, CalibrationConfig, calibrate, calibration_summary
+from scoring.references import score_reference
 
 SCORES = ("gradnorm", "energy", "msp", "maxlogit")
 FAST = CalibrationConfig(check_windows=100, check_window_sizes=(50,))
@@ -79,16 +80,43 @@ def test_json_round_trip_gives_the_same_decisions() -> None:
     assert calibration_summary(loaded)["threshold_msp"] == calibration.threshold("msp")
 
 
-def test_json_keeps_precision_and_decoder_and_reads_older_documents_as_fp32_on_the_host() -> None:
-    calibration = calibrate(
-        _healthy(np.random.default_rng(5), 300), model_id="m@abc", config=FAST, precision="fp16", decoder="device"
-    )
-    read = Calibration.from_json(calibration.to_json())
-    assert (read.precision, read.decoder) == ("fp16", "device")
+def test_json_keeps_the_scoring_settings_and_reads_older_documents_as_scored_with_the_defaults() -> None:
+    scored_with = {"precision": "fp16", "decoder": "device", "temperature": 2.0}
+    calibration = calibrate(_healthy(np.random.default_rng(5), 300), model_id="m@abc", config=FAST, scoring=scored_with)
+    assert Calibration.from_json(calibration.to_json()).scoring == scored_with
     document = json.loads(calibration.to_json())
-    del document["precision"], document["decoder"]  # as written before either was recorded
-    read = Calibration.from_json(json.dumps(document))
-    assert (read.precision, read.decoder) == ("fp32", "host")
+    del document["scoring"]  # as written before any setting was recorded
+    assert Calibration.from_json(json.dumps(document)).scoring == {
+        "precision": "fp32",
+        "decoder": "host",
+        "temperature": 1.0,
+    }
+
+
+def _as_format_1(calibration: Calibration) -> str:
+    """The document gradwatch 0.1 wrote before window tests were registered."""
+    document = json.loads(calibration.to_json())
+    document["format"] = "gradwatch.calibration/1"
+    document.update(precision="fp16", decoder="host")
+    for key in ("scoring", "fitted_scores"):
+        del document[key]
+    for key in ("fit_share", "max_fit_images"):
+        del document["config"][key]
+    for scores in document["references"].values():
+        for entry in scores.values():
+            del entry["tests"], entry["higher_is_in_distribution"]
+    return json.dumps(document)
+
+
+def test_an_approved_format_1_calibration_decides_as_it_did() -> None:
+    rng = np.random.default_rng(7)
+    calibration = calibrate(_healthy(rng, 600), model_id="m@abc", config=FAST)
+    old = Calibration.from_json(_as_format_1(calibration))
+    assert old.tests == calibration.tests == ["beta_binomial", "ks"]
+    assert (old.scoring["precision"], old.scoring["decoder"], old.scoring["temperature"]) == ("fp16", "host", 1.0)
+    for shift in (0.0, 0.8):
+        window = {"": {name: values[:80] - shift for name, values in _healthy(rng, 80).items()}}
+        assert old.decide(window) == calibration.decide(window)
 
 
 def test_foreign_json_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""Drift tests, Holm, effect sizes and CUSUM against scipy and hand-computed values."""
+"""Drift tests, Holm and effect sizes against scipy and hand-computed values, in both score directions."""
 
 from __future__ import annotations
 
@@ -6,23 +6,25 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scoring.drift import (
-    ScoreReference,
-    decide_window,
-    effect_size,
-    holm,
-    ood_rate_cusum,
-    ood_rate_p_value,
-    psi,
-)
+from scoring.calibration import fit_tests
+from scoring.drift import FiredTest, decide_window, effect_size, holm, psi
+from scoring.references import ScoreReference, score_reference
+from scoring.window_tests.beta_binomial import ood_rate_p_value
 
 SCORES = ("gradnorm", "energy", "msp", "maxlogit")
+TESTS = ("ks", "beta_binomial")
 
 
 def _reference(values: np.ndarray, score: str = "gradnorm", k: int | None = None) -> ScoreReference:
     ordered = np.sort(values)
     k = int(np.floor(ordered.size * 0.05)) if k is None else k
-    return ScoreReference(score, float(ordered[k]), float(np.mean(ordered < ordered[k])), ordered)
+    reference = ScoreReference(score, float(ordered[k]), float(np.mean(ordered < ordered[k])), ordered)
+    return fit_tests(reference, TESTS)
+
+
+def _p_value(ood: int, window_size: int, reference: ScoreReference) -> float:
+    state = reference.tests["beta_binomial"]
+    return ood_rate_p_value(ood, window_size, state["reference_ood"], state["reference_size"])
 
 
 def _references(rng: np.random.Generator, size: int = 2000) -> dict[str, dict[str, ScoreReference]]:
@@ -49,10 +51,10 @@ def test_ks_record_matches_scipy() -> None:
 
 def test_ood_rate_p_value_is_beta_binomial_and_tends_to_the_binomial() -> None:
     small = _reference(np.arange(100, dtype=float), k=5)  # threshold 5.0, five reference values below it
-    assert ood_rate_p_value(12, 60, small) == pytest.approx(stats.betabinom(60, 6, 95).sf(11))
+    assert _p_value(12, 60, small) == pytest.approx(stats.betabinom(60, 6, 95).sf(11))
     huge = _reference(np.linspace(0, 1, 1_000_001), k=50_000)
     binomial = stats.binomtest(12, 100, 0.05, alternative="greater").pvalue
-    assert ood_rate_p_value(12, 100, huge) == pytest.approx(binomial, rel=1e-3)
+    assert _p_value(12, 100, huge) == pytest.approx(binomial, rel=1e-3)
 
 
 def test_ood_rate_test_holds_its_level_over_references() -> None:
@@ -61,7 +63,7 @@ def test_ood_rate_test_holds_its_level_over_references() -> None:
     for _ in range(2000):  # a fresh reference and window each time: the unconditional level
         reference = _reference(rng.normal(size=200))
         window = rng.normal(size=100)
-        fired += ood_rate_p_value(int(np.sum(window < reference.threshold)), 100, reference) <= 0.05
+        fired += _p_value(int(np.sum(window < reference.threshold)), 100, reference) <= 0.05
     assert fired / 2000 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)
 
 
@@ -115,10 +117,11 @@ def test_drift_fires_and_says_which_score() -> None:
     window[""]["msp"] = rng.normal(9.0, 1, 200)  # only MSP sees this shift
     decision = decide_window(window, references)
     assert decision.is_drift
-    assert {name.split("/")[1] for name in decision.fired} == {"msp"}
+    assert {fired.score for fired in decision.fired} == {"msp"}
+    assert FiredTest("ks", "msp", "") in decision.fired
     record = decision.to_dict()
     assert record["is_drift"]
-    assert record["fired"] == decision.fired
+    assert record["fired"] == [{"test": f.test, "score": f.score, "segment": f.segment} for f in decision.fired]
 
 
 def test_non_finite_scores_are_refused() -> None:
@@ -128,11 +131,24 @@ def test_non_finite_scores_are_refused() -> None:
         decide_window(window, _references(rng))
 
 
-def test_cusum_accumulates_slow_drift() -> None:
-    healthy = ood_rate_cusum([(100, 5)] * 50, expected_rate=0.05)
-    assert not any(state.is_alarm for state in healthy)
-    slow = ood_rate_cusum([(100, 5)] * 5 + [(100, 9)] * 10, expected_rate=0.05)
-    first_alarm = next(index for index, state in enumerate(slow) if state.is_alarm)
-    assert 5 < first_alarm < 15
-    gain, loss = np.log(2), np.log(0.9 / 0.95)
-    assert slow[5].statistic == pytest.approx(max(0.0, 9 * gain + 91 * loss))
+def test_a_score_low_in_distribution_is_thresholded_tested_and_measured_from_above() -> None:
+    rng = np.random.default_rng(6)
+    healthy = rng.normal(10, 1, 2000)
+    low = fit_tests(score_reference("distance", healthy, 0.95, higher_is_in_distribution=False), TESTS)
+    high = fit_tests(score_reference("distance", -healthy, 0.95), TESTS)
+    assert low.threshold == pytest.approx(-high.threshold)  # the same cut, mirrored
+    assert low.expected_ood_rate == pytest.approx(0.05, abs=1e-3)
+    assert np.mean(low.is_out_of_distribution(healthy)) == pytest.approx(0.05, abs=1e-3)
+    far = rng.normal(12, 1, 100)  # larger distances: further out of distribution
+    decision = decide_window({"": {"distance": far}}, {"": {"distance": low}})
+    assert {(fired.test, fired.score) for fired in decision.fired} == {
+        ("ks", "distance"),
+        ("beta_binomial", "distance"),
+    }
+    (effect,) = decision.effects
+    assert effect.ood_rate > 0.5
+    assert effect.median_shift < 0  # negative is further out of distribution, whichever way the score points
+    mirrored = decide_window({"": {"distance": -far}}, {"": {"distance": high}})
+    assert [record.p_value for record in decision.tests] == pytest.approx([r.p_value for r in mirrored.tests])
+    closer = decide_window({"": {"distance": rng.normal(8, 1, 100)}}, {"": {"distance": low}})
+    assert closer.effects[0].ood_rate < 0.01  # smaller distances are not out of distribution, however shifted

@@ -38,7 +38,7 @@ def test_closed_form_equals_backward_on_pretrained_model(efficientnet: Scorer) -
 def _backward_in_float64(scorer: Scorer, images: torch.Tensor) -> np.ndarray:
     """The paper's method on a float64 copy: fp32 autograd itself loses C·p - 1 near uniform."""
     model64 = copy.deepcopy(scorer.model).double()
-    return gradnorm_by_backward(model64, model64.classifier, images.double(), scorer.temperature)
+    return gradnorm_by_backward(model64, model64.classifier, images.double(), scorer.settings.temperature)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.5])

@@ -1,0 +1,106 @@
+"""The command line's shared options: how images are scored and where the pipeline runs, built in one place.
+
+Every command that scores takes the same ``--model/--device/--precision/...`` flags from :func:`scoring_parent`,
+every command that runs the pipeline the same ``--runner/--beam-option/...`` from :func:`pipeline_parent`, and
+:func:`scoring_settings` / :func:`pipeline_settings` turn them into the one validated object each layer holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.settings import LOCAL_RUNNER, PipelineSettings, read_options_file
+from scoring import DECODERS, DEFAULT_MODEL, PRECISIONS, GradwatchError, ScoringSettings
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: %(default)s)")
+
+
+def scoring_parent() -> argparse.ArgumentParser:
+    """``--model --device --precision --decoder --batch-size --temperature --compile``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("scoring (thresholds hold for the precision, decoder and temperature they were "
+                                      "calibrated with)")  # fmt: skip
+    model_option(group)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp16/bf16: autocast on GPU tensor cores; fp16 keeps scores within 5e-3 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="host",
+        help="device: decode JPEGs on the GPU with torchvision, host threads for the rest; nvJPEG moves scores a "
+        "little (default: %(default)s)",
+    )
+    group.add_argument("--batch-size", type=positive_int, default=None, help="largest batch (default: by device)")
+    group.add_argument("--temperature", type=float, default=1.0, help="T of GradNorm and Energy (default: 1)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model (GPU, long runs)")
+    return parent
+
+
+def pipeline_parent() -> argparse.ArgumentParser:
+    """``--runner --beam-option --beam-options-file --workers --large-model``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("pipeline")
+    group.add_argument(
+        "--runner", default=LOCAL_RUNNER, help="local (FnApiRunner), or a Beam runner: FlinkRunner, DataflowRunner..."
+    )
+    group.add_argument(
+        "--beam-option", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, repeatable"
+    )
+    group.add_argument(
+        "--beam-options-file", metavar="FILE", help="KEY=VALUE lines, e.g. infra/beam-presets/flink.options"
+    )
+    group.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default: 1)")
+    group.add_argument("--large-model", action="store_true", help="one model per machine shared by processes")
+    return parent
+
+
+def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
+    """The scoring flags as settings.
+
+    Raises:
+        GradwatchError: a value the settings refuse, with their message.
+    """
+    try:
+        return ScoringSettings(
+            model=args.model,
+            device=args.device,
+            precision=args.precision,
+            decoder=args.decoder,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            compile=args.compile,
+        )
+    except ValueError as error:
+        raise GradwatchError(str(error)) from error
+
+
+def pipeline_settings(args: argparse.Namespace) -> PipelineSettings:
+    """The pipeline flags as settings; options from ``--beam-options-file`` come before ``--beam-option`` ones.
+
+    Raises:
+        GradwatchError: a value the settings refuse, with their message.
+    """
+    from_file = read_options_file(args.beam_options_file) if args.beam_options_file else ()
+    try:
+        return PipelineSettings(
+            runner=args.runner,
+            beam_options=(*from_file, *args.beam_option),
+            workers=args.workers,
+            large_model=args.large_model,
+        )
+    except ValueError as error:
+        raise GradwatchError(str(error)) from error

@@ -1,0 +1,67 @@
+"""What one monitoring run does, from the text an operator writes on a command line or a deployment."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipelines.settings import PipelineSettings
+from pipelines.times import parse_event_time, parse_window
+from scoring import ScoringSettings
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """One monitoring run over SOURCE. Defaults suit an hourly scheduled deployment."""
+
+    source: str
+    out: str
+    window: dt.timedelta = dt.timedelta(hours=1)
+    since: dt.datetime | None = None
+    # None: up to the last complete window before now.
+    until: dt.datetime | None = None
+    webhooks: tuple[str, ...] = ()
+    slack_webhooks: tuple[str, ...] = ()
+    # A drift that lasts pages once, then reminds every this long, then sends "recovered".
+    reminder_every: dt.timedelta = dt.timedelta(hours=6)
+    # Re-process windows already in the watermark (a backfill after changing thresholds).
+    reprocess: bool = False
+    # Images furthest out of distribution listed in a drift alert, for the on-call engineer to look at.
+    images_per_alert: int = 5
+    # How images are scored: the approved thresholds must have been calibrated with the same score-defining ones.
+    scoring: ScoringSettings = ScoringSettings()
+    # Where the scoring pipeline of each window runs.
+    pipeline: PipelineSettings = PipelineSettings()
+
+
+def monitor_config(
+    source: str,
+    out: str,
+    *,
+    window: str = "1h",
+    since: str | None = None,
+    until: str | None = None,
+    webhooks: Sequence[str] = (),
+    slack_webhooks: Sequence[str] = (),
+    reprocess: bool = False,
+    scoring: ScoringSettings = ScoringSettings(),
+    pipeline: PipelineSettings = PipelineSettings(),
+) -> MonitorConfig:
+    """A MonitorConfig from the text an operator writes (CLI flags, deployment parameters).
+
+    Raises:
+        ValueError: a window or time that does not parse, naming it.
+    """
+    return MonitorConfig(
+        source=source,
+        out=out,
+        window=parse_window(window),
+        since=parse_event_time(since) if since else None,
+        until=parse_event_time(until) if until else None,
+        webhooks=tuple(webhooks),
+        slack_webhooks=tuple(slack_webhooks),
+        reprocess=reprocess,
+        scoring=scoring,
+        pipeline=pipeline,
+    )

@@ -1,0 +1,165 @@
+"""The monitoring job in steps: load thresholds, plan, process each window, deliver.
+
+Prefect's flows (flows/prefect_flows.py) are a thin layer over these steps; :func:`run_monitor` runs them in
+order, for the CLI and the tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flows.alerts import Outbox, deliver_pending, targets_from
+from flows.monitor.config import MonitorConfig
+from flows.monitor.decisions import decision_row, write_decision
+from flows.monitor.paging import AlertContext, AlertPolicy, alerts_for
+from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windows
+from flows.monitor.window import WindowOutcome, process_window
+from flows.quality import Gates
+from flows.registry import ThresholdRegistry
+from pipelines.redaction import redact
+from pipelines.sources import open_source
+from pipelines.store import OutputStore
+from pipelines.times import window_label
+from scoring import load_model
+
+
+@dataclass
+class MonitorReport:
+    """What one run did, window by window."""
+
+    windows: list[WindowOutcome] = field(default_factory=list)
+    alerts_queued: int = 0
+    alerts_delivered: int = 0
+    alerts_pending: int = 0
+    mlflow_run_id: str = ""
+
+
+class Monitor:
+    """One monitoring run in steps, so that an orchestrator can retry the steps that can fail transiently
+    (MLflow, the object store, webhooks) and none of those that cannot (configuration)."""
+
+    def __init__(
+        self, config: MonitorConfig, *, now: dt.datetime | None = None, links: Mapping[str, str] | None = None
+    ) -> None:
+        """Validate the configuration; every error here is final.
+
+        Raises:
+            AlertConfigError, SourceError, ModelSpecError: naming what to fix.
+        """
+        self.config = config
+        self.targets = targets_from(config.webhooks, config.slack_webhooks)
+        self.source = open_source(config.source)
+        self.source.check()
+        self.loaded = load_model(config.scoring.model)
+        self.now = now or dt.datetime.now(dt.UTC)
+        self.links = dict(links or {})
+        self.report = MonitorReport()
+        self.store = OutputStore(config.out)
+        self.outbox = Outbox(self.store)
+
+    def load_thresholds(self, registry: ThresholdRegistry) -> None:
+        """The production calibration for these weights.
+
+        Raises:
+            NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights and scoring
+                settings.
+        """
+        self.registry = registry
+        self.calibration, self.version = registry.load_production(
+            self.loaded.name, self.loaded.model_id, scoring=self.config.scoring
+        )
+
+    def plan(self) -> list[dt.datetime]:
+        """The windows to process, and an MLflow run for them when there are any."""
+        self.watermark = Watermark(self.store)
+        self.images = inventory(self.source, self.config.window)
+        planned = plan_windows(self.config, self.images, self.watermark, self.now)
+        if planned:
+            self.gates = Gates()
+            self.policy = AlertPolicy(self.store, reminder_every=self.config.reminder_every)
+            self.report.mlflow_run_id = self.registry.start_monitoring_run(
+                f"monitor {self.source.name} {window_label(planned[0])}..{window_label(planned[-1])}",
+                {
+                    "source": redact(self.config.source),
+                    "model_id": self.loaded.model_id,
+                    "threshold_version": self.version.version,
+                    "window": str(self.config.window),
+                    "windows": len(planned),
+                    **self.config.scoring.recorded(),
+                    **self.config.pipeline.described(),
+                },
+            )
+            self.links["mlflow_run_id"] = self.report.mlflow_run_id
+        return planned
+
+    def process(self, window_start: dt.datetime) -> WindowOutcome:
+        """Gate, score, decide, record, log and queue alerts for one window; safe to retry."""
+        refs = self.images.get(window_start, [])
+        outcome = process_window(
+            window_start,
+            refs,
+            config=self.config,
+            calibration=self.calibration,
+            gates=self.gates,
+            loaded=self.loaded,
+            source=self.source,
+        )
+        context = AlertContext(
+            self.calibration.model_id, self.version.version, self.links, self.config.images_per_alert
+        )
+        previous = self.watermark.segments(window_start - self.config.window)
+        alerts = alerts_for(outcome, previous_segments=previous, policy=self.policy, context=context)
+        row = decision_row(
+            outcome,
+            model_id=self.calibration.model_id,
+            threshold_version=self.version.version,
+            mlflow_run_id=self.report.mlflow_run_id,
+        )
+        write_decision(self.store, outcome, row, part=self.source.key)
+        if outcome.status != "no_data":
+            # A window nothing of which could be scored is logged as not tested.
+            decision = outcome.decision or self.calibration.decide({"": {}})
+            self.registry.log_window(self.report.mlflow_run_id, window_start, self.config.window, decision)
+        self.report.alerts_queued += sum(self.outbox.add(alert) for alert in alerts)
+        self.policy.save()
+        self.watermark.mark(window_start, fingerprint(refs), outcome.status, set(outcome.segments))
+        self.report.windows.append(outcome)
+        return outcome
+
+    def finish(self, *, failed: bool) -> None:
+        if self.report.mlflow_run_id:
+            self.registry.end_run(self.report.mlflow_run_id, failed=failed)
+
+    def deliver(self) -> tuple[int, int]:
+        """Post every pending alert, this run's and any an earlier outage left behind."""
+        self.report.alerts_delivered, self.report.alerts_pending = deliver_pending(self.outbox, self.targets)
+        return self.report.alerts_delivered, self.report.alerts_pending
+
+
+def run_monitor(
+    config: MonitorConfig,
+    *,
+    registry: ThresholdRegistry,
+    now: dt.datetime | None = None,
+    links: Mapping[str, str] | None = None,
+) -> MonitorReport:
+    """Process every complete window not yet processed, then deliver pending alerts.
+
+    Raises:
+        AlertConfigError, SourceError, ModelSpecError: bad configuration, before any window is touched.
+        NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights and scoring
+            settings.
+    """
+    monitor = Monitor(config, now=now, links=links)
+    monitor.load_thresholds(registry)
+    failed = True
+    try:
+        for window_start in monitor.plan():
+            monitor.process(window_start)
+        failed = False
+    finally:
+        monitor.finish(failed=failed)
+    monitor.deliver()
+    return monitor.report

@@ -1,0 +1,117 @@
+"""Where production images come from: one :class:`Source` kind per file in this package, found by its URI.
+
+A source lists its images as :class:`~pipelines.records.ImageRef` (and anything it cannot use as a
+:class:`~pipelines.records.Rejected`, so nothing is lost) in two ways: all at once in one process, for the monitor
+to plan windows, and as a Beam transform that spreads the listing over workers. A new kind (a message queue, a
+database table) is one new module here that subclasses :class:`Source` and calls :func:`register_source`; every
+module here is imported with the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pkgutil
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import apache_beam as beam
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pipelines.records import ImageRef, Rejected
+from scoring import GradwatchError
+
+
+class SourceError(GradwatchError):
+    """SOURCE cannot be listed; the message says what to pass instead."""
+
+
+class Source(ABC):
+    """One SOURCE an operator names (a URI), and how to list it.
+
+    Subclasses are plain values (their URI and what they derive from it), so Beam can pickle them to workers.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @classmethod
+    @abstractmethod
+    def claims(cls, uri: str) -> bool:
+        """Whether a URI names a source of this kind."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail before a pipeline starts when the source is not there.
+
+        Raises:
+            SourceError: naming the source and what it must be.
+        """
+
+    @abstractmethod
+    def list(self) -> Iterator[ImageRef | Rejected]:
+        """Every image in one process, event times resolved where they can be; for planning, not for scoring."""
+
+    @abstractmethod
+    def listing(self) -> beam.PTransform:
+        """A transform from the pipeline's start to a PCollection of ``ImageRef | Rejected``, spread over workers.
+
+        A ref may leave its event time unknown (None): the read step looks it up beside the bytes.
+        """
+
+    @property
+    def name(self) -> str:
+        """A short name for run names and labels: the last part of the URI."""
+        return posixpath.basename(self.uri.rstrip("/")) or self.uri
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe key naming the source, stable across runs: its outputs' part files carry it."""
+        return hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+_KINDS: list[type[Source]] = []
+_FALLBACK: list[type[Source]] = []
+
+
+def register_source(kind: type[Source] | None = None, *, fallback: bool = False):
+    """Class decorator adding a source kind; a ``fallback`` kind takes any URI no other kind claims."""
+
+    def add(kind: type[Source]) -> type[Source]:
+        (_FALLBACK if fallback else _KINDS).append(kind)
+        return kind
+
+    return add(kind) if kind is not None else add
+
+
+def open_source(uri: str) -> Source:
+    """The source a URI names (a manifest by its suffix, else a folder or prefix).
+
+    Raises:
+        SourceError: no kind claims it.
+    """
+    for kind in (*_KINDS, *_FALLBACK):
+        if kind.claims(uri):
+            return kind(uri)
+    raise SourceError(f"SOURCE {uri!r} is not a kind of source gradwatch reads; pass a folder, prefix or manifest")
+
+
+def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A listed path as the URI the rest of gradwatch uses: a plain path on a local disk, with its scheme elsewhere."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def is_hidden(path: str, root: str) -> bool:
+    """Whether a path under ``root`` is hidden (a ``.name`` file or folder on the way), as editors' files are."""
+    relative = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+# Last, because each source module imports the base class from this package.
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda module: module.name):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,0 +1,90 @@
+"""How an image is scored: one frozen, validated object that every caller holds, from the CLI to the workers.
+
+A calibration records the settings that move scores (:data:`SCORE_DEFINING`), and monitoring refuses thresholds
+scored otherwise through :meth:`ScoringSettings.mismatch`, the one check of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from scoring.decoding import DECODERS, Decoder
+from scoring.models import DEFAULT_MODEL
+
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+# Settings whose change moves every score, so thresholds hold only for the values they were calibrated with, and
+# why each does (the reason is part of the refusal's message).
+SCORE_DEFINING: dict[str, str] = {
+    "precision": "half precision rounds the network's activations",
+    "decoder": "nvJPEG upsamples 4:2:0 chroma unlike libjpeg",
+    "temperature": "GradNorm and Energy are computed from softmax(z/T)",
+}
+# What calibrations written before a setting was recorded were scored with: the only value there was then.
+RECORDED_BEFORE = {"precision": "fp32", "decoder": "host", "temperature": 1.0}
+
+# A CPU runs the network 4 images at a time whatever the batch (scoring.scorer.CPU_FORWARD_CHUNK), so 32 only
+# amortises Beam's per-batch cost; a GPU needs hundreds in flight to fill its tensor cores.
+CPU_BATCH_SIZE = 32
+ACCELERATOR_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Everything that decides how an image is scored. Defaults suit the shipped model on a CPU."""
+
+    # A spec as scoring.models reads it: built-in name, 'module:factory?weights=...', a .pt2 or TorchScript file.
+    model: str = DEFAULT_MODEL
+    # "auto" takes the GPU when there is one, so one deployment runs on CPU and GPU workers alike.
+    device: str = "auto"
+    # fp32 is exact and the CPU's fastest; fp16 runs GPU tensor cores at about twice the rate within 5e-3.
+    precision: Precision = "fp32"
+    # "device" decodes JPEGs on the GPU (torchvision's nvJPEG): host decoding is what bounds a GPU worker.
+    decoder: Decoder = "host"
+    # None picks by device (CPU_BATCH_SIZE, ACCELERATOR_BATCH_SIZE); set it to what the device's memory holds.
+    batch_size: int | None = None
+    # T of GradNorm and Energy; the GradNorm paper scores at 1.
+    temperature: float = 1.0
+    # torch.compile pays tens of seconds per worker and per batch shape: worth it on a GPU for long runs only.
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+
+    def batch_size_on(self, device_type: str) -> int:
+        """The largest batch a worker forms on a device of this type (``cpu``, ``cuda``...)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return CPU_BATCH_SIZE if device_type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings a calibration keeps: those that move scores."""
+        return {name: getattr(self, name) for name in SCORE_DEFINING}
+
+    def mismatch(self, recorded: Mapping[str, Any]) -> str | None:
+        """Why thresholds scored with ``recorded`` do not hold for these settings, naming the fix; None when they do.
+
+        Args:
+            recorded: a calibration's :meth:`recorded` settings; missing ones read as :data:`RECORDED_BEFORE`.
+        """
+        for name, why in SCORE_DEFINING.items():
+            calibrated, monitored = recorded.get(name, RECORDED_BEFORE[name]), getattr(self, name)
+            if calibrated != monitored:
+                flag = f"--{name}"
+                return (
+                    f"they were calibrated with {flag} {calibrated}, but monitoring uses {flag} {monitored}, which "
+                    f"shifts the scores ({why}); monitor with {flag} {calibrated}, or calibrate and approve "
+                    f"thresholds with {flag} {monitored}"
+                )
+        return None

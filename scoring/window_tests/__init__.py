@@ -1,0 +1,88 @@
+"""Window tests, registered by name: each is fitted on a score's reference and applied to a window's values.
+
+A test is a pure function of (window values, reference, fitted state) plus a thin class that names it and fits
+its state, the way Alibi Detect's detectors and TorchDrift's tests are built. Calibration fits every registered
+test on every score's reference and keeps the state in the calibration document; a window is decided with the
+tests its calibration was fitted with, all Holm-corrected together (:func:`scoring.drift.decide_window`), and
+each returns the same :class:`WindowTestResult`.
+
+A new test is one new file in this package whose class subclasses :class:`WindowTest` and is decorated with
+:func:`register_window_test`; every module here is imported with the package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from scoring.references import ScoreReference
+
+
+@dataclass(frozen=True)
+class WindowTestResult:
+    """What a test says of one window: its statistic, and the p-value under "drawn from the reference"."""
+
+    statistic: float
+    p_value: float
+
+
+class WindowTest(ABC):
+    """One kind of test of a window's values of one score against that score's reference.
+
+    Attributes:
+        name: the test's name in decisions, metrics and alerts.
+        statistic: what the statistic measures, in a few words, for the people who read the decisions.
+    """
+
+    name: ClassVar[str]
+    statistic: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, reference: ScoreReference) -> dict[str, Any]:
+        """What the test keeps from the reference beyond the reference itself: a JSON-serialisable state."""
+
+    @abstractmethod
+    def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:
+        """Test a window's finite values against the reference, with the state :meth:`fit` returned."""
+
+
+_REGISTRY: dict[str, WindowTest] = {}
+
+
+def register_window_test(kind: type[WindowTest]) -> type[WindowTest]:
+    """Class decorator registering a window test under its ``name``."""
+    if kind.name in _REGISTRY:
+        raise ValueError(f"window test {kind.name!r} is registered twice; rename one of them")
+    _REGISTRY[kind.name] = kind()
+    return kind
+
+
+def registered_window_tests() -> dict[str, WindowTest]:
+    """Every registered window test by name, in the order of their modules' names."""
+    return dict(_REGISTRY)
+
+
+def window_test(name: str) -> WindowTest:
+    """The registered test of that name.
+
+    Raises:
+        ValueError: none is, naming the registered ones and the fix.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"the calibration was fitted with window test {name!r}, which this gradwatch does not have "
+            f"(it has {sorted(_REGISTRY)}); install the version that calibrated it, or calibrate again"
+        ) from None
+
+
+# Last, because each test module imports the base class from this package.
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda module: module.name):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,0 +1,41 @@
+"""Beta-binomial test of the OOD rate: do more of the window's images fall past the per-image threshold than
+healthy images would?
+
+The threshold is an order statistic of a finite reference, so the healthy OOD probability is not known exactly:
+with k of n reference images past it, it is Beta(k + 1, n - k) distributed, and a healthy window's count is
+beta-binomial. This is exact for any score distribution; a plain binomial test at p = k / n would page too often
+when the reference is small next to the window, and the beta-binomial tends to it as the reference grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from scoring.references import ScoreReference
+from scoring.window_tests import WindowTest, WindowTestResult, register_window_test
+
+
+def ood_rate_p_value(ood: int, window_size: int, reference_ood: int, reference_size: int) -> float:
+    """P(at least ``ood`` of ``window_size`` healthy images are out of distribution), given that
+    ``reference_ood`` of ``reference_size`` reference images were."""
+    null = stats.betabinom(window_size, reference_ood + 1, reference_size - reference_ood)
+    return float(null.sf(ood - 1))
+
+
+@register_window_test
+class BetaBinomial(WindowTest):
+    name = "beta_binomial"
+    statistic = "share of the window's images past the per-image threshold"
+
+    def fit(self, reference: ScoreReference) -> dict[str, Any]:
+        ood = int(np.sum(reference.is_out_of_distribution(reference.sample)))
+        return {"reference_ood": ood, "reference_size": int(reference.sample.size)}
+
+    def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:
+        ood = int(np.sum(reference.is_out_of_distribution(window)))
+        p_value = ood_rate_p_value(ood, window.size, state["reference_ood"], state["reference_size"])
+        return WindowTestResult(ood / window.size, p_value)
