@@ -74,7 +74,9 @@ class OutputStore:
         """Write one (table, window, part) file, replacing what a previous run of the same part wrote."""
         buffer = pa.BufferOutputStream()
         pq.write_table(rows, buffer, compression="zstd")
-        self._write_bytes(self.path(table, f"window_start={label}", f"part-{part}.parquet"), buffer.getvalue())
+        self._write_bytes(
+            self.path(table, f"window_start={label}", f"part-{part}.parquet"), buffer.getvalue().to_pybytes()
+        )
 
     def read_table(self, table: str) -> pa.Table:
         """A whole table with ``window_start`` as a UTC timestamp (null for rejections of unknown time).
@@ -87,7 +89,15 @@ class OutputStore:
         if not self.fs.exists(root):
             return pa.table({})
         partitioning = ds.partitioning(pa.schema([("window_start", pa.string())]), flavor="hive")
-        rows = ds.dataset(root, filesystem=self.fs, format="parquet", partitioning=partitioning).to_table()
+        dataset = ds.dataset(root, filesystem=self.fs, format="parquet", partitioning=partitioning)
+        # Every file's columns, not the first one's: windows scored after a score was added have one more.
+        files = [fragment.physical_schema for fragment in dataset.get_fragments()]
+        if not files:
+            return pa.table({})
+        schema = pa.unify_schemas([*files, pa.schema([("window_start", pa.string())])])
+        rows = ds.dataset(
+            root, filesystem=self.fs, format="parquet", partitioning=partitioning, schema=schema
+        ).to_table()
         labels = rows.column("window_start")
         known = pc.if_else(pc.equal(labels, UNKNOWN_WINDOW), pa.scalar(None, pa.string()), labels)
         starts = pc.strptime(known, format=LABEL_FORMAT, unit="us").cast(pa.timestamp("us", tz="UTC"))

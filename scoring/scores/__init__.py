@@ -97,7 +97,7 @@ def register(
 
 
 def registered_scores() -> dict[str, Score]:
-    """Every registered score by name, in the order of their modules' names."""
+    """Every registered score by name, in the order they were registered (this package's by module name)."""
     return dict(_REGISTRY)
 
 

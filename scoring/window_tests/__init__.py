@@ -64,7 +64,7 @@ def register_window_test(kind: type[WindowTest]) -> type[WindowTest]:
 
 
 def registered_window_tests() -> dict[str, WindowTest]:
-    """Every registered window test by name, in the order of their modules' names."""
+    """Every registered window test by name, in the order they were registered (this package's by module name)."""
     return dict(_REGISTRY)
 
 

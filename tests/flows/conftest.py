@@ -79,3 +79,29 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     process = start_server(command, env, f"http://127.0.0.1:{port}/api/health", root / "server.log")
     yield {key: env[key] for key in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
     stop_server(process)
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3-protocol server (moto's standalone server) on 127.0.0.1 with one empty bucket; yields its URL.
+
+    Clients find it through AWS_ENDPOINT_URL, as botocore (and so s3fs, and every fsspec user) reads it.
+    """
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "gradwatch-test",
+        "AWS_SECRET_ACCESS_KEY": "gradwatch-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance cached by an earlier test would reach its server
+    s3fs.S3FileSystem().mkdir("gradwatch-test")
+    yield "s3://gradwatch-test"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
