@@ -159,9 +159,11 @@ def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> 
         SourceError: SOURCE is not there (checked before any worker starts).
         ModelSpecError: the model cannot be loaded (likewise).
         DecoderUnavailableError: ``decoder="device"`` on the local runner without torchvision (likewise).
+        RunnerError: Beam has no such runner (likewise).
     """
     source: Source = open_source(config.source)
     source.check()
+    config.pipeline.check()
     # Loaded here for its id and preprocessing, so a bad spec fails before the pipeline starts.
     loaded = loaded or load_model(config.scoring.model)
     if config.scoring.decoder == "device" and config.pipeline.is_local:

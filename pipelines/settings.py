@@ -7,12 +7,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.redaction import redact
+from scoring import GradwatchError
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
 # Beam's embedded FnApiRunner, in this process: it works offline, where DirectRunner first tries to download Prism.
 LOCAL_RUNNER = "local"
+
+
+class RunnerError(GradwatchError):
+    """Beam has no runner of the name given; the message lists those it has."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,24 @@ class PipelineSettings:
     @property
     def is_local(self) -> bool:
         return self.runner == LOCAL_RUNNER
+
+    def check(self) -> None:
+        """Fail before any pipeline starts, not in the middle of a run, when Beam does not know the runner.
+
+        Raises:
+            RunnerError: naming the runner and what Beam has instead.
+        """
+        if self.is_local:
+            return
+        from apache_beam.runners.runner import create_runner
+
+        try:
+            create_runner(self.runner)
+        except (ValueError, ImportError) as error:
+            raise RunnerError(
+                f"--runner {self.runner!r} is not a Beam runner here ({error}); use 'local', a runner Beam names "
+                "(FlinkRunner, DataflowRunner, PortableRunner...) or a runner class's full module path"
+            ) from error
 
     def options(self) -> PipelineOptions:
         """The Beam pipeline options these settings make."""

@@ -46,12 +46,13 @@ class Monitor:
         """Validate the configuration; every error here is final.
 
         Raises:
-            AlertConfigError, SourceError, ModelSpecError: naming what to fix.
+            AlertConfigError, SourceError, RunnerError, ModelSpecError: naming what to fix.
         """
         self.config = config
         self.targets = targets_from(config.webhooks, config.slack_webhooks)
         self.source = open_source(config.source)
         self.source.check()
+        config.pipeline.check()
         self.loaded = load_model(config.scoring.model)
         self.now = now or dt.datetime.now(dt.UTC)
         self.links = dict(links or {})
@@ -148,7 +149,7 @@ def run_monitor(
     """Process every complete window not yet processed, then deliver pending alerts.
 
     Raises:
-        AlertConfigError, SourceError, ModelSpecError: bad configuration, before any window is touched.
+        AlertConfigError, SourceError, RunnerError, ModelSpecError: bad configuration, before any window is touched.
         NoApprovedThresholdError, ThresholdModelMismatchError: nothing approved for these weights and scoring
             settings.
     """

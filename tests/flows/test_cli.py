@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import shutil
 import subprocess
@@ -148,3 +149,30 @@ def test_thresholds_with_mlflow_down_fail_fast(tmp_path: Path, monkeypatch) -> N
     result = _gradwatch("thresholds", "list")
     assert result.returncode == 2
     assert "does not answer" in result.stderr
+
+
+def test_monitor_scores_each_window_on_the_runner_and_options_given(tmp_path: Path, monkeypatch) -> None:
+    from flows.registry import MONITORING_EXPERIMENT, ThresholdRegistry
+    from tests.flows.test_monitor import START, _approve, _noise
+
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("GRADWATCH_MLFLOW_URI", mlflow_uri)
+    registry = ThresholdRegistry(mlflow_uri)
+    _approve(registry, tmp_path)
+    for index in range(25):
+        _noise(tmp_path / "feed" / f"{index}.png", index, START + dt.timedelta(minutes=index))
+    window = ("--since", START.isoformat(), "--until", (START + dt.timedelta(hours=1)).isoformat())
+    common = ("monitor", str(tmp_path / "feed"), "--out", str(tmp_path / "out"), "--model", TINY, *window)
+
+    unknown = _gradwatch(*common, "--runner", "NoSuchRunner")
+    assert unknown.returncode == 2
+    assert "--runner 'NoSuchRunner' is not a Beam runner" in unknown.stderr
+    assert not (tmp_path / "out").exists()  # refused before any window
+
+    options = ("--beam-option", "job_name=gradwatch-runner-test", "--beam-option", "direct_num_workers=1")
+    result = _gradwatch(*common, "--runner", "BundleBasedDirectRunner", *options)
+    assert result.returncode == 0, result.stderr
+    assert "1 window(s) processed" in result.stdout
+    (run,) = registry.client.search_runs([registry.client.get_experiment_by_name(MONITORING_EXPERIMENT).experiment_id])
+    assert run.data.params["runner"] == "BundleBasedDirectRunner"
+    assert run.data.params["beam_options"] == "job_name=gradwatch-runner-test direct_num_workers=1"

@@ -153,3 +153,24 @@ def test_a_camera_that_stops_while_others_go_on_is_no_data(tmp_path: Path, regis
     assert [w.status for w in report.windows] == ["ok", "ok"]
     alerts = [(p["json"]["kind"], p["json"]["segment"], p["json"]["window"]["start"][11:13]) for p in receiver.received]
     assert alerts == [("no_data", "cam-b", "11")]
+
+
+def test_each_window_is_scored_as_configured_with_what_the_calibration_fitted() -> None:
+    from flows.monitor.window import scoring_run
+    from pipelines.settings import PipelineSettings
+    from scoring.calibration import calibrate
+
+    rng = np.random.default_rng(0)
+    calibration = calibrate(
+        {name: rng.normal(size=200) for name in ("gradnorm", "energy", "msp", "maxlogit")},
+        model_id="m@1",
+        config=CalibrationConfig(check_windows=10, check_window_sizes=(50,)),
+        fitted_scores={"feature_distance": {"mean": [0.5]}},
+    )
+    pipeline = PipelineSettings(runner="FlinkRunner", beam_options=("flink_master=jobmanager:8081",))
+    scoring = ScoringSettings(model=TINY, precision="fp16")
+    config = MonitorConfig(source="s3://feed/", out="s3://out", scoring=scoring, pipeline=pipeline)
+    run = scoring_run(config, calibration, START)
+    assert (run.scoring, run.pipeline) == (scoring, pipeline)
+    assert (run.since, run.until, run.window) == (START, START + HOUR, HOUR)
+    assert run.fitted_scores == {"feature_distance": {"mean": [0.5]}}

@@ -78,3 +78,14 @@ def test_local_gpu_worker_processes_share_one_model_copy(device: str, workers: i
     )
     [handler] = _model_handlers(config)
     assert handler.share_model_across_processes() is shared
+
+
+def test_runs_are_described_without_credentials_and_unknown_runners_refused() -> None:
+    from pipelines.settings import RunnerError
+
+    settings = PipelineSettings(runner="FlinkRunner", beam_options=("artifact_endpoint=http://ci:t0ken@cache:8098",))
+    assert settings.described() == {"runner": "FlinkRunner", "beam_options": "artifact_endpoint=http://cache:8098"}
+    settings.check()
+    PipelineSettings().check()
+    with pytest.raises(RunnerError, match="'FlinkRuner' is not a Beam runner"):
+        PipelineSettings(runner="FlinkRuner").check()
