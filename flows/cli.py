@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -39,6 +40,9 @@ from flows.cli_options import (
     scoring_settings,
 )
 from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
+
+if TYPE_CHECKING:
+    from pipelines.pipeline import RunSummary, ScoringConfig
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
 
@@ -115,11 +119,10 @@ def _score_images(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
-    from pipelines.pipeline import ScoringConfig, count_progress, run_scoring
+    from pipelines.pipeline import ScoringConfig
     from pipelines.times import parse_event_time, parse_window
 
     pipeline = pipeline_settings(args)
-    progress_dir = tempfile.mkdtemp(prefix="gradwatch-progress-") if pipeline.is_local else None
     try:
         config = ScoringConfig(
             source=args.source,
@@ -129,7 +132,8 @@ def _score(args: argparse.Namespace) -> int:
             until=parse_event_time(args.until) if args.until else None,
             scoring=scoring_settings(args),
             pipeline=pipeline,
-            progress_dir=progress_dir,
+            # Workers tick off each image in a local folder, which only local workers share with this process.
+            progress_dir=tempfile.mkdtemp(prefix="gradwatch-progress-") if pipeline.is_local else None,
         )
     except ValueError as error:
         raise GradwatchError(str(error)) from error
@@ -138,20 +142,7 @@ def _score(args: argparse.Namespace) -> int:
     if (since, until) != (config.since, config.until):
         console.print(f"time range widened to whole windows: [{since or '-inf'}, {until or '+inf'})")
     console.print(f"scoring {config.source} on the {pipeline.runner} runner, {pipeline.workers} worker(s)")
-    with Progress(
-        TextColumn("{task.completed} images done"), TimeElapsedColumn(), console=console, transient=True
-    ) as progress:
-        task = progress.add_task("scoring", total=None)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            running = pool.submit(run_scoring, config)
-            while not running.done():
-                if progress_dir:
-                    progress.update(task, completed=count_progress(progress_dir))
-                time.sleep(0.5)
-            summary = running.result()
-        progress.update(task, completed=summary.listed)
-    if progress_dir:
-        shutil.rmtree(progress_dir, ignore_errors=True)
+    summary = _run_with_progress(config, console)
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.rejected.items()))
     console.print(f"model      {summary.model_id}")
     console.print(f"listed     {summary.listed}")
@@ -164,6 +155,27 @@ def _score(args: argparse.Namespace) -> int:
     console.print(f"reconciliation: {totals}: {verdict}")
     console.print(f"outputs in {config.out}/scores, {config.out}/windows, {config.out}/rejected")
     return 0 if summary.reconciled else 1
+
+
+def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
+    """Run the pipeline in a thread while a live count of finished images shows (local runners)."""
+    from pipelines.pipeline import count_progress, run_scoring
+
+    with Progress(
+        TextColumn("{task.completed} images done"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("scoring", total=None)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(run_scoring, config)
+            while not running.done():
+                if config.progress_dir:
+                    progress.update(task, completed=count_progress(config.progress_dir))
+                time.sleep(0.5)
+            summary = running.result()
+        progress.update(task, completed=summary.listed)
+    if config.progress_dir:
+        shutil.rmtree(config.progress_dir, ignore_errors=True)
+    return summary
 
 
 def _calibrate(args: argparse.Namespace) -> int:

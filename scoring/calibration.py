@@ -234,9 +234,40 @@ def calibrate(
     Returns:
         The calibration, with its false-alarm check and, given validation sets, the separation table.
     """
-    names = [name for name in decision_scores() if name in reference]
+    columns = _decision_columns(reference, config)
+    count = len(next(iter(columns.values())))
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(count)
+    holdout_size = max(config.min_window, round(count * config.holdout_fraction))
+    held_out, calibration_part = order[:holdout_size], order[holdout_size:]
+    segment_of = np.asarray(segments if segments is not None else [""] * count, dtype=object)
     tests = list(tests if tests is not None else registered_window_tests())
-    directions = {name: registered_scores()[name].higher_is_in_distribution for name in names}
+    references = {"": _fitted_references(columns, calibration_part, tests, config, rng)}
+    for segment in sorted(set(segment_of[calibration_part]) - {""}):
+        members = calibration_part[segment_of[calibration_part] == segment]
+        if members.size >= config.min_segment_reference:
+            references[segment] = _fitted_references(columns, members, tests, config, rng)
+    checks = _false_alarm_checks(columns, held_out, references, config, rng)
+    separation = _separation(references[""], validation or {})
+    recommended, warnings = _guardrail(separation, primary_score)
+    warnings += _check_warnings(checks, config, held_out.size)
+    return Calibration(
+        model_id=model_id,
+        config=config,
+        references=references,
+        reference_images=count,
+        false_alarm_checks=checks,
+        separation=separation,
+        recommended_score=recommended,
+        warnings=warnings,
+        scoring={**RECORDED_BEFORE, **(scoring or {})},
+        fitted_scores=dict(fitted_scores or {}),
+    )
+
+
+def _decision_columns(reference: Mapping[str, np.ndarray], config: CalibrationConfig) -> dict[str, np.ndarray]:
+    """The reference's decision scores, each one value per image, and enough images to calibrate and check."""
+    names = [name for name in decision_scores() if name in reference]
     if not names:
         raise ValueError(f"reference has none of the decision scores {decision_scores()}; pass the scores table")
     count = len(reference[names[0]])
@@ -248,37 +279,37 @@ def calibrate(
             f"{count} reference images are too few: at least {minimum} (twice min_window) are needed to "
             "calibrate and check; score more healthy images"
         )
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(count)
-    holdout_size = max(config.min_window, round(count * config.holdout_fraction))
-    held_out, calibration_part = order[:holdout_size], order[holdout_size:]
-    columns = {name: np.asarray(reference[name], np.float64) for name in names}
-    segment_of = np.asarray(segments if segments is not None else [""] * count, dtype=object)
+    return {name: np.asarray(reference[name], np.float64) for name in names}
 
-    def references_for(indices: np.ndarray) -> dict[str, ScoreReference]:
-        if indices.size > config.max_reference_sample:
-            indices = rng.choice(indices, config.max_reference_sample, replace=False)
-        return {
-            name: fit_tests(
-                score_reference(name, columns[name][indices], config.tpr, higher_is_in_distribution=directions[name]),
-                tests,
-            )
-            for name in names
-        }
 
-    references = {"": references_for(calibration_part)}
-    for segment in sorted(set(segment_of[calibration_part]) - {""}):
-        members = calibration_part[segment_of[calibration_part] == segment]
-        if members.size >= config.min_segment_reference:
-            references[segment] = references_for(members)
+def _fitted_references(
+    columns: Mapping[str, np.ndarray],
+    indices: np.ndarray,
+    tests: Sequence[str],
+    config: CalibrationConfig,
+    rng: np.random.Generator,
+) -> dict[str, ScoreReference]:
+    """Each score's reference on these images, thresholded in the score's direction, with every test fitted."""
+    if indices.size > config.max_reference_sample:
+        indices = rng.choice(indices, config.max_reference_sample, replace=False)
+    scores = registered_scores()
+    return {
+        name: fit_tests(
+            score_reference(
+                name, values[indices], config.tpr, higher_is_in_distribution=scores[name].higher_is_in_distribution
+            ),
+            tests,
+        )
+        for name, values in columns.items()
+    }
 
-    checks = _false_alarm_checks(columns, held_out, references, config, rng)
-    separation = _separation(references[""], validation or {})
-    recommended, warnings = _guardrail(separation, primary_score)
+
+def _check_warnings(checks: Sequence[FalseAlarmCheck], config: CalibrationConfig, held_out: int) -> list[str]:
+    warnings = []
     unchecked = sorted(set(config.check_window_sizes) - {check.window_size for check in checks})
     if unchecked:
         warnings.append(
-            f"window sizes {unchecked} exceed the {held_out.size} held-out images and were not checked; "
+            f"window sizes {unchecked} exceed the {held_out} held-out images and were not checked; "
             "calibrate on more images to check them"
         )
     for check in checks:
@@ -287,19 +318,7 @@ def calibrate(
                 f"realized false-alarm rate {check.rate:.3f} at window size {check.window_size} exceeds twice "
                 f"alpha={config.alpha}: the reference may not represent production; calibrate on more images"
             )
-    scored_with = {**RECORDED_BEFORE, **(scoring or {})}
-    return Calibration(
-        model_id,
-        config,
-        references,
-        count,
-        checks,
-        separation,
-        recommended,
-        warnings,
-        scored_with,
-        dict(fitted_scores or {}),
-    )
+    return warnings
 
 
 def _false_alarm_checks(

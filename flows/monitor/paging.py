@@ -17,7 +17,7 @@ from flows.monitor.window import WindowOutcome
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring import registered_scores
-from scoring.drift import FiredTest
+from scoring.drift import FiredTest, WindowDecision
 
 log = logging.getLogger("gradwatch.monitor")
 
@@ -102,35 +102,46 @@ def alerts_for(
         summary = "; ".join(gate.summary() for gate in outcome.failed_gates)
         failed = {"failed_expectations": outcome.failed_expectations}
         alerts.append(Alert("data_quality", start, end, "", summary=summary, decision=failed, **common))
-    decision = outcome.decision
-    if decision is not None:
-        for segment in decision.n:
-            if segment in decision.insufficient_segments:
-                continue
-            fired = decision.fired_in(segment)
-            kind, reminder = policy.on_decision(segment, start, bool(fired))
-            if kind is None:
-                continue
-            rows = [row for row in outcome.scores.to_pylist() if row["segment"] == segment]
-            alerts.append(
-                Alert(
-                    kind,
-                    start,
-                    end,
-                    segment,
-                    summary=_summary(kind, segment, fired, start),
-                    decision=decision.to_dict(),
-                    most_out_of_distribution=[
-                        row["uri"] for row in most_out_of_distribution(rows, fired, context.images_per_alert)[1]
-                    ],
-                    reminder=reminder,
-                    **common,
-                )
-            )
+    if outcome.decision is not None:
+        alerts += _episode_alerts(outcome, outcome.decision, policy, context, common)
     # A camera that stops while the others go on: a segment of the window before that sent nothing now.
     for segment in sorted(previous_segments - outcome.segments):
         summary = f"segment {segment!r} sent no images in {window_label(start)} (it did in the window before)"
         alerts.append(Alert("no_data", start, end, segment, summary=summary, **common))
+    return alerts
+
+
+def _episode_alerts(
+    outcome: WindowOutcome,
+    decision: WindowDecision,
+    policy: AlertPolicy,
+    context: AlertContext,
+    common: Mapping[str, Any],
+) -> list[Alert]:
+    """Per tested segment, the drift page, reminder or recovery the policy says this window sends."""
+    alerts = []
+    for segment in decision.n:
+        if segment in decision.insufficient_segments:
+            continue
+        fired = decision.fired_in(segment)
+        kind, reminder = policy.on_decision(segment, outcome.window_start, bool(fired))
+        if kind is None:
+            continue
+        rows = [row for row in outcome.scores.to_pylist() if row["segment"] == segment]
+        _, extreme = most_out_of_distribution(rows, fired, context.images_per_alert)
+        alerts.append(
+            Alert(
+                kind,
+                outcome.window_start,
+                outcome.window_end,
+                segment,
+                summary=_summary(kind, segment, fired, outcome.window_start),
+                decision=decision.to_dict(),
+                most_out_of_distribution=[row["uri"] for row in extreme],
+                reminder=reminder,
+                **common,
+            )
+        )
     return alerts
 
 
