@@ -148,7 +148,7 @@ def _params(
     """What a reviewer sees as the calibration run's parameters."""
     image_ids = sorted(table.column("image_id").to_pylist())
     return {
-        "model_spec": scoring.model,
+        "model_spec": redact(scoring.model),  # ?weights=https://user:token@... would carry a credential
         "score": score,
         "tpr": config.tpr,
         "alpha": config.alpha,

@@ -283,7 +283,18 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:
-    """The monitor flow's parameters, as a deployment stores them (plain JSON values)."""
+    """The monitor flow's parameters, as a deployment stores them (plain JSON values).
+
+    Raises:
+        GradwatchError: a Beam option carries a credential, which Prefect would keep and show as a parameter.
+    """
+    pipeline = pipeline_settings(args)
+    if pipeline.credential_options():
+        raise GradwatchError(
+            f"--beam-option {', '.join(pipeline.credential_options())} carries a credential, which a deployment "
+            "would store and show as a parameter; set it in the worker's environment (AWS_SECRET_ACCESS_KEY, "
+            "AZURE_STORAGE_CONNECTION_STRING...) or a Prefect Secret block instead"
+        )
     return {
         "source": args.source,
         "out": args.out,
@@ -291,7 +302,7 @@ def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:
         "webhooks": args.webhook,
         "slack_webhooks": args.slack_webhook,
         "scoring": dataclasses.asdict(scoring_settings(args)),
-        "pipeline": dataclasses.asdict(pipeline_settings(args)),
+        "pipeline": dataclasses.asdict(pipeline),
     }
 
 

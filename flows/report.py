@@ -21,6 +21,7 @@ import pyarrow as pa
 from PIL import Image
 
 from flows.alerts import Outbox
+from flows.monitor.decisions import read_decisions
 from flows.monitor.paging import most_out_of_distribution
 from flows.plots import plt
 from pipelines.store import OutputStore
@@ -141,7 +142,7 @@ def render_report(
     """The report's HTML, and its charts by file name (to log them elsewhere too)."""
     windows = store.read_table("windows")
     scores = store.read_table("scores")
-    decisions = sorted(store.read_table("decisions").to_pylist(), key=lambda row: row["window_start"])
+    decisions = sorted(read_decisions(store).to_pylist(), key=lambda row: row["window_start"])
     charts = {"quantile_bands.png": quantile_bands(windows, decisions, calibration)}
     for name, chart in (("ood_rates.png", ood_rates(scores, decisions, calibration)),
                         ("segments.png", segment_medians(windows, decisions))):  # fmt: skip
@@ -244,7 +245,7 @@ def write_report(out: str, destination: str | None = None, *, registry=None, log
     from flows.registry import RegistryError
 
     store = OutputStore(out)
-    decisions = store.read_table("decisions")
+    decisions = read_decisions(store)
     calibration = None
     latest = max(decisions.to_pylist(), key=lambda row: row["window_start"]) if decisions.num_rows else None
     if registry is not None and latest is not None:

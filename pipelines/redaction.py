@@ -1,4 +1,4 @@
-"""Credentials out of anything shown: logs, messages, run parameters, Parquet."""
+"""Credentials out of what gradwatch shows of a URL: messages, logs and run parameters."""
 
 from __future__ import annotations
 

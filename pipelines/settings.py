@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
 # Beam's embedded FnApiRunner, in this process: it works offline, where DirectRunner first tries to download Prism.
 LOCAL_RUNNER = "local"
+# Beam options that carry credentials (s3_secret_access_key, s3_session_token, azure_connection_string, gbek...).
+_CREDENTIAL_OPTION = re.compile(r"secret|token|passw|credential|connection_string|access_key|api_key|gbek", re.I)
 
 
 class RunnerError(GradwatchError):
@@ -86,9 +89,18 @@ class PipelineSettings:
         """torch threads per local worker process, so several do not oversubscribe the cores; None elsewhere."""
         return max(1, (os.cpu_count() or 1) // self.workers) if self.is_local else None
 
+    def credential_options(self) -> list[str]:
+        """The keys of the Beam options given that carry credentials."""
+        keys = [option.partition("=")[0].lstrip("-") for option in self.beam_options]
+        return [key for key in keys if _CREDENTIAL_OPTION.search(key)]
+
     def described(self) -> dict[str, str]:
-        """For run parameters and logs: the runner and its options, with any credentials in URLs removed."""
-        return {"runner": self.runner, "beam_options": " ".join(redact(option) for option in self.beam_options)}
+        """For run parameters and logs: the runner and its options, credentials masked and removed from URLs."""
+        shown = []
+        for option in self.beam_options:
+            key = option.partition("=")[0]
+            shown.append(f"{key}=***" if _CREDENTIAL_OPTION.search(key) else redact(option))
+        return {"runner": self.runner, "beam_options": " ".join(shown)}
 
 
 def read_options_file(path: str | os.PathLike) -> tuple[str, ...]:

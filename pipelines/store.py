@@ -6,9 +6,10 @@
     OUT/alerts/state.json                                         open drift episodes per segment
     OUT/report.html                                               the drift report
 
-Every write is atomic: where the filesystem renames (a local disk) a hidden temporary is renamed into place; where
-it does not (s3://, gs://, az://) the object is written whole in one request, so readers see the old object or the
-new one, never a part. Readers skip hidden names, so a run killed midway leaves nothing they would read.
+Every write is atomic: on an object store (s3://, gs://, az://), which has no rename, the object is written whole,
+so readers see the old object or the new one, never a part; on any other filesystem (a local disk, HDFS, SFTP) a
+hidden temporary is renamed into place. Readers skip hidden names, so a run killed midway leaves nothing they
+would read.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ import datetime as dt
 import json
 import posixpath
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any, Literal
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.times import LABEL_FORMAT, UNKNOWN_WINDOW, window_label
 
-TABLES = ("scores", "windows", "rejected", "decisions")
 AlertState = Literal["outbox", "delivered"]
+# Filesystems without an atomic rename, where an object is written whole instead; every other one renames.
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "memory"}
 _STATE_DOCUMENTS = {"watermark": "_state/watermark.json", "alert_policy": "alerts/state.json"}
 
 
@@ -78,26 +80,37 @@ class OutputStore:
             self.path(table, f"window_start={label}", f"part-{part}.parquet"), buffer.getvalue().to_pybytes()
         )
 
-    def read_table(self, table: str) -> pa.Table:
+    def read_table(self, table: str, *, upgrade: Callable[[pa.Table], pa.Table] | None = None) -> pa.Table:
         """A whole table with ``window_start`` as a UTC timestamp (null for rejections of unknown time).
 
+        Args:
+            table: ``scores``, ``windows``, ``rejected``, ``decisions``.
+            upgrade: applied to each file's rows before they are put together, to bring files an older version
+                wrote to today's schema.
+
         Returns:
-            The rows of every window; an empty table when nothing was written yet.
+            The rows of every window with the columns of every file (a window scored after a score was added has
+            one more; the others read it as null); an empty table when nothing was written yet.
         """
         root = self.path(table)
         self.fs.invalidate_cache(root)  # another process may have written since this one listed
-        if not self.fs.exists(root):
-            return pa.table({})
-        partitioning = ds.partitioning(pa.schema([("window_start", pa.string())]), flavor="hive")
-        dataset = ds.dataset(root, filesystem=self.fs, format="parquet", partitioning=partitioning)
-        # Every file's columns, not the first one's: windows scored after a score was added have one more.
-        files = [fragment.physical_schema for fragment in dataset.get_fragments()]
+        files = sorted(
+            path
+            for path in (self.fs.find(root) if self.fs.exists(root) else [])
+            if path.endswith(".parquet") and not posixpath.basename(path).startswith(".")
+        )
         if not files:
             return pa.table({})
-        schema = pa.unify_schemas([*files, pa.schema([("window_start", pa.string())])])
-        rows = ds.dataset(
-            root, filesystem=self.fs, format="parquet", partitioning=partitioning, schema=schema
-        ).to_table()
+
+        def read(path: str) -> pa.Table:
+            rows = pq.read_table(path, filesystem=self.fs)
+            rows = upgrade(rows) if upgrade else rows
+            label = posixpath.basename(posixpath.dirname(path)).removeprefix("window_start=")
+            return rows.append_column("window_start", pa.array([label] * rows.num_rows, pa.string()))
+
+        # Object stores answer each file in a round trip: a few in flight at once.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            rows = pa.concat_tables(list(pool.map(read, files)), promote_options="default")
         labels = rows.column("window_start")
         known = pc.if_else(pc.equal(labels, UNKNOWN_WINDOW), pa.scalar(None, pa.string()), labels)
         starts = pc.strptime(known, format=LABEL_FORMAT, unit="us").cast(pa.timestamp("us", tz="UTC"))
@@ -110,7 +123,12 @@ class OutputStore:
         self.fs.invalidate_cache(folder)
         if not self.fs.exists(target):
             return pa.table({})
-        return ds.dataset(target, filesystem=self.fs, format="parquet").to_table()
+        if part:
+            return pq.read_table(target, filesystem=self.fs)
+        files = sorted(
+            path for path in self.fs.ls(folder, detail=False) if not posixpath.basename(path).startswith(".")
+        )
+        return pa.concat_tables([pq.read_table(path, filesystem=self.fs) for path in files], promote_options="default")
 
     # -- state documents ------------------------------------------------------------------------------
 
@@ -133,6 +151,7 @@ class OutputStore:
         return sorted(name for name in names if name.endswith(".json") and not name.startswith("."))
 
     def has_alert(self, state: AlertState, name: str) -> bool:
+        self.fs.invalidate_cache(self.path("alerts", state))  # another run may have delivered it since
         return self.fs.exists(self.path("alerts", state, name))
 
     def read_alert(self, state: AlertState, name: str) -> dict[str, Any]:
@@ -155,6 +174,11 @@ class OutputStore:
 
     # -- atomic writes --------------------------------------------------------------------------------
 
+    @cached_property
+    def _is_object_store(self) -> bool:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        return bool(set(protocols) & _OBJECT_STORES)
+
     def _read_json(self, path: str) -> Any:
         try:
             with self.fs.open(path, "rb") as file:
@@ -164,8 +188,9 @@ class OutputStore:
 
     def _write_bytes(self, path: str, data: bytes) -> None:
         folder, name = posixpath.split(path)
-        if not isinstance(self.fs, LocalFileSystem):
-            # One PUT: an object store shows the old object or the new one, and has no rename to do better.
+        if self._is_object_store:
+            # Written whole (one PUT, or a multipart upload above 100 MB that appears at once): an object store shows
+            # the old object or the new one, and its "rename" is a copy, no better.
             self.fs.pipe_file(path, data)
             return
         self.fs.makedirs(folder, exist_ok=True)

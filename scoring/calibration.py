@@ -69,10 +69,10 @@ class CalibrationConfig:
         if not 0 < self.fit_share < 1:
             raise ValueError(f"fit_share must be in (0, 1), got {self.fit_share}")
 
-    def fits_on(self, image_ids: Iterable[str]) -> set[str]:
-        """The images fitted scores learn from: ``fit_share`` of them, chosen by their ids' hashes, so that every
-        process and every run on the same reference picks the same ones."""
-        ordered = sorted(set(image_ids), key=lambda image_id: hashlib.sha256(image_id.encode()).digest())
+    def fits_on(self, images: Iterable[str]) -> set[str]:
+        """The images fitted scores learn from, of those named (by URI): ``fit_share`` of them, chosen by the hashes
+        of their names, so that every process and every run on the same reference picks the same ones."""
+        ordered = sorted(set(images), key=lambda name: hashlib.sha256(name.encode()).digest())
         return set(ordered[: min(self.max_fit_images, round(len(ordered) * self.fit_share))])
 
 
@@ -242,6 +242,8 @@ def calibrate(
     held_out, calibration_part = order[:holdout_size], order[holdout_size:]
     segment_of = np.asarray(segments if segments is not None else [""] * count, dtype=object)
     tests = list(tests if tests is not None else registered_window_tests())
+    if not tests:
+        raise ValueError("no window tests to fit: name at least one, or pass tests=None for every registered one")
     references = {"": _fitted_references(columns, calibration_part, tests, config, rng)}
     for segment in sorted(set(segment_of[calibration_part]) - {""}):
         members = calibration_part[segment_of[calibration_part] == segment]

@@ -33,6 +33,33 @@ DECISIONS_SCHEMA = pa.schema(
 )
 
 
+def read_decisions(store: OutputStore) -> pa.Table:
+    """Every window's decision, including those gradwatch 0.1 wrote (with ``fired`` as strings)."""
+    return store.read_table("decisions", upgrade=_upgrade)
+
+
+def _upgrade(rows: pa.Table) -> pa.Table:
+    """Decisions of 0.1 listed fired tests as ``segment/score/test`` strings ("-" for no segment), named the OOD-rate
+    test "binomial", and could hold a segment containing "/": split from the right, they are today's records."""
+    fired = rows.schema.field("fired").type
+    if fired == DECISIONS_SCHEMA.field("fired").type:
+        return rows
+    upgraded = []
+    for names in rows.column("fired").to_pylist():
+        records = []
+        for name in names or []:
+            segment, score, test = name.rsplit("/", 2)
+            records.append(
+                {"test": _RENAMED.get(test, test), "score": score, "segment": "" if segment == "-" else segment}
+            )
+        upgraded.append(records)
+    index = rows.schema.get_field_index("fired")
+    return rows.set_column(index, "fired", pa.array(upgraded, DECISIONS_SCHEMA.field("fired").type))
+
+
+_RENAMED = {"binomial": "beta_binomial"}
+
+
 def decision_row(
     outcome: WindowOutcome, *, model_id: str, threshold_version: str, mlflow_run_id: str
 ) -> dict[str, Any]:

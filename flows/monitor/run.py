@@ -79,7 +79,6 @@ class Monitor:
         planned = plan_windows(self.config, self.images, self.watermark, self.now)
         if planned:
             self.gates = Gates()
-            self.policy = AlertPolicy(self.store, reminder_every=self.config.reminder_every)
             self.report.mlflow_run_id = self.registry.start_monitoring_run(
                 f"monitor {self.source.name} {window_label(planned[0])}..{window_label(planned[-1])}",
                 {
@@ -111,7 +110,9 @@ class Monitor:
             self.calibration.model_id, self.version.version, self.links, self.config.images_per_alert
         )
         previous = self.watermark.segments(window_start - self.config.window)
-        alerts = alerts_for(outcome, previous_segments=previous, policy=self.policy, context=context)
+        # As the last window left it: a retry after a failure below must page what the failed attempt would have.
+        policy = AlertPolicy(self.store, reminder_every=self.config.reminder_every)
+        alerts = alerts_for(outcome, previous_segments=previous, policy=policy, context=context)
         row = decision_row(
             outcome,
             model_id=self.calibration.model_id,
@@ -124,7 +125,7 @@ class Monitor:
             decision = outcome.decision or self.calibration.decide({"": {}})
             self.registry.log_window(self.report.mlflow_run_id, window_start, self.config.window, decision)
         self.report.alerts_queued += sum(self.outbox.add(alert) for alert in alerts)
-        self.policy.save()
+        policy.save()
         self.watermark.mark(window_start, fingerprint(refs), outcome.status, set(outcome.segments))
         self.report.windows.append(outcome)
         return outcome

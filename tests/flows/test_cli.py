@@ -176,3 +176,12 @@ def test_monitor_scores_each_window_on_the_runner_and_options_given(tmp_path: Pa
     (run,) = registry.client.search_runs([registry.client.get_experiment_by_name(MONITORING_EXPERIMENT).experiment_id])
     assert run.data.params["runner"] == "BundleBasedDirectRunner"
     assert run.data.params["beam_options"] == "job_name=gradwatch-runner-test direct_num_workers=1"
+
+
+def test_deploy_refuses_credentials_in_beam_options(tmp_path: Path) -> None:
+    result = _gradwatch(
+        "deploy", str(tmp_path), "--out", str(tmp_path / "out"), "--beam-option", "s3_secret_access_key=wJalrXUtnFEMI"
+    )
+    assert result.returncode == 2
+    assert "--beam-option s3_secret_access_key carries a credential" in result.stderr
+    assert "wJalrXUtnFEMI" not in result.stderr + result.stdout

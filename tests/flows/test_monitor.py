@@ -174,3 +174,28 @@ def test_each_window_is_scored_as_configured_with_what_the_calibration_fitted() 
     assert (run.scoring, run.pipeline) == (scoring, pipeline)
     assert (run.since, run.until, run.window) == (START, START + HOUR, HOUR)
     assert run.fitted_scores == {"feature_distance": {"mean": [0.5]}}
+
+
+def test_a_window_retried_after_a_failure_still_pages(tmp_path: Path, registry, monkeypatch) -> None:
+    from flows.monitor import Monitor
+
+    _approve(registry, tmp_path)
+    for index in range(30):
+        _flat(tmp_path / "feed" / f"{index}.png", index, START + dt.timedelta(minutes=index))
+    config = MonitorConfig(
+        source=str(tmp_path / "feed"), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY)
+    )
+    monitor = Monitor(config, now=START + HOUR + dt.timedelta(minutes=5))
+    monitor.load_thresholds(registry)
+    (window,) = monitor.plan()
+    log_window = registry.log_window
+
+    def unreachable_once(*args, **kwargs) -> None:
+        monkeypatch.setattr(registry, "log_window", log_window)
+        raise ConnectionError("MLflow went away")  # after the decision, before the alerts are queued
+
+    monkeypatch.setattr(registry, "log_window", unreachable_once)
+    with pytest.raises(ConnectionError):
+        monitor.process(window)
+    assert monitor.process(window).status == "drift"  # the orchestrator's retry
+    assert "drift" in {entry["alert"]["kind"] for _, entry in monitor.outbox.pending()}

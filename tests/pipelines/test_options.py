@@ -83,8 +83,19 @@ def test_local_gpu_worker_processes_share_one_model_copy(device: str, workers: i
 def test_runs_are_described_without_credentials_and_unknown_runners_refused() -> None:
     from pipelines.settings import RunnerError
 
-    settings = PipelineSettings(runner="FlinkRunner", beam_options=("artifact_endpoint=http://ci:t0ken@cache:8098",))
-    assert settings.described() == {"runner": "FlinkRunner", "beam_options": "artifact_endpoint=http://cache:8098"}
+    options = (
+        "artifact_endpoint=http://ci:t0ken@cache:8098",
+        "s3_secret_access_key=wJalrXUtnFEMI",
+        "--azure_connection_string=DefaultEndpointsProtocol=https;AccountKey=KEY==",
+        "parallelism=8",
+    )
+    settings = PipelineSettings(runner="FlinkRunner", beam_options=options)
+    assert settings.described() == {
+        "runner": "FlinkRunner",
+        "beam_options": "artifact_endpoint=http://cache:8098 s3_secret_access_key=*** --azure_connection_string=*** "
+        "parallelism=8",
+    }
+    assert settings.credential_options() == ["s3_secret_access_key", "azure_connection_string"]
     settings.check()
     PipelineSettings().check()
     with pytest.raises(RunnerError, match="'FlinkRuner' is not a Beam runner"):

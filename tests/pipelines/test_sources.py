@@ -39,7 +39,7 @@ def test_a_uri_names_its_kind() -> None:
 def test_missing_sources_say_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="is not a folder, prefix or manifest"):
         open_source(str(tmp_path / "nope")).check()
-    with pytest.raises(SourceError, match="manifest .* does not exist"):
+    with pytest.raises(SourceError, match=r"manifest .* does not exist"):
         open_source(str(tmp_path / "nope.csv")).check()
 
 

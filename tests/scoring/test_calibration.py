@@ -122,3 +122,8 @@ def test_an_approved_format_1_calibration_decides_as_it_did() -> None:
 def test_foreign_json_is_refused() -> None:
     with pytest.raises(ValueError, match="recalibrate"):
         Calibration.from_json('{"format": "something-else/9"}')
+
+
+def test_a_calibration_without_tests_is_refused() -> None:
+    with pytest.raises(ValueError, match="no window tests to fit"):
+        calibrate(_healthy(np.random.default_rng(8), 300), model_id="m@abc", config=FAST, tests=[])
