@@ -39,6 +39,8 @@ from pipelines.inference import ScorerModelHandler  # noqa: E402
 from pipelines.records import EncodedImage  # noqa: E402
 from scoring import DEFAULT_MODEL, Scorer, ScoringSettings, decode_image, load_scorer, resolve_device  # noqa: E402
 from scoring.decoding import DeviceJpegDecoder  # noqa: E402
+from scoring.jpeg import read_jpeg_header  # noqa: E402
+from scoring.properties import NativeImage, native_properties  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
 from scoring.scorer import DEVICE_DECODE_CHUNK  # noqa: E402
 from scoring.separation import auroc  # noqa: E402
@@ -121,7 +123,8 @@ def encode_jpeg(image: Image.Image) -> bytes:
 
 def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.device, feed: str) -> None:
     """Microseconds per image of each step of device decoding, one thread, chunk by chunk."""
-    spent = dict.fromkeys(("header check", "bytes to tensor", "decode", "preprocess", "one frame at a time"), 0.0)
+    steps = ("header check", "bytes to tensor", "decode", "native properties", "preprocess", "one frame at a time")
+    spent = dict.fromkeys(steps, 0.0)
 
     def timed(step: str, work: Callable[[], object]) -> object:
         start = time.perf_counter()
@@ -138,6 +141,13 @@ def decode_stages(decoder: DeviceJpegDecoder, blobs: list[bytes], device: torch.
             "bytes to tensor", lambda a=accepted: [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in a]
         )
         decoded = timed("decode", lambda e=encoded: decoder._decode(e))
+        timed(
+            "native properties",
+            lambda d=decoded, a=accepted: [
+                native_properties(NativeImage.of(f.permute(1, 2, 0), read_jpeg_header(b)))
+                for f, b in zip(d, a, strict=True)
+            ],
+        )
         timed("preprocess", lambda d=decoded: decoder._preprocess(d))
         # What preprocessing cost before frames were resampled together (issue 8), for comparison.
         timed(

@@ -104,12 +104,15 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
 
 
 class ScoreImages(beam.PTransform):
-    """EncodedImage -> ``rows`` (one scores-table row per scored image) and ``rejected`` (those that did not decode)."""
+    """EncodedImage -> ``rows`` (one scores-table row per scored image) and ``rejected`` (those that did not decode).
 
-    def __init__(self, handler: ScorerModelHandler, *, model_id: str, score_names: Sequence[str]) -> None:
+    ``columns`` are the measured values each row keeps: scores and image properties.
+    """
+
+    def __init__(self, handler: ScorerModelHandler, *, model_id: str, columns: Sequence[str]) -> None:
         super().__init__()
         self._handler = handler
-        self._rows = _ScoreRows(model_id=model_id, score_names=score_names)
+        self._rows = _ScoreRows(model_id=model_id, columns=columns)
 
     def expand(self, images: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (
@@ -122,9 +125,9 @@ class ScoreImages(beam.PTransform):
 class _ScoreRows(beam.DoFn):
     """PredictionResult -> a scores row (main), or a decode Rejected (``rejected``) for an image that failed."""
 
-    def __init__(self, *, model_id: str, score_names: Sequence[str]) -> None:
+    def __init__(self, *, model_id: str, columns: Sequence[str]) -> None:
         self._model_id = model_id
-        self._score_names = tuple(score_names)
+        self._columns = tuple(columns)
 
     def process(self, result: PredictionResult) -> Iterator[Any]:
         image, outcome = result.example, result.inference
@@ -139,6 +142,6 @@ class _ScoreRows(beam.DoFn):
             "event_time": image.event_time,
             "segment": image.segment,
             "model_id": self._model_id,
-            **{name: outcome[name] for name in self._score_names},
+            **{name: outcome[name] for name in self._columns},
             "pred": outcome["pred"],
         }

@@ -25,7 +25,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.inference import ScoreImages, ScorerModelHandler
 from pipelines.read import ReadImages
-from pipelines.records import REJECTED, REJECTED_SCHEMA, WINDOWS_SCHEMA, scores_schema
+from pipelines.records import REJECTED, REJECTED_SCHEMA, WINDOWS_SCHEMA, measured_columns, scores_schema
 from pipelines.settings import PipelineSettings
 from pipelines.sinks import WriteTables
 from pipelines.sources import Source, open_source
@@ -34,6 +34,7 @@ from pipelines.times import align_to_windows
 from pipelines.windows import WindowTables
 from scoring import LoadedModel, ScoringSettings, load_model, resolve_device
 from scoring.decoding import DeviceJpegDecoder
+from scoring.properties import registered_properties
 from scoring.scores import computable_scores
 
 
@@ -95,20 +96,20 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: 
     """
     source = open_source(config.source)
     since, until = config.aligned_range()
-    score_names = tuple(computable_scores(config.fitted_scores))
+    columns = measured_columns(tuple(computable_scores(config.fitted_scores)), tuple(registered_properties()))
     listed = pipeline | "List" >> source.listing()
     read = listed | "ReadImages" >> ReadImages(max_bytes=max_bytes, since=since, until=until)
     handler = _handler(config, model_id)
-    scored = read.images | "ScoreImages" >> ScoreImages(handler, model_id=model_id, score_names=score_names)
+    scored = read.images | "ScoreImages" >> ScoreImages(handler, model_id=model_id, columns=columns)
     rejected = (read[REJECTED], scored[REJECTED]) | "AllRejected" >> beam.Flatten()
     if config.progress_dir:
         # Two ticks rather than a Flatten, so each runs fused into the stage that finishes the image.
         scored.rows | "TickScored" >> beam.ParDo(_TickProgress(config.progress_dir))
         rejected | "TickRejected" >> beam.ParDo(_TickProgress(config.progress_dir))
     tables = (scored.rows, rejected) | "WindowTables" >> WindowTables(
-        window=config.window, score_names=score_names, model_id=model_id
+        window=config.window, columns=columns, model_id=model_id
     )
-    schemas = {"scores": scores_schema(score_names), "windows": WINDOWS_SCHEMA, REJECTED: REJECTED_SCHEMA}
+    schemas = {"scores": scores_schema(columns), "windows": WINDOWS_SCHEMA, REJECTED: REJECTED_SCHEMA}
     written = tables | "WriteTables" >> WriteTables(OutputStore(config.out), schemas=schemas, part=source.key)
     written["windows"] | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
 

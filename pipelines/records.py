@@ -17,6 +17,11 @@ RejectStage = Literal["list", "manifest", "read", "decode"]
 
 # Score columns every scores table has; scores registered beyond these are appended after them.
 CORE_SCORE_COLUMNS = ("gradnorm", "energy", "msp", "maxlogit", "feature_l1", "output_l1")
+# Image property columns (scoring.properties) after the scores, likewise.
+CORE_PROPERTY_COLUMNS = (
+    "brightness", "contrast", "colourfulness", "sharpness", "noise", "blockiness", "jpeg_quality", "width", "height",
+    "aspect_ratio",
+)  # fmt: skip
 # The tag of every dead-letter output: images listed but not scored.
 REJECTED = "rejected"
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
@@ -56,8 +61,17 @@ class Rejected:
     segment: str = ""
 
 
-def scores_schema(score_names: tuple[str, ...]) -> pa.Schema:
-    extra = [name for name in score_names if name not in CORE_SCORE_COLUMNS]
+def measured_columns(score_names: tuple[str, ...], property_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The per-image values of the scores table, in its order: core scores, other scores, core properties, others."""
+
+    def ordered(names: tuple[str, ...], core: tuple[str, ...]) -> list[str]:
+        return [*core, *(name for name in names if name not in core)]
+
+    return (*ordered(score_names, CORE_SCORE_COLUMNS), *ordered(property_names, CORE_PROPERTY_COLUMNS))
+
+
+def scores_schema(columns: tuple[str, ...]) -> pa.Schema:
+    """The scores table for these measured columns (:func:`measured_columns`)."""
     return pa.schema(
         [
             ("image_id", pa.string()),
@@ -65,7 +79,7 @@ def scores_schema(score_names: tuple[str, ...]) -> pa.Schema:
             ("event_time", _TIMESTAMP),
             ("segment", pa.string()),
             ("model_id", pa.string()),
-            *[(name, pa.float64()) for name in (*CORE_SCORE_COLUMNS, *extra)],
+            *[(name, pa.float64()) for name in columns],
             ("pred", pa.int64()),
         ]
     )

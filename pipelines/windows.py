@@ -83,7 +83,8 @@ class WindowAccumulator:
 
 
 class WindowStatsFn(beam.CombineFn):
-    """Combines a (window, segment)'s inputs: a mapping of scores per scored image, None per rejection."""
+    """Combines a (window, segment)'s inputs: a mapping of measured values (scores, image properties) per scored
+    image, None per rejection. A NaN value (a property that does not apply) is left out: ``n`` counts the others."""
 
     def __init__(self, score_names: tuple[str, ...]) -> None:
         self._score_names = score_names
@@ -96,7 +97,9 @@ class WindowStatsFn(beam.CombineFn):
             accumulator.n_rejected += 1
         else:
             for name in self._score_names:
-                accumulator.scores[name].add(float(element[name]))
+                value = float(element[name])
+                if math.isfinite(value):  # a property that does not apply (a PNG's JPEG quality) is NaN
+                    accumulator.scores[name].add(value)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterator[WindowAccumulator]) -> WindowAccumulator:
@@ -143,15 +146,15 @@ class WindowTables(beam.PTransform):
         ``{"scores": ..., "windows": ..., "rejected": ...}``, PCollections of (label, row) in the global window.
     """
 
-    def __init__(self, *, window: dt.timedelta, score_names: Sequence[str], model_id: str) -> None:
+    def __init__(self, *, window: dt.timedelta, columns: Sequence[str], model_id: str) -> None:
         super().__init__()
         self._window_seconds = window.total_seconds()
-        self._score_names = tuple(score_names)
+        self._columns = tuple(columns)
         self._model_id = model_id
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         scored_rows, rejected = inputs
-        names, windows = self._score_names, beam_window.FixedWindows(self._window_seconds)
+        names, windows = self._columns, beam_window.FixedWindows(self._window_seconds)
         scored = (
             scored_rows
             | "ScoresEventTime"

@@ -22,6 +22,7 @@ import torch
 from scoring.errors import DecoderUnavailableError
 from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
 from scoring.jpeg import RGB_IDENTIFIERS, read_jpeg_header
+from scoring.properties import NativeImage, native_properties
 
 Decoder = Literal["host", "device"]
 DECODERS: tuple[Decoder, ...] = get_args(Decoder)
@@ -115,17 +116,18 @@ class DeviceJpegDecoder:
         """Whether ``data`` is a JPEG the device can decode as the host would (:func:`decodes_on_device`)."""
         return decodes_on_device(data, self._preprocessing)
 
-    def decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
-        """Decode and preprocess on the device the images it :meth:`accepts`.
+    def decode(self, images: Sequence[bytes]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Decode and preprocess on the device the images it :meth:`accepts`, and measure their native properties.
 
         Safe to call from several threads: on a GPU each thread works on a stream of its own and waits for it,
         so what it returns is complete; a caller reading it on another stream must ``record_stream`` it there.
 
         Returns:
-            Per input, a float32 (3, crop, crop) tensor on the device, or None for an image it declines or fails
-            on (decoding, or out of memory); the host path takes those.
+            Per input, a float32 (3, crop, crop) tensor and its native properties (:mod:`scoring.properties`), on
+            the device, or None for an image it declines or fails on (decoding, or out of memory); the host path
+            takes those.
         """
-        outputs: list[torch.Tensor | None] = [None] * len(images)
+        outputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(images)
         accepted = [index for index, data in enumerate(images) if self.accepts(data)]
         if not accepted:
             return outputs
@@ -139,8 +141,13 @@ class DeviceJpegDecoder:
                     "device JPEG decoding failed on a batch of %d (%s); retrying one at a time", len(encoded), error
                 )
                 decoded = [self._decode_one(data) for data in encoded]
-            for index, tensor in zip(accepted, self._preprocess(decoded), strict=True):
-                outputs[index] = tensor
+            # Measured at the frames' own resolution, before resizing spreads their 8x8 blocks.
+            natives = [
+                None if frame is None else native_properties(NativeImage.of(frame.permute(1, 2, 0), header))
+                for frame, header in zip(decoded, (read_jpeg_header(images[index]) for index in accepted), strict=True)
+            ]
+            for index, tensor, native in zip(accepted, self._preprocess(decoded), natives, strict=True):
+                outputs[index] = None if tensor is None else (tensor, native)
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
         return outputs

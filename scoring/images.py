@@ -174,6 +174,11 @@ class Preprocessing:
         normalised = torch.empty((count, 3, self.crop, self.crop), device=device)
         return torch.addcmul(shift, resampled, scale, out=normalised)
 
+    def to_unit_pixels(self, batch: torch.Tensor) -> torch.Tensor:
+        """A normalised batch (N, 3, H, W) back to pixels in [0, 1], float32, on its device: what the model saw."""
+        scale, shift = _normalisation(tuple(self.mean), tuple(self.std), batch.device)
+        return ((batch.float() - shift) / (255 * scale)).clamp_(0, 1)
+
     def _check_torch_interpolation(self) -> None:
         if self.interpolation not in TORCH_INTERPOLATIONS:
             raise ValueError(

@@ -9,8 +9,11 @@ Marker layout: ITU-T T.81 annex B; EXIF: CIPA DC-008 (a TIFF header, then IFD0's
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 _START_OF_IMAGE = b"\xff\xd8"
 # Start-of-frame markers; C4 (Huffman tables), C8 (reserved) and CC (arithmetic conditioning) share the range.
@@ -47,6 +50,14 @@ _UNREADABLE = -1
 _TIFF_SHORT = 3
 # Component identifiers of an RGB-coded frame without JFIF or Adobe markers ('R', 'G', 'B'), as libjpeg reads them.
 RGB_IDENTIFIERS = (82, 71, 66)
+_QUANTISATION_TABLES = 0xDB
+# The luminance table of T.81 annex K, which libjpeg (and so Pillow, and most encoders) scales by quality, in the
+# zigzag order tables are written in.
+_ANNEX_K_LUMINANCE = (
+    16, 11, 12, 14, 12, 10, 16, 14, 13, 14, 18, 17, 16, 19, 24, 40, 26, 24, 22, 22, 24, 49, 35, 37, 29, 40, 58, 51,
+    61, 60, 57, 51, 56, 55, 64, 72, 92, 78, 64, 68, 87, 69, 55, 56, 80, 109, 81, 87, 95, 98, 103, 104, 103, 62, 77,
+    113, 121, 112, 100, 120, 92, 101, 103, 99,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,9 @@ class JpegHeader:
     # after the first are read only where there must be some (progressive files, or a first scan that leaves
     # components out); then the markers up to the end of the image must read too.
     scans_match_frame: bool
+    # The encoder quality (1 to 100) whose libjpeg scaling of annex K's table comes nearest the luminance table,
+    # as ImageMagick and forensic tools estimate it; None without an 8-bit table 0 before the first scan.
+    quality: int | None = None
 
 
 def read_jpeg_header(data: bytes) -> JpegHeader | None:
@@ -87,6 +101,7 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
     adobe_transform: int | None = None
     exif: bytes | None = None
     xmp: bytes | None = None
+    luminance: tuple[int, ...] | None = None
     while True:
         segment = _segment(data, position)
         if segment is None:
@@ -119,9 +134,12 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
                 upright=_orientation(exif, xmp) in (None, 0, 1),
                 multi_picture=multi_picture,
                 scans_match_frame=scans_match_frame,
+                quality=None if luminance is None else estimated_quality(luminance),
             )
         elif marker not in _TABLES_AND_METADATA:
             return None
+        elif marker == _QUANTISATION_TABLES:
+            luminance = _luminance_table(data[start:end]) or luminance
         elif marker == 0xE0:
             jfif = jfif or (data.startswith(_JFIF, start, end) and end - start >= _JFIF_LENGTH)
         elif marker == 0xE1:
@@ -134,6 +152,42 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
             multi_picture = multi_picture or data.startswith(_MULTI_PICTURE, start, end)
         elif marker == 0xEE and data.startswith(_ADOBE, start, end) and end - start >= _ADOBE_LENGTH:
             adobe_transform = data[start + 11]
+
+
+@functools.lru_cache(maxsize=256)
+def estimated_quality(luminance: tuple[int, ...]) -> int:
+    """The libjpeg quality whose scaled annex K table is nearest (in summed absolute difference) ``luminance``.
+
+    libjpeg (jcparam.c) scales by 5000 / q below 50 and by 200 - 2q from 50, rounds and keeps values in 1..255, so
+    tables libjpeg or Pillow wrote give their quality back exactly; other encoders' tables give the nearest. Cached:
+    a camera writes the same table into every photo.
+    """
+    distances = np.abs(_SCALED_TABLES - np.asarray(luminance)).sum(axis=1)
+    return int(np.argmin(distances)) + 1
+
+
+def _scaled_tables() -> np.ndarray:
+    """Annex K's luminance table as libjpeg scales it for each quality 1 to 100: (100, 64)."""
+    qualities = np.arange(1, 101)
+    scales = np.where(qualities < 50, 5000 // qualities, 200 - 2 * qualities)
+    return np.clip((np.asarray(_ANNEX_K_LUMINANCE)[None] * scales[:, None] + 50) // 100, 1, 255)
+
+
+_SCALED_TABLES = _scaled_tables()
+
+
+def _luminance_table(segment: bytes) -> tuple[int, ...] | None:
+    """Table 0 of a quantisation-table segment when it holds an 8-bit one (zigzag order), else None."""
+    position = 0
+    while position < len(segment):
+        precision, table = segment[position] >> 4, segment[position] & 0x0F
+        size = 64 * (precision + 1)
+        if precision > 1 or position + 1 + size > len(segment):
+            return None
+        if table == 0 and precision == 0:
+            return tuple(segment[position + 1 : position + 1 + size])
+        position += 1 + size
+    return None
 
 
 def _segment(data: bytes, position: int) -> tuple[int, int, int] | None:

@@ -19,7 +19,9 @@ from torch import nn
 from scoring.decoding import DeviceJpegDecoder
 from scoring.errors import ImageDecodeError, ModelSpecError
 from scoring.images import ImageInput, Preprocessing, decode_image
+from scoring.jpeg import read_jpeg_header
 from scoring.models import LoadedModel, load_model
+from scoring.properties import NativeImage, input_properties, native_properties, registered_properties
 from scoring.scores import HeadOutputs, computable_scores, registered_scores
 from scoring.settings import ScoringSettings
 
@@ -49,6 +51,8 @@ DEVICE_DECODE_AHEAD = 2 * DEVICE_DECODE_THREADS
 MAX_DECODE_THREADS = 32
 
 ImageScores = dict[str, float | int]
+# A decoded image: its model input (3, crop, crop) and its native properties (registry order), on one device.
+Decoded = tuple[torch.Tensor, torch.Tensor]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -151,6 +155,11 @@ class Scorer:
     def score_names(self) -> list[str]:
         return list(self._scores)
 
+    @property
+    def property_names(self) -> list[str]:
+        """The image properties every result carries beside the scores (:mod:`scoring.properties`)."""
+        return list(registered_properties())
+
     def preprocess(self, image: ImageInput, *, source: str | None = None) -> torch.Tensor:
         """Decode one input and apply the model's own resize, crop and normalisation.
 
@@ -174,7 +183,8 @@ class Scorer:
 
         Returns:
             1-D arrays of length N: every registered score as float64 (``gradnorm``, ``energy``, ``msp``,
-            ``maxlogit``, ``feature_l1``, ``output_l1``, ...) and ``pred``, the argmax class, as int64.
+            ``maxlogit``, ``feature_l1``, ``output_l1``, ...), every image property (the native ones, which need
+            the encoded image, NaN), and ``pred``, the argmax class, as int64.
         """
         return self._collect(self._launch(batch))
 
@@ -207,16 +217,18 @@ class Scorer:
             sources: their names (URIs), for rejection messages.
 
         Returns:
-            Per image, in order: its scores (as :meth:`score` gives them, one value each), or the
-            :class:`ImageDecodeError` that rejects it; a bad image never fails the others.
+            Per image, in order: its scores and properties (as :meth:`score` gives them, one value each, the
+            native properties measured), or the :class:`ImageDecodeError` that rejects it; a bad image never fails
+            the others.
         """
         if len(images) != len(sources):
             raise ValueError(f"{len(images)} images but {len(sources)} sources; pass one source per image")
         results: list[ImageScores | ImageDecodeError | None] = [None] * len(images)
         groups = self._decoded_groups(images, sources, results)
         queued: tuple[list[int], _Queued] | None = None
-        for indices, tensors in groups:
-            following = indices, self._launch(self._stack(tensors))
+        for indices, decoded in groups:
+            natives = self._stack([native for _, native in decoded])
+            following = indices, self._launch(self._stack([tensor for tensor, _ in decoded]), natives)
             if queued is not None:
                 self._store(*queued, results)
             queued = following
@@ -237,8 +249,8 @@ class Scorer:
             return {}
         features, logits = [], []
         rejected: list[ImageScores | ImageDecodeError | None] = [None] * len(images)
-        for _, tensors in self._decoded_groups(images, sources, rejected):
-            batch = self._stack(tensors).to(self.device, memory_format=torch.channels_last)
+        for _, decoded in self._decoded_groups(images, sources, rejected):
+            batch = self._stack([tensor for tensor, _ in decoded]).to(self.device, memory_format=torch.channels_last)
             with torch.inference_mode():
                 for chunk in batch.split(self.forward_chunk or len(batch)):
                     chunk_features, chunk_logits = self._forward(chunk)
@@ -251,8 +263,9 @@ class Scorer:
         head = HeadOutputs(torch.cat(features), torch.cat(logits), self.settings.temperature)
         return {name: score.fit(head) for name, score in learning.items()}
 
-    def _launch(self, batch: torch.Tensor) -> _Queued:
-        """Queue the forward pass, the scores and their copy to the host, without waiting for the device."""
+    def _launch(self, batch: torch.Tensor, natives: torch.Tensor | None = None) -> _Queued:
+        """Queue the forward pass, the scores, the properties and their copy to the host, without waiting for the
+        device. ``natives`` are the batch's native properties, (N, K), when its images were decoded here."""
         if batch.ndim != 4 or len(batch) == 0:
             raise ValueError(
                 f"batch must be (N, C, H, W) with N >= 1, got shape {tuple(batch.shape)}; stack preprocess() outputs"
@@ -270,8 +283,17 @@ class Scorer:
                 # Checked once the device is done, so the check costs no wait.
                 finite = torch.stack([torch.isfinite(f).all() & torch.isfinite(z).all() for f, z in heads])
                 finite = finite.to("cpu", non_blocking=True)
+            properties = input_properties(self.preprocessing.to_unit_pixels(batch))
+            native_names = registered_properties("native")
+            if natives is None:
+                natives = torch.full((len(batch), len(native_names)), torch.nan, device=batch.device)
+            properties.update(zip(native_names, natives.unbind(dim=1), strict=True))
+            properties = {name: column.double() for name, column in properties.items()}
             # Non-blocking copies to the host land in page-locked memory; _collect waits for them.
-            columns = {name: column.to("cpu", non_blocking=True) for name, column in self._columns(heads).items()}
+            columns = {
+                name: column.to("cpu", non_blocking=True)
+                for name, column in {**self._columns(heads), **properties}.items()
+            }
         done = None
         if self.device.type == "cuda":
             done = torch.cuda.Event(blocking=True)  # the waiting thread sleeps, leaving the core to the decoders
@@ -287,7 +309,9 @@ class Scorer:
                     head if ok else self._loaded.forward_to_head(chunk)
                     for chunk, head, ok in zip(queued.chunks, queued.heads, queued.finite.tolist(), strict=True)
                 ]
-                return {name: column.cpu().numpy() for name, column in self._columns(heads).items()}
+                rescored = {name: column.cpu().numpy() for name, column in self._columns(heads).items()}
+            # The properties do not depend on the network's precision: kept as they were.
+            return {**{name: column.numpy().copy() for name, column in queued.columns.items()}, **rescored}
         # Copied out of the page-locked buffers, which go back to the allocator's cache for the next batch.
         return {name: column.numpy().copy() for name, column in queued.columns.items()}
 
@@ -322,11 +346,11 @@ class Scorer:
 
     def _decoded_groups(
         self, images: Sequence[bytes], sources: Sequence[str], results: list[ImageScores | ImageDecodeError | None]
-    ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    ) -> Iterator[tuple[list[int], list[Decoded]]]:
         """Decoded images in groups to score together; rejections go straight into ``results``."""
         group_size = self.forward_chunk or ACCELERATOR_SCORE_CHUNK
         indices: list[int] = []
-        tensors: list[torch.Tensor] = []
+        tensors: list[Decoded] = []
         for index, decoded in self._decode_all(images, sources):
             if isinstance(decoded, ImageDecodeError):
                 results[index] = decoded
@@ -341,7 +365,7 @@ class Scorer:
 
     def _decode_all(
         self, images: Sequence[bytes], sources: Sequence[str]
-    ) -> Iterator[tuple[int, torch.Tensor | ImageDecodeError]]:
+    ) -> Iterator[tuple[int, Decoded | ImageDecodeError]]:
         pool = self._host_decode_pool()
         if self._device_decoder is None:
             on_host = [
@@ -375,21 +399,23 @@ class Scorer:
         images: Sequence[bytes],
         sources: Sequence[str],
         on_host: dict[int, Future],
-    ) -> Iterator[tuple[int, torch.Tensor]]:
+    ) -> Iterator[tuple[int, Decoded]]:
         try:
             decoded = future.result()
         except Exception as error:  # whatever breaks a chunk on the device, the host decodes its images
             _LOG.warning("device decoding failed on %d images (%r); the host decodes them", len(chunk), error)
             decoded = [None] * len(chunk)
-        for index, tensor in zip(chunk, decoded, strict=True):
-            if tensor is None:  # declined or failed on the device: the host decodes it or says why not
+        for index, outcome in zip(chunk, decoded, strict=True):
+            if outcome is None:  # declined or failed on the device: the host decodes it or says why not
                 on_host[index] = self._host_decode_pool().submit(self._decode_on_host, images[index], sources[index])
             else:
-                yield index, tensor
+                yield index, outcome
 
-    def _decode_on_host(self, data: bytes, source: str) -> torch.Tensor | ImageDecodeError:
+    def _decode_on_host(self, data: bytes, source: str) -> Decoded | ImageDecodeError:
         try:
-            return self.preprocess(data, source=source)
+            image = decode_image(data, source=source, limits=self.preprocessing)
+            native = native_properties(NativeImage.of(image, read_jpeg_header(data)))
+            return self.preprocessing.to_tensor(image), native
         except ImageDecodeError as error:
             return error
         # Whatever one image does in a decoding thread must reject that image, not fail its batch.

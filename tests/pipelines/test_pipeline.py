@@ -311,3 +311,20 @@ def test_device_decoding_scores_and_rejects_as_host_decoding(odd_folder: Path, t
     assert by_device.keys() == by_host.keys()
     for uri, value in by_host.items():
         assert by_device[uri] == pytest.approx(value, rel=1e-2), uri
+
+
+def test_image_properties_go_into_the_scores_and_the_window_statistics(odd_folder: Path, tmp_path: Path) -> None:
+    import math
+
+    from pipelines.records import CORE_PROPERTY_COLUMNS
+
+    _run(odd_folder, tmp_path / "out")
+    scores = OutputStore(str(tmp_path / "out")).read_table("scores")
+    assert set(CORE_PROPERTY_COLUMNS) <= set(scores.column_names)
+    rows = scores.to_pylist()
+    assert sorted(row["jpeg_quality"] for row in rows if row["uri"].endswith(".jpg")) == [75.0, 75.0, 75.0]
+    assert all(math.isnan(row["jpeg_quality"]) for row in rows if row["uri"].endswith(".png"))
+    assert {(row["width"], row["height"]) for row in rows} == {(64.0, 48.0)}
+    windows = {row["score"]: row for row in OutputStore(str(tmp_path / "out")).read_table("windows").to_pylist()}
+    assert (windows["brightness"]["n"], windows["jpeg_quality"]["n"]) == (8, 3)  # n counts the values that apply
+    assert windows["jpeg_quality"]["mean"] == 75.0

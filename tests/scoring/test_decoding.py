@@ -278,9 +278,14 @@ def test_device_decoding_scores_as_the_host_does(efficientnet: Scorer) -> None:
     device = load_scorer("efficientnet-lite0", device="cpu", decoder="device")
     # The grey photo, its one component sampled 2x2, is left to the host (nvJPEG decodes it wrong).
     assert [device._device_decoder.accepts(data) for data in images] == [True, True, True, False]
-    outcomes = device.score_encoded(images, sources=[f"image-{index}" for index in range(len(images))])
+    sources = [f"image-{index}" for index in range(len(images))]
+    outcomes = device.score_encoded(images, sources=sources)
     # Same libjpeg-turbo on the CPU; resampling within a grey level of Pillow's.
     _assert_outcomes(outcomes, _expected(efficientnet, images), rtol=5e-3)
+    # The properties too: native ones from the same pixels, input ones from pixels within a grey level.
+    for by_device, by_host in zip(outcomes, efficientnet.score_encoded(images, sources=sources), strict=True):
+        for name in efficientnet.property_names:
+            assert by_device[name] == pytest.approx(by_host[name], rel=2e-2, abs=1e-4, nan_ok=True), name
 
 
 @needs_torchvision

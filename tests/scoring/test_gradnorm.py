@@ -90,7 +90,7 @@ def test_companion_scores_match_their_definitions(tiny: Scorer) -> None:
     np.testing.assert_allclose(scores["feature_l1"], np.abs(features).sum(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(scores["pred"], logits.argmax(axis=1))
     assert {name: column.dtype for name, column in scores.items()} == {
-        **{name: np.float64 for name in tiny.score_names},
+        **{name: np.float64 for name in (*tiny.score_names, *tiny.property_names)},
         "pred": np.int64,
     }
 

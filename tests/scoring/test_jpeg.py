@@ -314,3 +314,22 @@ def test_hostile_headers_give_none_or_a_header_never_an_exception() -> None:
             data[position] = rng.integers(0, 256)
         header = read_jpeg_header(bytes(data))
         assert header is None or header.width > 0
+
+
+@pytest.mark.parametrize("quality", [1, 7, 10, 15, 18, 25, 49, 50, 51, 75, 90, 95, 100])
+def test_encoder_quality_is_read_back_from_the_luminance_table(quality: int) -> None:
+    photo = Image.fromarray(_PHOTO)
+    assert read_jpeg_header(_save(photo, quality=quality)).quality == quality
+    assert read_jpeg_header(_save(photo.convert("L"), quality=quality)).quality == quality
+
+
+def test_quality_is_unknown_without_an_8_bit_luminance_table_and_the_header_still_reads() -> None:
+    data = _save(Image.fromarray(_PHOTO), quality=80)
+    sixteen_bit = _segment(0xDB, bytes([0x10]) + bytes(128))  # table 0 in 16-bit precision
+    tables = data.index(b"\xff\xdb")
+    without = data[:tables] + data[tables + 2 + int.from_bytes(data[tables + 2 : tables + 4], "big") :]
+    while b"\xff\xdb" in without[:200]:  # Pillow writes one segment per table
+        tables = without.index(b"\xff\xdb")
+        without = without[:tables] + without[tables + 2 + int.from_bytes(without[tables + 2 : tables + 4], "big") :]
+    assert read_jpeg_header(_insert(without, sixteen_bit)).quality is None
+    assert read_jpeg_header(_insert(data, _segment(0xDB, b"\x00\x01"))).quality == 80  # a short table: the next

@@ -1,0 +1,131 @@
+"""Image properties, registered by name: what an image looks like, beside what the model makes of it.
+
+Confidence scores miss covariate shifts that cost accuracy (noise, blur, contrast, JPEG, a new camera); simple
+statistics of the images see many of them. Two kinds:
+
+- **input** properties are measured on the model's input, as the model sees it (resized, cropped, before
+  normalisation), for a whole batch at once on the scoring device: brightness, contrast, sharpness...
+- **native** properties are measured on one decoded image at its own resolution, or read from its header, where
+  resizing would erase them: size, aspect ratio, JPEG quality, 8x8 blockiness.
+
+A new property is one new file in this package that calls :func:`register_property`; every module here is imported
+with the package. A property that does not apply to an image (the JPEG quality of a PNG) is NaN.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from scoring.jpeg import JpegHeader
+
+PropertyKind = Literal["input", "native"]
+# ITU-R BT.601 luma, as JPEG's YCbCr and Pillow's "L" mode weigh R, G and B.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class InputPixels:
+    """A batch of model inputs as pixels again: (N, 3, H, W) in [0, 1], on the scoring device, float32."""
+
+    rgb: torch.Tensor
+
+    @cached_property
+    def luma(self) -> torch.Tensor:
+        """(N, H, W) luma in [0, 1]."""
+        red, green, blue = self.rgb.unbind(dim=1)
+        return _LUMA[0] * red + _LUMA[1] * green + _LUMA[2] * blue
+
+
+@dataclass(frozen=True)
+class NativeImage:
+    """One decoded image as sent, upright: its size, its JPEG header (when it is a JPEG whose header reads), and its
+    centre at its own resolution (:func:`native_crop`), as (h, w, 3) uint8 on the device it was decoded on."""
+
+    width: int
+    height: int
+    crop: torch.Tensor
+    header: JpegHeader | None
+
+    @classmethod
+    def of(cls, pixels: torch.Tensor | Image.Image, header: JpegHeader | None) -> NativeImage:
+        """From a whole decoded image: (H, W, 3) uint8 on a device, or an RGB Pillow image, of which only the centre
+        is copied out."""
+        if isinstance(pixels, Image.Image):
+            top, left, rows, columns = native_crop(pixels.height, pixels.width)
+            crop = np.array(pixels.crop((left, top, left + columns, top + rows)))
+            return cls(pixels.width, pixels.height, torch.from_numpy(crop), header)
+        top, left, rows, columns = native_crop(pixels.shape[0], pixels.shape[1])
+        return cls(pixels.shape[1], pixels.shape[0], pixels[top : top + rows, left : left + columns], header)
+
+
+# Native pixels kept a side, centred and on the JPEG's 8x8 grid: 32 blocks a side say as much as the whole of a
+# uniformly encoded file, and a 12 MP photo costs what a thumbnail does.
+NATIVE_CROP = 256
+_BLOCK = 8
+
+
+def native_crop(height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, rows, columns) of the centred crop native properties read, aligned to the 8x8 grid."""
+    rows, columns = (min(side, NATIVE_CROP) // _BLOCK * _BLOCK for side in (height, width))
+    return (height - rows) // 2 // _BLOCK * _BLOCK, (width - columns) // 2 // _BLOCK * _BLOCK, rows, columns
+
+
+@dataclass(frozen=True)
+class ImageProperty:
+    """A named property: ``compute`` maps InputPixels to an (N,) tensor, or a NativeImage to a 0-d tensor."""
+
+    name: str
+    kind: PropertyKind
+    compute: Callable[..., torch.Tensor]
+
+
+_REGISTRY: dict[str, ImageProperty] = {}
+
+
+def register_property(name: str, *, kind: PropertyKind) -> Callable[[Callable[..., torch.Tensor]], Callable]:
+    """Decorator registering ``compute`` as the property ``name`` of the given kind."""
+
+    def add(compute: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in _REGISTRY:
+            raise ValueError(f"image property {name!r} is registered twice; rename one of them")
+        _REGISTRY[name] = ImageProperty(name, kind, compute)
+        return compute
+
+    return add
+
+
+def registered_properties(kind: PropertyKind | None = None) -> dict[str, ImageProperty]:
+    """The registered properties (of one kind), in the order they were registered (this package's by module)."""
+    return {name: prop for name, prop in _REGISTRY.items() if kind is None or prop.kind == kind}
+
+
+def input_properties(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every input property of a batch of model inputs as pixels, (N, 3, H, W) in [0, 1], on its device."""
+    pixels = InputPixels(rgb)
+    return {name: prop.compute(pixels).float() for name, prop in registered_properties("input").items()}
+
+
+def native_properties(image: NativeImage) -> torch.Tensor:
+    """Every native property of one image, as one float32 tensor on its crop's device, in registry order."""
+    values = [prop.compute(image).float().reshape(()) for prop in registered_properties("native").values()]
+    return torch.stack(values) if values else torch.empty(0, device=image.crop.device)
+
+
+def grey(pixels: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels as (H, W) float32 luma in [0, 1]."""
+    weights = torch.tensor(_LUMA, dtype=torch.float32, device=pixels.device)
+    return (pixels.float() @ weights) / 255.0
+
+
+# Last, because each property module imports from this package.
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda module: module.name):
+    importlib.import_module(f"{__name__}.{_module.name}")
