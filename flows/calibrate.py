@@ -26,7 +26,7 @@ from pipelines.settings import PipelineSettings
 from pipelines.sources import open_source
 from pipelines.store import OutputStore
 from scoring import GradwatchError, ScoringSettings, decision_scores, load_scorer, registered_scores
-from scoring.calibration import Calibration, CalibrationConfig, calibrate
+from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
 from scoring.models import model_name
 
 
@@ -107,7 +107,7 @@ def calibrate_reference(
     scored, model_id = score_source(reference, work / "reference", **run)
     # What a fitted score learned from would look healthier to it than production does.
     table = scored.filter(pc.invert(pc.is_in(scored.column("uri"), pa.array(sorted(fit_uris), pa.string()))))
-    names = [name for name in decision_scores() if name in table.column_names]
+    names = [name for name in decision_sides() if name in table.column_names]
     validation = {}
     for folder in validation_ood:
         label = open_source(folder).name

@@ -208,7 +208,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     print(f"run {version.run_id}")
     for name in calibration.scores:
-        print(f"  threshold {name:<9} {calibration.threshold(name):.6g}")
+        reference = calibration.reference(name)
+        if reference.side == "both":
+            print(f"  range     {name:<13} {reference.lower:.6g} .. {reference.upper:.6g}")
+        else:
+            print(f"  threshold {name:<13} {reference.threshold:.6g}")
     for check in calibration.false_alarm_checks:
         print(
             f"  false alarms on held-out healthy windows of {check.window_size}: {check.rate:.1%} "

@@ -25,14 +25,18 @@ def _png(figure) -> bytes:
 def reference_histograms(calibration: Calibration) -> bytes:
     """Each decision score's reference histogram with its per-image threshold marked."""
     references = calibration.references[""]
-    figure, axes = plt.subplots(1, len(references), figsize=(4 * len(references), 3.2), squeeze=False)
-    for axis, (name, reference) in zip(axes[0], references.items(), strict=True):
+    columns = min(4, len(references))
+    rows = -(-len(references) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for axis, (name, reference) in zip(axes.flat, references.items(), strict=False):
         axis.hist(reference.sample, bins=40, color="#4c72b0", alpha=0.85)
-        axis.axvline(reference.threshold, color="#c44e52", linewidth=2, label=f"threshold {reference.threshold:.4g}")
+        for bound in _bounds(reference):
+            axis.axvline(bound, color="#c44e52", linewidth=2, label=f"threshold {bound:.4g}")
         axis.set_title(f"{name} (reference, n={reference.sample.size})")
-        side = "higher" if reference.higher_is_in_distribution else "lower"
-        axis.set_xlabel(f"{name} ({side} = in-distribution)")
+        axis.set_xlabel(f"{name} ({_IN_DISTRIBUTION[reference.side]})")
         axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(references) :]:
+        axis.set_visible(False)
     figure.suptitle(f"{calibration.model_id}: TPR {calibration.config.tpr:.0%} thresholds")
     return _png(figure)
 
@@ -40,7 +44,8 @@ def reference_histograms(calibration: Calibration) -> bytes:
 def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, bytes]:
     """Reference vs each validation set: overlaid histograms and ROC curves, one PNG per set."""
     plots = {}
-    references = calibration.references[""]
+    # The scores: an image property has no in-distribution direction to draw a ROC curve along.
+    references = {name: ref for name, ref in calibration.references[""].items() if ref.side != "both"}
     for dataset, scores in validation.items():
         figure, axes = plt.subplots(2, len(references), figsize=(4 * len(references), 6.4), squeeze=False)
         for column, (name, reference) in enumerate(references.items()):
@@ -49,7 +54,8 @@ def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[
             bins = np.histogram_bin_edges(np.concatenate([reference.sample, shifted]), bins=40)
             top.hist(reference.sample, bins=bins, alpha=0.6, density=True, label="reference")
             top.hist(shifted, bins=bins, alpha=0.6, density=True, label=dataset)
-            top.axvline(reference.threshold, color="#c44e52", linewidth=1.5)
+            for bound in _bounds(reference):
+                top.axvline(bound, color="#c44e52", linewidth=1.5)
             top.set_title(name)
             top.legend(fontsize=8)
             false_positive, true_positive = _roc(reference.oriented(reference.sample), reference.oriented(shifted))
@@ -62,6 +68,13 @@ def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[
         figure.suptitle(f"reference vs {dataset}")
         plots[f"plots/validation_{dataset}.png"] = _png(figure)
     return plots
+
+
+_IN_DISTRIBUTION = {"low": "higher = in distribution", "high": "lower = in distribution", "both": "between = in"}
+
+
+def _bounds(reference) -> list[float]:
+    return [bound for bound in (reference.lower, reference.upper) if bound is not None]
 
 
 def _roc(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

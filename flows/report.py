@@ -65,7 +65,9 @@ def quantile_bands(windows: pa.Table, decisions: list[dict], calibration: Calibr
             reference = calibration.references[""][name]
             low, high = np.quantile(reference.sample, [0.05, 0.95])
             axis.axhspan(low, high, color=REFERENCE_COLOUR, alpha=0.12, label="reference p05-p95")
-            axis.axhline(reference.threshold, color=REFERENCE_COLOUR, linestyle="--", label="per-image threshold")
+            for bound in (reference.lower, reference.upper):
+                if bound is not None:
+                    axis.axhline(bound, color=REFERENCE_COLOUR, linestyle="--", label="per-image threshold")
         for start in alerts:
             axis.axvline(start, color=ALERT_COLOUR, linewidth=1.5)
         axis.set_ylabel(name)
@@ -196,7 +198,7 @@ def _html(
             f"</td><td>{quality}</td></tr>"
         )
         if row["status"] == "drift" and score_rows:
-            strips.append(_strip(score_rows, row, images_per_window))
+            strips.append(_strip(score_rows, row, images_per_window, calibration))
     threshold = f"thresholds v{escape(decisions[-1]['threshold_version'])}, " if decisions else ""
     model = escape(calibration.model_id if calibration else (decisions[-1]["model_id"] if decisions else "-"))
     drift_count = sum(row["status"] == "drift" for row in decisions)
@@ -223,10 +225,11 @@ tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
 """
 
 
-def _strip(score_rows: list[dict], decision: Mapping, k: int) -> str:
+def _strip(score_rows: list[dict], decision: Mapping, k: int, calibration: Calibration | None) -> str:
     start = decision["window_start"]
     in_window = [row for row in score_rows if row["window_start"] == start]
-    score, extreme = most_out_of_distribution(in_window, [FiredTest(**fired) for fired in decision["fired"]], k)
+    fired = [FiredTest(**fired) for fired in decision["fired"]]
+    score, extreme = most_out_of_distribution(in_window, fired, k, calibration, fired[0].segment if fired else "")
     thumbs = "".join(
         f'<img src="{src}" title="{html.escape(row["uri"])} {score}={row[score]:.4g}" '
         f'alt="{html.escape(Path(row["uri"]).name)}">'

@@ -18,7 +18,8 @@ import numpy as np
 from scipy import stats
 
 from scoring.drift import WindowDecision, decide_window
-from scoring.references import ScoreReference, score_reference
+from scoring.properties import registered_properties
+from scoring.references import ScoreReference, Side, score_reference
 from scoring.scores import decision_scores, registered_scores
 from scoring.separation import aupr_in, aupr_out, auroc, fpr_at_tpr
 from scoring.settings import RECORDED_BEFORE
@@ -126,8 +127,8 @@ class Calibration:
 
     @property
     def tests(self) -> list[str]:
-        """The window tests every window is decided with."""
-        return list(next(iter(self.references[""].values())).tests)
+        """The window tests windows are decided with (each on the values it applies to)."""
+        return list(dict.fromkeys(test for reference in self.references[""].values() for test in reference.tests))
 
     def reference(self, score: str, segment: str = "") -> ScoreReference:
         return (self.references.get(segment) or self.references[""])[score]
@@ -200,8 +201,9 @@ class Calibration:
 
 
 def fit_tests(reference: ScoreReference, tests: Iterable[str]) -> ScoreReference:
-    """The reference with each named window test fitted on it."""
-    return replace(reference, tests={name: window_test(name).fit(reference) for name in tests})
+    """The reference with each named window test that applies to it fitted on it."""
+    fitted = {name: window_test(name).fit(reference) for name in tests}
+    return replace(reference, tests={name: state for name, state in fitted.items() if state is not None})
 
 
 def calibrate(
@@ -267,11 +269,22 @@ def calibrate(
     )
 
 
+def decision_sides() -> dict[str, Side]:
+    """Every value a decision may test, and where its out-of-distribution side is: the decision scores by their
+    direction, the image properties on both sides."""
+    scores = registered_scores()
+    sides: dict[str, Side] = {
+        name: "low" if scores[name].higher_is_in_distribution else "high" for name in decision_scores()
+    }
+    return {**sides, **dict.fromkeys(registered_properties(), "both")}
+
+
 def _decision_columns(reference: Mapping[str, np.ndarray], config: CalibrationConfig) -> dict[str, np.ndarray]:
-    """The reference's decision scores, each one value per image, and enough images to calibrate and check."""
-    names = [name for name in decision_scores() if name in reference]
-    if not names:
+    """The reference's decision scores and image properties, each one value per image (a property NaN where it
+    does not apply), and enough images to calibrate and check."""
+    if not any(name in reference for name in decision_scores()):
         raise ValueError(f"reference has none of the decision scores {decision_scores()}; pass the scores table")
+    names = [name for name in decision_sides() if name in reference]
     count = len(reference[names[0]])
     if any(len(reference[name]) != count for name in names):
         raise ValueError("every score of the reference must have one value per image")
@@ -291,19 +304,19 @@ def _fitted_references(
     config: CalibrationConfig,
     rng: np.random.Generator,
 ) -> dict[str, ScoreReference]:
-    """Each score's reference on these images, thresholded in the score's direction, with every test fitted."""
+    """Each value's reference on these images, bounded on its out-of-distribution side, with every test fitted."""
     if indices.size > config.max_reference_sample:
         indices = rng.choice(indices, config.max_reference_sample, replace=False)
-    scores = registered_scores()
-    return {
-        name: fit_tests(
-            score_reference(
-                name, values[indices], config.tpr, higher_is_in_distribution=scores[name].higher_is_in_distribution
-            ),
-            tests,
-        )
-        for name, values in columns.items()
-    }
+    sides = decision_sides()
+    references = {}
+    for name, values in columns.items():
+        chosen = values[indices]
+        if sides[name] == "both":  # an image property: on the images it applies to, when they are enough
+            chosen = chosen[np.isfinite(chosen)]
+            if chosen.size < config.min_window:
+                continue
+        references[name] = fit_tests(score_reference(name, chosen, config.tpr, side=sides[name]), tests)
+    return references
 
 
 def _check_warnings(checks: Sequence[FalseAlarmCheck], config: CalibrationConfig, held_out: int) -> list[str]:
@@ -352,8 +365,12 @@ def _separation(
     table = []
     for dataset, scores in validation.items():
         for name, reference in references.items():
+            shifted = np.asarray(scores[name], np.float64)
+            shifted = shifted[np.isfinite(shifted)]  # a property that applies to none of them says nothing
+            if shifted.size == 0:
+                continue
             # Oriented so that higher is in distribution, as the separation measures read scores.
-            healthy, shifted = reference.oriented(reference.sample), reference.oriented(scores[name])
+            healthy, shifted = reference.oriented(reference.sample), reference.oriented(shifted)
             table.append(
                 Separation(
                     name,
@@ -369,6 +386,7 @@ def _separation(
 
 def _guardrail(separation: Sequence[Separation], primary_score: str) -> tuple[str | None, list[str]]:
     """Recommend the score with the best worst-case AUROC; warn when the primary score is weak."""
+    separation = [entry for entry in separation if entry.score in decision_scores()]
     if not separation:
         return None, []
     worst: dict[str, float] = {}
@@ -395,7 +413,10 @@ def calibration_summary(calibration: Calibration) -> dict[str, Any]:
     """Flat metrics for a tracking system: thresholds, reference quantiles, false-alarm rates, AUROCs."""
     metrics: dict[str, Any] = {}
     for name, reference in calibration.references[""].items():
-        metrics[f"threshold_{name}"] = reference.threshold
+        if reference.side == "both":
+            metrics[f"threshold_{name}_low"], metrics[f"threshold_{name}_high"] = reference.lower, reference.upper
+        else:
+            metrics[f"threshold_{name}"] = reference.threshold
         metrics[f"expected_ood_rate_{name}"] = reference.expected_ood_rate
         for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99):
             metrics[f"reference_{name}_p{round(q * 100):02d}"] = float(np.quantile(reference.sample, q))

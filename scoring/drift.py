@@ -65,9 +65,10 @@ class EffectSize:
     Attributes:
         wasserstein: earth mover's distance between window and reference, in reference standard deviations.
         psi: population stability index on the reference's deciles (0.1 moderate, 0.25 large, by convention).
-        median_shift: window median minus reference median, in reference interquartile ranges, signed so that
-            negative means more out of distribution whichever way the score points.
-        ood_rate: share of the window's images past the per-image threshold.
+        median_shift: window median minus reference median, in reference interquartile ranges; for a score, signed
+            so that negative means more out of distribution whichever way it points; for an image property (out
+            of distribution on both sides), as it moved.
+        ood_rate: share of the window's images outside the per-image bounds.
         expected_ood_rate: the same share on the reference.
     """
 
@@ -146,7 +147,8 @@ def psi(window: np.ndarray, reference: ScoreReference) -> float:
 def effect_size(window: np.ndarray, reference: ScoreReference, segment: str = "") -> EffectSize:
     spread = float(np.std(reference.sample)) or 1.0
     iqr = reference.iqr or spread
-    direction = 1.0 if reference.higher_is_in_distribution else -1.0
+    # One-sided: negative is further out of distribution; two-sided: the sign says which way the median moved.
+    direction = -1.0 if reference.side == "high" else 1.0
     return EffectSize(
         score=reference.score,
         segment=segment,
@@ -168,7 +170,8 @@ def decide_window(
     """Test a window's scores against the references, Holm-correcting across tests, scores and segments.
 
     Args:
-        window: segment -> score name -> the window's per-image scores.
+        window: segment -> score or property name -> the window's per-image values (NaN for a property that does
+            not apply to an image).
         references: segment -> score name -> reference, each with the window tests fitted on it; segment ``""``
             is the fallback for segments without a reference of their own. Only the scores named here are
             tested, and each with the tests fitted on it.
@@ -194,7 +197,13 @@ def decide_window(
             continue
         for name, reference in segment_references.items():
             values = np.asarray(scores[name], np.float64)
-            if not np.isfinite(values).all():
+            if reference.side == "both":
+                # An image property that does not apply (a PNG's JPEG quality) is NaN: tested on the images it
+                # applies to, when they are enough.
+                values = values[np.isfinite(values)]
+                if values.size < min_window:
+                    continue
+            elif not np.isfinite(values).all():
                 raise ValueError(f"score {name!r} of segment {segment!r} has NaN or inf; the gate before drift tests")
             for test, state in reference.tests.items():
                 result = window_test(test).apply(values, reference, state)

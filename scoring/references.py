@@ -1,48 +1,78 @@
-"""The healthy distribution of one score: its sorted reference sample, per-image threshold and direction.
+"""The healthy distribution of one measured value (a score or an image property): its sorted reference sample, the
+per-image bounds of in-distribution, and each window test's fitted state.
 
 Every window test is fitted on a :class:`ScoreReference` and keeps its fitted state in it, so one object per
-(segment, score) is what the calibration document holds and what a window is tested against.
+(segment, value) is what the calibration document holds and what a window is tested against.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+# Where out-of-distribution values lie: below a score that is high in distribution ("low"), above one that is low
+# in distribution ("high"), or on either side of an image property, which has no good direction ("both").
+Side = Literal["low", "high", "both"]
 
 
 @dataclass(frozen=True)
 class ScoreReference:
-    """The healthy distribution of one score, its per-image threshold, and each window test's fitted state.
+    """The healthy distribution of one value, its per-image bounds, and each window test's fitted state.
 
     Attributes:
-        score: the score's name.
-        threshold: per-image OOD threshold: an image is out of distribution below it (above it when
-            ``higher_is_in_distribution`` is False).
-        expected_ood_rate: share of reference images on the out-of-distribution side (about 1 - TPR).
-        sample: reference scores, sorted; the data window tests compare against.
-        higher_is_in_distribution: the score's direction, as registered.
+        score: the value's name (a score or an image property).
+        lower: an image below it is out of distribution; None where nothing is too low.
+        upper: an image above it is out of distribution; None where nothing is too high.
+        expected_ood_rate: share of reference images outside the bounds (about 1 - TPR).
+        sample: reference values, sorted; the data window tests compare against.
         tests: what each window test learned here, by test name (see :mod:`scoring.window_tests`).
     """
 
     score: str
-    threshold: float
+    lower: float | None
+    upper: float | None
     expected_ood_rate: float
     sample: np.ndarray
-    higher_is_in_distribution: bool = True
     tests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def side(self) -> Side:
+        if self.upper is None:
+            return "low"
+        return "high" if self.lower is None else "both"
+
+    @property
+    def threshold(self) -> float:
+        """The one bound of a one-sided reference (a score's per-image threshold)."""
+        if self.side == "both":
+            raise ValueError(f"{self.score} is bounded on both sides ({self.lower}, {self.upper}): read its bounds")
+        return self.lower if self.upper is None else self.upper
+
+    @property
+    def bounds(self) -> int:
+        """How many order statistics of the reference bound in-distribution: 1, or 2 for a two-sided value."""
+        return 2 if self.side == "both" else 1
+
     def is_out_of_distribution(self, values: np.ndarray) -> np.ndarray:
-        """Per value, whether it falls on the out-of-distribution side of the threshold."""
+        """Per value, whether it falls outside the bounds."""
         values = np.asarray(values, np.float64)
-        return values < self.threshold if self.higher_is_in_distribution else values > self.threshold
+        outside = np.zeros(values.shape, bool)
+        if self.lower is not None:
+            outside |= values < self.lower
+        if self.upper is not None:
+            outside |= values > self.upper
+        return outside
 
     def oriented(self, values: np.ndarray) -> np.ndarray:
-        """``values`` turned so that higher means in distribution, as separation measures read them."""
+        """``values`` turned so that higher means in distribution, as separation measures read them; for a two-sided
+        value, minus the distance from the reference median."""
         values = np.asarray(values, np.float64)
-        return values if self.higher_is_in_distribution else -values
+        if self.side == "both":
+            return -np.abs(values - self.median)
+        return values if self.side == "low" else -values
 
     @property
     def median(self) -> float:
@@ -59,37 +89,36 @@ class ScoreReference:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold,
+            "lower": self.lower,
+            "upper": self.upper,
             "expected_ood_rate": self.expected_ood_rate,
-            "higher_is_in_distribution": self.higher_is_in_distribution,
             "sample": self.sample.tolist(),
             "tests": self.tests,
         }
 
     @classmethod
     def from_dict(cls, score: str, document: dict[str, Any]) -> ScoreReference:
-        return cls(
-            score,
-            document["threshold"],
-            document["expected_ood_rate"],
-            np.asarray(document["sample"], np.float64),
-            document.get("higher_is_in_distribution", True),
-            document.get("tests", {}),
-        )
+        if "threshold" in document:  # format 1: every score high in distribution, its threshold a lower bound
+            lower, upper = document["threshold"], None
+        else:
+            lower, upper = document["lower"], document["upper"]
+        sample = np.asarray(document["sample"], np.float64)
+        return cls(score, lower, upper, document["expected_ood_rate"], sample, document.get("tests", {}))
 
 
-def score_reference(
-    score: str, values: np.ndarray, tpr: float, *, higher_is_in_distribution: bool = True
-) -> ScoreReference:
-    """The reference of one score, thresholded to keep ``tpr`` of the reference on the in-distribution side.
+def score_reference(score: str, values: np.ndarray, tpr: float, *, side: Side = "low") -> ScoreReference:
+    """The reference of one value, bounded to keep ``tpr`` of the reference in distribution.
 
-    The threshold is the value with at least ``tpr`` of the reference at or above it (at or below it for a score
-    that is low in distribution), so exactly that share is kept, as FPR95 is defined.
+    A one-sided bound is the value with at least ``tpr`` of the reference at or above it (at or below it for a
+    score low in distribution), so exactly that share is kept, as FPR95 is defined; a two-sided value keeps
+    ``tpr`` between bounds that leave half the rest on each side.
     """
     ordered = np.sort(np.asarray(values, np.float64))
     if ordered.size == 0 or not np.isfinite(ordered).all():
-        raise ValueError(f"reference scores of {score!r} must be non-empty and finite")
-    rank = math.floor(ordered.size * (1 - tpr) + 1e-9)
-    threshold = float(ordered[rank] if higher_is_in_distribution else ordered[ordered.size - 1 - rank])
-    unfitted = ScoreReference(score, threshold, 0.0, ordered, higher_is_in_distribution)
+        raise ValueError(f"reference values of {score!r} must be non-empty and finite")
+    shed = (1 - tpr) / 2 if side == "both" else 1 - tpr
+    rank = math.floor(ordered.size * shed + 1e-9)
+    lower = float(ordered[rank]) if side in ("low", "both") else None
+    upper = float(ordered[ordered.size - 1 - rank]) if side in ("high", "both") else None
+    unfitted = ScoreReference(score, lower, upper, 0.0, ordered)
     return replace(unfitted, expected_ood_rate=float(np.mean(unfitted.is_out_of_distribution(ordered))))

@@ -12,11 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from flows.alerts import Alert
 from flows.monitor.window import WindowOutcome
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring import registered_scores
+from scoring.calibration import Calibration
 from scoring.drift import FiredTest, WindowDecision
 
 log = logging.getLogger("gradwatch.monitor")
@@ -68,10 +71,11 @@ class AlertPolicy:
 
 @dataclass(frozen=True)
 class AlertContext:
-    """What every alert of a run carries besides its window."""
+    """What every alert of a run carries besides its window, and the calibration its decisions were made with."""
 
     model_id: str
     threshold_version: str
+    calibration: Calibration
     links: dict[str, str] = field(default_factory=dict)
     images_per_alert: int = 5
 
@@ -128,7 +132,7 @@ def _episode_alerts(
         if kind is None:
             continue
         rows = [row for row in outcome.scores.to_pylist() if row["segment"] == segment]
-        _, extreme = most_out_of_distribution(rows, fired, context.images_per_alert)
+        _, extreme = most_out_of_distribution(rows, fired, context.images_per_alert, context.calibration, segment)
         alerts.append(
             Alert(
                 kind,
@@ -146,13 +150,26 @@ def _episode_alerts(
 
 
 def most_out_of_distribution(
-    rows: Sequence[Mapping[str, Any]], fired: Sequence[FiredTest], k: int
+    rows: Sequence[Mapping[str, Any]],
+    fired: Sequence[FiredTest],
+    k: int,
+    calibration: Calibration | None = None,
+    segment: str = "",
 ) -> tuple[str, list[Mapping[str, Any]]]:
-    """The k rows furthest out of distribution on the first score that fired (MSP when none did), and that score."""
+    """The k rows furthest out of distribution on the first value that fired (MSP when none did), and that value.
+
+    Furthest as the calibration's reference reads it (a property: furthest from the reference median); without a
+    calibration, by the score's registered direction.
+    """
     score = fired[0].score if fired else _FALLBACK_SCORE
-    registered = registered_scores().get(score)
-    higher_is_in = registered.higher_is_in_distribution if registered else True
-    return score, sorted(rows, key=lambda row: row[score], reverse=not higher_is_in)[:k]
+    values = np.asarray([row[score] for row in rows], np.float64)
+    if calibration is not None and score in calibration.scores:
+        inside = calibration.reference(score, segment).oriented(values)
+    else:
+        registered = registered_scores().get(score)
+        inside = values if registered is None or registered.higher_is_in_distribution else -values
+    order = np.argsort(np.where(np.isfinite(inside), inside, np.inf), kind="stable")
+    return score, [rows[index] for index in order[:k]]
 
 
 def _summary(kind: str, segment: str, fired: Sequence[FiredTest], window_start: dt.datetime) -> str:

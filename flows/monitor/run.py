@@ -107,7 +107,7 @@ class Monitor:
             source=self.source,
         )
         context = AlertContext(
-            self.calibration.model_id, self.version.version, self.links, self.config.images_per_alert
+            self.calibration.model_id, self.version.version, self.calibration, self.links, self.config.images_per_alert
         )
         previous = self.watermark.segments(window_start - self.config.window)
         # As the last window left it: a retry after a failure below must page what the failed attempt would have.

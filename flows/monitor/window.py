@@ -98,8 +98,10 @@ def process_window(
     store = OutputStore(config.out)
     scores = store.read_window("scores", window_start, part=source.key)
     windows = store.read_window("windows", window_start, part=source.key)
+    # Scores must be finite; an image property is NaN where it does not apply (a PNG's JPEG quality).
+    scored = [name for name in calibration.scores if calibration.reference(name).side != "both"]
     after = gates.after_scoring(
-        scores.to_pandas(), windows.to_pandas(), names=calibration.scores, min_window=calibration.config.min_window
+        scores.to_pandas(), windows.to_pandas(), names=scored, min_window=calibration.config.min_window
     )
     decision = calibration.decide(_by_segment(scores, calibration.scores)) if scores.num_rows else None
     return WindowOutcome(

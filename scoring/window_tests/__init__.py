@@ -44,8 +44,10 @@ class WindowTest(ABC):
     statistic: ClassVar[str]
 
     @abstractmethod
-    def fit(self, reference: ScoreReference) -> dict[str, Any]:
-        """What the test keeps from the reference beyond the reference itself: a JSON-serialisable state."""
+    def fit(self, reference: ScoreReference) -> dict[str, Any] | None:
+        """What the test keeps from the reference beyond the reference itself: a JSON-serialisable state; None where
+        the test does not apply to it (a test on deciles, say, of a value that takes three values), which then
+        leaves that value to the other tests."""
 
     @abstractmethod
     def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:

@@ -37,7 +37,7 @@ def test_a_window_test_and_a_fitted_score_flow_through_calibration_decision_and_
     )
     assert sorted(calibration.tests) == ["beta_binomial", "decile_chi_square", "ks"]
     assert "feature_distance" in calibration.scores
-    assert not calibration.references[""]["feature_distance"].higher_is_in_distribution
+    assert calibration.references[""]["feature_distance"].side == "high"
     assert set(calibration.fitted_scores) == {"feature_distance"}
     assert calibration.reference_images == 150 - 45  # the images the score learned from are kept out
     params = registry.client.get_run(version.run_id).data.params
@@ -78,3 +78,20 @@ def test_an_alert_shows_the_images_furthest_out_whichever_way_the_score_points()
     assert (score, [row["uri"] for row in high]) == ("feature_distance", ["9.png", "8.png", "7.png"])
     score, low = most_out_of_distribution(rows, [FiredTest("ks", "msp", "")], 3)
     assert (score, [row["uri"] for row in low]) == ("msp", ["0.png", "1.png", "2.png"])
+
+
+def test_an_alert_on_an_image_property_shows_the_images_furthest_from_its_reference_median() -> None:
+    import numpy as np
+
+    from scoring.calibration import calibrate
+
+    rng = np.random.default_rng(0)
+    reference = {name: rng.normal(10, 1, 300) for name in ("gradnorm", "energy", "msp", "maxlogit")}
+    calibration = calibrate(
+        {**reference, "brightness": rng.normal(0.5, 0.05, 300)},
+        model_id="m@1",
+        config=CalibrationConfig(check_windows=10, check_window_sizes=(50,)),
+    )
+    rows = [{"uri": f"{value}.png", "brightness": value} for value in (0.45, 0.1, 0.52, 0.95, 0.6)]
+    _, furthest = most_out_of_distribution(rows, [FiredTest("ks", "brightness", "")], 2, calibration)
+    assert [row["uri"] for row in furthest] == ["0.95.png", "0.1.png"]  # too bright and too dark alike

@@ -104,7 +104,8 @@ def _as_format_1(calibration: Calibration) -> str:
         del document["config"][key]
     for scores in document["references"].values():
         for entry in scores.values():
-            del entry["tests"], entry["higher_is_in_distribution"]
+            entry["threshold"] = entry.pop("lower")
+            del entry["tests"], entry["upper"]
     return json.dumps(document)
 
 
@@ -127,3 +128,22 @@ def test_foreign_json_is_refused() -> None:
 def test_a_calibration_without_tests_is_refused() -> None:
     with pytest.raises(ValueError, match="no window tests to fit"):
         calibrate(_healthy(np.random.default_rng(8), 300), model_id="m@abc", config=FAST, tests=[])
+
+
+def test_image_properties_are_calibrated_on_both_sides_where_they_apply() -> None:
+    rng = np.random.default_rng(9)
+    reference = {
+        **_healthy(rng, 600),
+        "brightness": rng.normal(0.45, 0.1, 600),
+        "jpeg_quality": np.where(np.arange(600) % 2 == 0, rng.normal(90, 2, 600), np.nan),  # half are PNGs
+        "blockiness": np.full(600, np.nan),  # applies to none
+    }
+    calibration = calibrate(reference, model_id="m@abc", config=FAST)
+    assert calibration.reference("brightness").side == calibration.reference("jpeg_quality").side == "both"
+    assert "blockiness" not in calibration.scores
+    assert calibration.reference("jpeg_quality").sample.size < 0.6 * calibration.reference("msp").sample.size
+    summary = calibration_summary(calibration)
+    assert summary["threshold_brightness_low"] < 0.45 < summary["threshold_brightness_high"]
+    (check,) = calibration.false_alarm_checks
+    assert check.rate <= 0.05  # more tests, one family-wise rate
+    assert calibration.recommended_score is None  # no validation sets; properties are never recommended

@@ -18,7 +18,7 @@ TESTS = ("ks", "beta_binomial")
 def _reference(values: np.ndarray, score: str = "gradnorm", k: int | None = None) -> ScoreReference:
     ordered = np.sort(values)
     k = int(np.floor(ordered.size * 0.05)) if k is None else k
-    reference = ScoreReference(score, float(ordered[k]), float(np.mean(ordered < ordered[k])), ordered)
+    reference = ScoreReference(score, float(ordered[k]), None, float(np.mean(ordered < ordered[k])), ordered)
     return fit_tests(reference, TESTS)
 
 
@@ -134,7 +134,7 @@ def test_non_finite_scores_are_refused() -> None:
 def test_a_score_low_in_distribution_is_thresholded_tested_and_measured_from_above() -> None:
     rng = np.random.default_rng(6)
     healthy = rng.normal(10, 1, 2000)
-    low = fit_tests(score_reference("distance", healthy, 0.95, higher_is_in_distribution=False), TESTS)
+    low = fit_tests(score_reference("distance", healthy, 0.95, side="high"), TESTS)
     high = fit_tests(score_reference("distance", -healthy, 0.95), TESTS)
     assert low.threshold == pytest.approx(-high.threshold)  # the same cut, mirrored
     assert low.expected_ood_rate == pytest.approx(0.05, abs=1e-3)
@@ -152,3 +152,38 @@ def test_a_score_low_in_distribution_is_thresholded_tested_and_measured_from_abo
     assert [record.p_value for record in decision.tests] == pytest.approx([r.p_value for r in mirrored.tests])
     closer = decide_window({"": {"distance": rng.normal(8, 1, 100)}}, {"": {"distance": low}})
     assert closer.effects[0].ood_rate < 0.01  # smaller distances are not out of distribution, however shifted
+
+
+def test_a_two_sided_value_is_bounded_on_both_sides_and_its_ood_rate_test_holds_its_level() -> None:
+    rng = np.random.default_rng(7)
+    reference = fit_tests(score_reference("brightness", rng.normal(size=2000), 0.95, side="both"), TESTS)
+    assert reference.side == "both"
+    assert (reference.lower, reference.upper) == pytest.approx((-1.96, 1.96), abs=0.15)
+    assert reference.expected_ood_rate == pytest.approx(0.05, abs=2e-3)
+    assert reference.tests["beta_binomial"]["bounds"] == 2
+    fired = 0
+    for _ in range(2000):  # a fresh reference and window each time: the unconditional level
+        small = fit_tests(score_reference("brightness", rng.normal(size=200), 0.95, side="both"), TESTS)
+        state = small.tests["beta_binomial"]
+        ood = int(np.sum(small.is_out_of_distribution(rng.normal(size=100))))
+        p_value = ood_rate_p_value(ood, 100, state["reference_ood"], state["reference_size"], state["bounds"])
+        fired += p_value <= 0.05
+    assert fired / 2000 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)
+    for shift, sign in ((-1.0, -1), (1.0, 1)):  # darker and brighter are both out of distribution
+        decision = decide_window({"": {"brightness": rng.normal(shift, 1, 100)}}, {"": {"brightness": reference}})
+        assert decision.is_drift
+        assert np.sign(decision.effects[0].median_shift) == sign
+
+
+def test_a_property_that_applies_to_too_few_images_of_a_window_is_not_tested() -> None:
+    rng = np.random.default_rng(8)
+    quality = fit_tests(score_reference("jpeg_quality", rng.normal(90, 2, 500), 0.95, side="both"), TESTS)
+    msp = _reference(rng.normal(10, 1, 500), "msp")
+    window = {"msp": rng.normal(10, 1, 80), "jpeg_quality": np.r_[rng.normal(90, 2, 20), np.full(60, np.nan)]}
+    decision = decide_window({"": window}, {"": {"msp": msp, "jpeg_quality": quality}}, min_window=50)
+    assert {record.score for record in decision.tests} == {"msp"}  # 20 JPEGs of 80 images: too few to test
+    window["jpeg_quality"] = np.r_[rng.normal(60, 2, 60), np.full(20, np.nan)]  # recompressed, PNGs beside
+    decision = decide_window({"": window}, {"": {"msp": msp, "jpeg_quality": quality}}, min_window=50)
+    assert {fired.score for fired in decision.fired} == {"jpeg_quality"}
+    with pytest.raises(ValueError, match="NaN or inf"):  # a score is never allowed to be missing
+        decide_window({"": {**window, "msp": np.full(80, np.nan)}}, {"": {"msp": msp}})

@@ -66,7 +66,7 @@ def test_a_fitted_score_low_in_distribution_is_calibrated_from_above() -> None:
     reference = {**{name: rng.normal(10, 1, 600) for name in SCORES}, "feature_distance": rng.gamma(4, 0.25, 600)}
     calibration = calibrate(reference, model_id="m@abc", config=FAST, fitted_scores={"feature_distance": {}})
     distance = calibration.references[""]["feature_distance"]
-    assert not distance.higher_is_in_distribution
+    assert distance.side == "high"
     assert distance.threshold > np.median(distance.sample)  # the cut is on the upper tail
     assert calibration.fitted_scores == {"feature_distance": {}}
     window = {"": {**{name: rng.normal(10, 1, 100) for name in SCORES}, "feature_distance": rng.gamma(4, 0.5, 100)}}
