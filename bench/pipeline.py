@@ -3,8 +3,9 @@
 Usage: python bench/pipeline.py [--images DIR] [--count 1000] [--repeat 5] [--model SPEC]
 
 Each measurement runs in a fresh child process on the same cores, so peak RSS is its own. The pipeline
-runs on the default local runner (in-process FnApiRunner); the bare loop reads, decodes, preprocesses
-and scores the same images with the same scorer in batches of the pipeline's size. The memory check
+runs on the default local runner (in-process FnApiRunner), with and without the image properties
+(scoring.properties); the bare loop reads, decodes, preprocesses and scores the same images with the same
+scorer in batches of the pipeline's size. The memory check
 scores COUNT and COUNT x REPEAT images (a manifest naming each image REPEAT times, spread over hours).
 """
 
@@ -51,6 +52,16 @@ def child_pipeline(manifest: str, model: str) -> dict:
     return {"images": summary.scored, "seconds": summary.seconds, "reconciled": summary.reconciled}
 
 
+def child_pipeline_without_properties(manifest: str, model: str) -> dict:
+    """The pipeline as it was before image properties (issue 15): the same run with none registered."""
+    import pipelines.records
+    import scoring.properties
+
+    scoring.properties._REGISTRY.clear()
+    pipelines.records.CORE_PROPERTY_COLUMNS = ()
+    return child_pipeline(manifest, model)
+
+
 def child_loop(manifest: str, model: str) -> dict:
     import torch
 
@@ -92,13 +103,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--child", choices=("pipeline", "loop"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=tuple(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        run = child_pipeline if args.child == "pipeline" else child_loop
-        result = run(args.manifest, args.model)
+        result = CHILDREN[args.child](args.manifest, args.model)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -111,6 +121,7 @@ def main() -> None:
         write_manifest(images, args.repeat, large)
         loop = measure("loop", small, args.model)
         pipeline = measure("pipeline", small, args.model)
+        without = measure("pipeline-without-properties", small, args.model)
         pipeline_large = measure("pipeline", large, args.model)
 
     def rate(result: dict) -> float:
@@ -121,14 +132,22 @@ def main() -> None:
     for name, result in (
         ("bare loop: read, decode, score", loop),
         ("pipeline (local FnApiRunner)", pipeline),
+        ("pipeline without image properties", without),
         (f"pipeline, each image x{args.repeat}", pipeline_large),
     ):
         print(f"{name:<44}{result['images']:>8}{rate(result):>10.1f}{result['peak_rss_mb']:>13.0f}")
     print(f"pipeline / bare loop throughput = {rate(pipeline) / rate(loop):.2f}  (target >= 0.7)")
+    print(f"pipeline with image properties / without = {rate(pipeline) / rate(without):.2f}  (target >= 0.9)")
     growth = pipeline_large["peak_rss_mb"] / pipeline["peak_rss_mb"]
     print(f"peak RSS x{args.repeat} images / x1 = {growth:.2f}  (flat means memory does not grow with images)")
     print(f"reconciled: {pipeline['reconciled'] and pipeline_large['reconciled']}")
 
+
+CHILDREN = {
+    "pipeline": child_pipeline,
+    "pipeline-without-properties": child_pipeline_without_properties,
+    "loop": child_loop,
+}
 
 if __name__ == "__main__":
     main()

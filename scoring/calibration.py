@@ -282,9 +282,11 @@ def decision_sides() -> dict[str, Side]:
 def _decision_columns(reference: Mapping[str, np.ndarray], config: CalibrationConfig) -> dict[str, np.ndarray]:
     """The reference's decision scores and image properties, each one value per image (a property NaN where it
     does not apply), and enough images to calibrate and check."""
-    if not any(name in reference for name in decision_scores()):
-        raise ValueError(f"reference has none of the decision scores {decision_scores()}; pass the scores table")
     names = [name for name in decision_sides() if name in reference]
+    if not names:
+        raise ValueError(
+            f"reference has none of the decision scores {decision_scores()} nor image properties; pass the scores table"
+        )
     count = len(reference[names[0]])
     if any(len(reference[name]) != count for name in names):
         raise ValueError("every score of the reference must have one value per image")

@@ -6,7 +6,9 @@ statistics of the images see many of them. Two kinds:
 - **input** properties are measured on the model's input, as the model sees it (resized, cropped, before
   normalisation), for a whole batch at once on the scoring device: brightness, contrast, sharpness...
 - **native** properties are measured on one decoded image at its own resolution, or read from its header, where
-  resizing would erase them: size, aspect ratio, JPEG quality, 8x8 blockiness.
+  resizing would erase them: size, aspect ratio, JPEG quality, 8x8 blockiness. A host-decoded image's crop is a
+  NumPy array, a device-decoded one's a tensor on the device; a native property's arithmetic serves both (NumPy
+  keeps the host's decoding threads off torch's thread pool, which the forward pass is using).
 
 A new property is one new file in this package that calls :func:`register_property`; every module here is imported
 with the package. A property that does not apply to an image (the JPEG quality of a PNG) is NaN.
@@ -19,7 +21,7 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,11 +50,12 @@ class InputPixels:
 @dataclass(frozen=True)
 class NativeImage:
     """One decoded image as sent, upright: its size, its JPEG header (when it is a JPEG whose header reads), and its
-    centre at its own resolution (:func:`native_crop`), as (h, w, 3) uint8 on the device it was decoded on."""
+    centre at its own resolution (:func:`native_crop`), as (h, w, 3) uint8: a NumPy array where the host decoded
+    it, a tensor on the device that did."""
 
     width: int
     height: int
-    crop: torch.Tensor
+    crop: np.ndarray | torch.Tensor
     header: JpegHeader | None
 
     @classmethod
@@ -61,8 +64,9 @@ class NativeImage:
         is copied out."""
         if isinstance(pixels, Image.Image):
             top, left, rows, columns = native_crop(pixels.height, pixels.width)
-            crop = np.array(pixels.crop((left, top, left + columns, top + rows)))
-            return cls(pixels.width, pixels.height, torch.from_numpy(crop), header)
+            return cls(
+                pixels.width, pixels.height, np.asarray(pixels.crop((left, top, left + columns, top + rows))), header
+            )
         top, left, rows, columns = native_crop(pixels.shape[0], pixels.shape[1])
         return cls(pixels.shape[1], pixels.shape[0], pixels[top : top + rows, left : left + columns], header)
 
@@ -81,20 +85,21 @@ def native_crop(height: int, width: int) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True)
 class ImageProperty:
-    """A named property: ``compute`` maps InputPixels to an (N,) tensor, or a NativeImage to a 0-d tensor."""
+    """A named property: ``compute`` maps InputPixels to an (N,) tensor, or a NativeImage to a number (a float,
+    or a 0-d tensor on the crop's device)."""
 
     name: str
     kind: PropertyKind
-    compute: Callable[..., torch.Tensor]
+    compute: Callable[..., Any]
 
 
 _REGISTRY: dict[str, ImageProperty] = {}
 
 
-def register_property(name: str, *, kind: PropertyKind) -> Callable[[Callable[..., torch.Tensor]], Callable]:
+def register_property(name: str, *, kind: PropertyKind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``compute`` as the property ``name`` of the given kind."""
 
-    def add(compute: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def add(compute: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"image property {name!r} is registered twice; rename one of them")
         _REGISTRY[name] = ImageProperty(name, kind, compute)
@@ -115,13 +120,25 @@ def input_properties(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def native_properties(image: NativeImage) -> torch.Tensor:
-    """Every native property of one image, as one float32 tensor on its crop's device, in registry order."""
-    values = [prop.compute(image).float().reshape(()) for prop in registered_properties("native").values()]
-    return torch.stack(values) if values else torch.empty(0, device=image.crop.device)
+    """Every native property of one image, in registry order, as one float32 tensor: on the host for a crop the
+    host decoded, on the crop's device otherwise."""
+    values = [prop.compute(image) for prop in registered_properties("native").values()]
+    if isinstance(image.crop, np.ndarray):
+        return torch.tensor([float(value) for value in values], dtype=torch.float32)
+    device = image.crop.device
+    if not values:
+        return torch.empty(0, device=device)
+    on_device = [
+        value.float().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value), device=device)
+        for value in values
+    ]
+    return torch.stack(on_device)
 
 
-def grey(pixels: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) uint8 pixels as (H, W) float32 luma in [0, 1]."""
+def grey(pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """(H, W, 3) uint8 pixels as (H, W) float32 luma in [0, 1], a NumPy array or a tensor as given."""
+    if isinstance(pixels, np.ndarray):
+        return (pixels.astype(np.float32) @ np.asarray(_LUMA, np.float32)) / 255.0
     weights = torch.tensor(_LUMA, dtype=torch.float32, device=pixels.device)
     return (pixels.float() @ weights) / 255.0
 

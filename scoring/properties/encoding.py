@@ -18,25 +18,28 @@ _FLOOR = 1 / 255
 
 
 @register_property("jpeg_quality", kind="native")
-def jpeg_quality(image: NativeImage) -> torch.Tensor:
+def jpeg_quality(image: NativeImage) -> float:
     """The encoder quality read from the JPEG's luminance table (1 to 100); NaN for other formats."""
-    quality = image.header.quality if image.header is not None and image.header.quality is not None else math.nan
-    return torch.tensor(float(quality), device=image.crop.device)
+    return float(image.header.quality) if image.header is not None and image.header.quality is not None else math.nan
 
 
 @register_property("blockiness", kind="native")
-def blockiness(image: NativeImage) -> torch.Tensor:
+def blockiness(image: NativeImage) -> float | torch.Tensor:
     """Mean luma step across 8x8 block edges over the mean step elsewhere (Wang, Bovik & Evans, 2000), on the
     native crop: about 1 for a camera's photo, above it where coarse JPEG quantisation left blocks; NaN below 16
     pixels a side."""
     rows, columns = image.crop.shape[:2]
     if rows < 2 * _BLOCK or columns < 2 * _BLOCK:
-        return torch.tensor(math.nan, device=image.crop.device)
-    luma = grey(image.crop)
-    across_columns = (luma[:, 1:] - luma[:, :-1]).abs()  # step j is between pixels j and j + 1
-    across_rows = (luma[1:] - luma[:-1]).abs()
-    edges = across_columns[:, _BLOCK - 1 :: _BLOCK].sum() + across_rows[_BLOCK - 1 :: _BLOCK].sum()
-    edge_count = across_columns[:, _BLOCK - 1 :: _BLOCK].numel() + across_rows[_BLOCK - 1 :: _BLOCK].numel()
+        return math.nan
+    luma = grey(image.crop)  # the same arithmetic on a NumPy array (host) and a torch tensor (device)
+    across_columns = abs(luma[:, 1:] - luma[:, :-1])  # step j is between pixels j and j + 1
+    across_rows = abs(luma[1:] - luma[:-1])
+    at_edges = (across_columns[:, _BLOCK - 1 :: _BLOCK], across_rows[_BLOCK - 1 :: _BLOCK])
+    edges, edge_count = sum(steps.sum() for steps in at_edges), sum(_count(steps) for steps in at_edges)
     inside = across_columns.sum() + across_rows.sum() - edges
-    inside_count = across_columns.numel() + across_rows.numel() - edge_count
+    inside_count = _count(across_columns) + _count(across_rows) - edge_count
     return (edges / edge_count + _FLOOR) / (inside / inside_count + _FLOOR)
+
+
+def _count(steps) -> int:
+    return steps.shape[0] * steps.shape[1]

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import torch
-
 from scoring.properties import NativeImage, register_property
 
 
 @register_property("width", kind="native")
-def width(image: NativeImage) -> torch.Tensor:
-    return torch.tensor(float(image.width), device=image.crop.device)
+def width(image: NativeImage) -> float:
+    return float(image.width)
 
 
 @register_property("height", kind="native")
-def height(image: NativeImage) -> torch.Tensor:
-    return torch.tensor(float(image.height), device=image.crop.device)
+def height(image: NativeImage) -> float:
+    return float(image.height)
 
 
 @register_property("aspect_ratio", kind="native")
-def aspect_ratio(image: NativeImage) -> torch.Tensor:
+def aspect_ratio(image: NativeImage) -> float:
     """Width over height."""
-    return torch.tensor(image.width / image.height, device=image.crop.device)
+    return image.width / image.height
