@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,16 +15,25 @@ import torch
 
 from pipelines.pipeline import ScoringConfig, run_scoring
 from pipelines.store import OutputStore
-from scoring import ScoringSettings
+from scoring import ScoringSettings, load_model
+from scoring.images import decode_image
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
 # ../shared/data beside the checkout; GRADWATCH_SHARED_DATA points elsewhere (a copy carried to a GPU machine).
 SHARED = Path(os.environ.get("GRADWATCH_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 
 
-def score_folder_with_pipeline(folder: Path, out: Path, model: str) -> pa.Table:
-    """Run the scoring pipeline on ``folder`` (once: an existing OUT is reused) and return its scores."""
+def score_folder_with_pipeline(
+    folder: Path, out: Path, model: str, fitted_scores: dict[str, Any] | None = None
+) -> pa.Table:
+    """Run the scoring pipeline on ``folder`` (once: an existing OUT is reused) and return its scores, the fitted
+    scores computed with ``fitted_scores`` (what ``gradwatch calibrate`` fits; none by default)."""
     if not (out / "scores").exists():
-        summary = run_scoring(ScoringConfig(source=str(folder), out=str(out), scoring=ScoringSettings(model=model)))
+        config = ScoringConfig(
+            source=str(folder), out=str(out), scoring=ScoringSettings(model=model), fitted_scores=fitted_scores or {}
+        )
+        summary = run_scoring(config)
         print(
             f"  {folder.resolve().name}: {summary.scored} scored, {summary.rejected.total()} rejected "
             f"({summary.images_per_second:.0f} images/s)"
@@ -51,3 +61,32 @@ def images_per_second(run: Callable[[], object], count: int, device: torch.devic
     if device.type == "cuda":
         torch.cuda.synchronize()
     return count / (time.perf_counter() - started)
+
+
+def head_outputs(folder: Path, cache: Path, model: str) -> dict[str, np.ndarray]:
+    """Every image's penultimate features and logits (float64, fp32 forward pass), by file name, cached in
+    ``cache`` (an .npz): what fitted scores and the feature projection are fitted on and computed from, per split."""
+    if not cache.exists():
+        loaded = load_model(model)
+        files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        features, logits = [], []
+        for start in range(0, len(files), 16):
+            batch = torch.stack(
+                [
+                    loaded.preprocessing.to_tensor(decode_image(path.read_bytes(), source=str(path)))
+                    for path in files[start : start + 16]
+                ]
+            )
+            with torch.inference_mode():
+                h, z = loaded.forward_to_head(batch.contiguous(memory_format=torch.channels_last))
+            features.append(h.double().numpy())
+            logits.append(z.double().numpy())
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            cache,
+            features=np.concatenate(features),
+            logits=np.concatenate(logits),
+            files=np.array([path.name for path in files]),
+        )
+    stored = np.load(cache)
+    return {"files": stored["files"], "features": stored["features"], "logits": stored["logits"]}

@@ -53,6 +53,8 @@ class Alert:
     decision: dict[str, Any] = field(default_factory=dict)
     # The images furthest out of distribution on the first score that fired, for the on-call engineer to look at.
     most_out_of_distribution: list[str] = field(default_factory=list)
+    # What each fired test saw, in words ("sharpness fell 2.1 IQR below the reference median"), most significant first.
+    what_moved: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
     reminder: int = 0  # 0 for the first page of an episode, n for the n-th reminder
 
@@ -71,6 +73,7 @@ class Alert:
             "model_id": self.model_id,
             "threshold_version": self.threshold_version,
             "summary": self.summary,
+            "what_moved": self.what_moved,
             "reminder": self.reminder,
             "decision": self.decision,
             "most_out_of_distribution_images": self.most_out_of_distribution,
@@ -90,6 +93,8 @@ class Target:
         if self.kind == "slack":
             icon = {"drift": ":rotating_light:", "recovered": ":white_check_mark:"}.get(payload["kind"], ":warning:")
             text = f"{icon} *gradwatch {payload['kind']}* {payload['summary']}"
+            # Outboxes written before alerts said what moved have no such list.
+            text += "".join(f"\n• {moved}" for moved in payload.get("what_moved", []))
             return json.dumps({"text": text, "gradwatch": payload}, sort_keys=True).encode()
         return json.dumps(payload, sort_keys=True).encode()
 

@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 from flows.plots import reference_histograms, validation_plots
 from flows.registry import ThresholdRegistry, ThresholdVersion
 from pipelines.pipeline import ScoringConfig, run_scoring
-from pipelines.records import ImageRef
+from pipelines.records import ImageRef, table_values
 from pipelines.redaction import redact
 from pipelines.settings import PipelineSettings
 from pipelines.sources import open_source
 from pipelines.store import OutputStore
-from scoring import GradwatchError, ScoringSettings, decision_scores, load_scorer, registered_scores
+from scoring import GradwatchError, ScoringSettings, decision_scores, load_scorer
 from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
 from scoring.models import model_name
 
@@ -56,11 +56,9 @@ def fit_scores(reference: str, *, scoring: ScoringSettings, config: CalibrationC
     """Fit the registered scores that learn from the reference, on the part of it set aside for them.
 
     Returns:
-        What each fitted score learned, and the URIs of the images it learned from (to leave out of the thresholds);
-        both empty when no registered score learns.
+        What each fitted score and the feature projection learned, and the URIs of the images they learned from (to
+        leave out of the thresholds).
     """
-    if not any(score.fit is not None for score in registered_scores().values()):
-        return {}, set()
     refs = [entry for entry in open_source(reference).list() if isinstance(entry, ImageRef)]
     fit_uris = config.fits_on(ref.uri for ref in refs)
     ordered = sorted(fit_uris)
@@ -112,9 +110,9 @@ def calibrate_reference(
     for folder in validation_ood:
         label = open_source(folder).name
         shifted, _ = score_source(folder, work / "validation" / label, **run)
-        validation[label] = {name: shifted.column(name).to_numpy() for name in names}
+        validation[label] = table_values(shifted, names)
     calibration = calibrate(
-        {name: table.column(name).to_numpy() for name in names},
+        table_values(table, names),
         model_id=model_id,
         segments=table.column("segment").to_pylist(),
         validation=validation,

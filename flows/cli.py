@@ -209,7 +209,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"run {version.run_id}")
     for name in calibration.scores:
         reference = calibration.reference(name)
-        if reference.side == "both":
+        if reference.side == "none":
+            tests = ", ".join(reference.tests)
+            print(f"  tested    {name:<13} by {tests} against {len(reference.sample)} reference images")
+        elif reference.side == "both":
             print(f"  range     {name:<13} {reference.lower:.6g} .. {reference.upper:.6g}")
         else:
             print(f"  threshold {name:<13} {reference.threshold:.6g}")

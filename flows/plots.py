@@ -23,8 +23,8 @@ def _png(figure) -> bytes:
 
 
 def reference_histograms(calibration: Calibration) -> bytes:
-    """Each decision score's reference histogram with its per-image threshold marked."""
-    references = calibration.references[""]
+    """Each decision score's and image property's reference histogram with its per-image bounds marked."""
+    references = {name: calibration.references[""][name] for name in calibration.scalar_scores}
     columns = min(4, len(references))
     rows = -(-len(references) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
@@ -45,7 +45,7 @@ def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[
     """Reference vs each validation set: overlaid histograms and ROC curves, one PNG per set."""
     plots = {}
     # The scores: an image property has no in-distribution direction to draw a ROC curve along.
-    references = {name: ref for name, ref in calibration.references[""].items() if ref.side != "both"}
+    references = {name: ref for name, ref in calibration.references[""].items() if ref.side in ("low", "high")}
     for dataset, scores in validation.items():
         figure, axes = plt.subplots(2, len(references), figsize=(4 * len(references), 6.4), squeeze=False)
         for column, (name, reference) in enumerate(references.items()):

@@ -195,7 +195,7 @@ def _html(
         rows.append(
             f'<tr class="{css}"><td>{start:%Y-%m-%d %H:%M}</td><td>{escape(row["status"])}</td><td>{row["n"]}</td>'
             f"<td>{row['n_rejected']}</td><td>{escape(', '.join(FiredTest(**f).label for f in row['fired']) or '-')}"
-            f"</td><td>{quality}</td></tr>"
+            f"</td><td>{_what_moved(row)}</td><td>{quality}</td></tr>"
         )
         if row["status"] == "drift" and score_rows:
             strips.append(_strip(score_rows, row, images_per_window, calibration))
@@ -219,10 +219,16 @@ tr.drift {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }}
 <h2>Charts</h2>{images}
 <h2>Windows</h2>
 <table id="windows"><thead><tr><th>window</th><th>status</th><th>n</th><th>rejected</th><th>fired</th>
-<th>data quality</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<th>what moved</th><th>data quality</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
 <h2>Images furthest out of distribution in alerted windows</h2>{"".join(strips) or "<p>No drift alerts.</p>"}
 </body></html>
 """
+
+
+def _what_moved(decision_row: Mapping) -> str:
+    # Decisions written before tests said what moved carry no such list: those windows show "-".
+    moved = json.loads(decision_row["decision"] or "{}").get("what_moved", [])
+    return "<br>".join(html.escape(line) for line in moved) or "-"
 
 
 def _strip(score_rows: list[dict], decision: Mapping, k: int, calibration: Calibration | None) -> str:

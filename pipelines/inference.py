@@ -19,6 +19,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from pipelines.records import REJECTED, EncodedImage, Rejected
 from scoring import ImageDecodeError, ModelSpecError, Scorer, ScoringSettings, load_scorer, resolve_device
+from scoring.features import FEATURES
 
 
 class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
@@ -144,4 +145,5 @@ class _ScoreRows(beam.DoFn):
             "model_id": self._model_id,
             **{name: outcome[name] for name in self._columns},
             "pred": outcome["pred"],
+            **({FEATURES: outcome[FEATURES]} if FEATURES in outcome else {}),
         }

@@ -34,6 +34,7 @@ from pipelines.times import align_to_windows
 from pipelines.windows import WindowTables
 from scoring import LoadedModel, ScoringSettings, load_model, resolve_device
 from scoring.decoding import DeviceJpegDecoder
+from scoring.features import FEATURES
 from scoring.properties import registered_properties
 from scoring.scores import computable_scores
 
@@ -109,7 +110,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: 
     tables = (scored.rows, rejected) | "WindowTables" >> WindowTables(
         window=config.window, columns=columns, model_id=model_id
     )
-    schemas = {"scores": scores_schema(columns), "windows": WINDOWS_SCHEMA, REJECTED: REJECTED_SCHEMA}
+    keeps_features = FEATURES in config.fitted_scores
+    schemas = {
+        "scores": scores_schema(columns, keeps_features=keeps_features),
+        "windows": WINDOWS_SCHEMA,
+        REJECTED: REJECTED_SCHEMA,
+    }
     written = tables | "WriteTables" >> WriteTables(OutputStore(config.out), schemas=schemas, part=source.key)
     written["windows"] | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
 

@@ -8,10 +8,14 @@ place window_start is stored, so readers get it as a string in that format).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
+
+from scoring.features import FEATURES
 
 RejectStage = Literal["list", "manifest", "read", "decode"]
 
@@ -70,8 +74,11 @@ def measured_columns(score_names: tuple[str, ...], property_names: tuple[str, ..
     return (*ordered(score_names, CORE_SCORE_COLUMNS), *ordered(property_names, CORE_PROPERTY_COLUMNS))
 
 
-def scores_schema(columns: tuple[str, ...]) -> pa.Schema:
-    """The scores table for these measured columns (:func:`measured_columns`)."""
+def scores_schema(columns: tuple[str, ...], *, keeps_features: bool = False) -> pa.Schema:
+    """The scores table for these measured columns (:func:`measured_columns`), and with ``keeps_features`` the
+    projected penultimate features of each image (float32: the drift tests need no more digits, and the table half
+    the bytes)."""
+    features = [(FEATURES, pa.list_(pa.float32()))] if keeps_features else []
     return pa.schema(
         [
             ("image_id", pa.string()),
@@ -81,6 +88,7 @@ def scores_schema(columns: tuple[str, ...]) -> pa.Schema:
             ("model_id", pa.string()),
             *[(name, pa.float64()) for name in columns],
             ("pred", pa.int64()),
+            *features,
         ]
     )
 
@@ -112,3 +120,15 @@ REJECTED_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+
+
+def table_values(table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named per-image values of a scores table as arrays: one number per image, or for the features (N, D)."""
+    values = {}
+    for name in names:
+        column = table.column(name).combine_chunks()
+        if name == FEATURES:
+            values[name] = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(column), -1)
+        else:
+            values[name] = column.to_numpy(zero_copy_only=False)
+    return values

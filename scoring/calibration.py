@@ -18,8 +18,9 @@ import numpy as np
 from scipy import stats
 
 from scoring.drift import WindowDecision, decide_window
+from scoring.features import FEATURES
 from scoring.properties import registered_properties
-from scoring.references import ScoreReference, Side, score_reference
+from scoring.references import ScoreReference, Side, ValueKind, score_reference, unbounded_reference
 from scoring.scores import decision_scores, registered_scores
 from scoring.separation import aupr_in, aupr_out, auroc, fpr_at_tpr
 from scoring.settings import RECORDED_BEFORE
@@ -52,6 +53,10 @@ class CalibrationConfig:
     check_window_sizes: tuple[int, ...] = (50, 100, 250)
     # Reference samples above this size are subsampled: KS power saturates and the JSON stays small.
     max_reference_sample: int = 20_000
+    # The features' and predictions' reference samples are at most this large: a permutation costs (n + m)² for
+    # the kernel test, and a two-sample test's power is bounded by n·m / (n + m), which m = 500 brings within 17%
+    # of an infinite reference's at windows of 100.
+    max_permutation_sample: int = 500
     # Share of the reference that scores fitted on it learn from (at most max_fit_images): those images are left
     # out of thresholds and the false-alarm check, since a fitted score looks healthier on what it learned from.
     fit_share: float = 0.3
@@ -123,7 +128,13 @@ class Calibration:
 
     @property
     def scores(self) -> list[str]:
+        """Every value windows are tested on: scores, image properties, and the features and predictions."""
         return list(self.references[""])
+
+    @property
+    def scalar_scores(self) -> list[str]:
+        """The values with one number per image and per-image bounds: the scores and the image properties."""
+        return [name for name, reference in self.references[""].items() if reference.kind == "scalar"]
 
     @property
     def tests(self) -> list[str]:
@@ -201,8 +212,8 @@ class Calibration:
 
 
 def fit_tests(reference: ScoreReference, tests: Iterable[str]) -> ScoreReference:
-    """The reference with each named window test that applies to it fitted on it."""
-    fitted = {name: window_test(name).fit(reference) for name in tests}
+    """The reference with each named window test that applies to it (to its kind of value, and by its fit) fitted."""
+    fitted = {name: window_test(name).fit(reference) for name in tests if reference.kind in window_test(name).kinds}
     return replace(reference, tests={name: state for name, state in fitted.items() if state is not None})
 
 
@@ -269,21 +280,31 @@ def calibrate(
     )
 
 
+# The predicted class, a value of every scores table.
+PREDICTION = "pred"
+
+
 def decision_sides() -> dict[str, Side]:
     """Every value a decision may test, and where its out-of-distribution side is: the decision scores by their
-    direction, the image properties on both sides."""
+    direction, the image properties on both sides, the features and predictions on none (no image alone is out of
+    distribution by them; a window's mix of them is)."""
     scores = registered_scores()
     sides: dict[str, Side] = {
         name: "low" if scores[name].higher_is_in_distribution else "high" for name in decision_scores()
     }
-    return {**sides, **dict.fromkeys(registered_properties(), "both")}
+    return {**sides, **dict.fromkeys(registered_properties(), "both"), FEATURES: "none", PREDICTION: "none"}
+
+
+def value_kind(name: str) -> ValueKind:
+    """What one image's value of a decision value is."""
+    return {FEATURES: "vector", PREDICTION: "categorical"}.get(name, "scalar")
 
 
 def _decision_columns(reference: Mapping[str, np.ndarray], config: CalibrationConfig) -> dict[str, np.ndarray]:
     """The reference's decision scores and image properties, each one value per image (a property NaN where it
     does not apply), and enough images to calibrate and check."""
     names = [name for name in decision_sides() if name in reference]
-    if not names:
+    if not any(value_kind(name) == "scalar" for name in names):
         raise ValueError(
             f"reference has none of the decision scores {decision_scores()} nor image properties; pass the scores table"
         )
@@ -296,7 +317,10 @@ def _decision_columns(reference: Mapping[str, np.ndarray], config: CalibrationCo
             f"{count} reference images are too few: at least {minimum} (twice min_window) are needed to "
             "calibrate and check; score more healthy images"
         )
-    return {name: np.asarray(reference[name], np.float64) for name in names}
+    return {
+        name: np.asarray(reference[name], np.int64 if value_kind(name) == "categorical" else np.float64)
+        for name in names
+    }
 
 
 def _fitted_references(
@@ -313,6 +337,10 @@ def _fitted_references(
     references = {}
     for name, values in columns.items():
         chosen = values[indices]
+        if sides[name] == "none":
+            chosen = chosen[: config.max_permutation_sample]  # the indices are in random order already
+            references[name] = fit_tests(unbounded_reference(name, chosen, value_kind(name)), tests)
+            continue
         if sides[name] == "both":  # an image property: on the images it applies to, when they are enough
             chosen = chosen[np.isfinite(chosen)]
             if chosen.size < config.min_window:
@@ -367,6 +395,8 @@ def _separation(
     table = []
     for dataset, scores in validation.items():
         for name, reference in references.items():
+            if reference.kind != "scalar" or name not in scores:
+                continue
             shifted = np.asarray(scores[name], np.float64)
             shifted = shifted[np.isfinite(shifted)]  # a property that applies to none of them says nothing
             if shifted.size == 0:
@@ -415,6 +445,8 @@ def calibration_summary(calibration: Calibration) -> dict[str, Any]:
     """Flat metrics for a tracking system: thresholds, reference quantiles, false-alarm rates, AUROCs."""
     metrics: dict[str, Any] = {}
     for name, reference in calibration.references[""].items():
+        if reference.kind != "scalar":
+            continue
         if reference.side == "both":
             metrics[f"threshold_{name}_low"], metrics[f"threshold_{name}_high"] = reference.lower, reference.upper
         else:

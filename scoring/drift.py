@@ -47,6 +47,7 @@ class TestRecord:
         p_value: under "this window is drawn from the reference".
         threshold: the significance level this p-value was held to after Holm's step-down correction.
         is_drift: whether the test fired.
+        summary: what moved, in words a person reads ("sharpness fell 2.1 IQR below the reference median").
     """
 
     test: str
@@ -56,6 +57,7 @@ class TestRecord:
     p_value: float
     threshold: float
     is_drift: bool
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,21 @@ class WindowDecision:
     def fired_in(self, segment: str) -> list[FiredTest]:
         return [fired for fired in self.fired if fired.segment == segment]
 
+    def what_moved(self, segment: str | None = None) -> list[str]:
+        """What each fired test saw, in words, most significant first (of one segment, or of all)."""
+        fired = [record for record in self.tests if record.is_drift and segment in (None, record.segment)]
+        return [
+            f"{record.segment}: {record.summary}" if record.segment and segment is None else record.summary
+            for record in sorted(fired, key=lambda record: record.p_value)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "is_drift": self.is_drift, "fired": [asdict(fired) for fired in self.fired]}
+        return {
+            **asdict(self),
+            "is_drift": self.is_drift,
+            "fired": [asdict(fired) for fired in self.fired],
+            "what_moved": self.what_moved(),
+        }
 
 
 def holm(p_values: Sequence[float], alpha: float) -> tuple[list[float], list[bool]]:
@@ -183,7 +198,7 @@ def decide_window(
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    raw: list[tuple[str, str, str, float, float]] = []
+    raw: list[tuple[str, str, str, float, float, str]] = []
     effects: list[EffectSize] = []
     sizes: dict[str, int] = {}
     insufficient: list[str] = []
@@ -191,12 +206,12 @@ def decide_window(
         segment_references = references.get(segment) or references.get("")
         if not segment_references:
             raise ValueError(f"no reference for segment {segment!r} and no global reference ('') to fall back to")
-        sizes[segment] = max((np.asarray(values).size for values in scores.values()), default=0)
+        sizes[segment] = max((len(values) for values in scores.values()), default=0)
         if sizes[segment] < min_window:
             insufficient.append(segment)
             continue
         for name, reference in segment_references.items():
-            values = np.asarray(scores[name], np.float64)
+            values = np.asarray(scores[name], np.int64 if reference.kind == "categorical" else np.float64)
             if reference.side == "both":
                 # An image property that does not apply (a PNG's JPEG quality) is NaN: tested on the images it
                 # applies to, when they are enough.
@@ -207,12 +222,14 @@ def decide_window(
                 raise ValueError(f"score {name!r} of segment {segment!r} has NaN or inf; the gate before drift tests")
             for test, state in reference.tests.items():
                 result = window_test(test).apply(values, reference, state)
-                raw.append((test, name, segment, result.statistic, result.p_value))
-            effects.append(effect_size(values, reference, segment))
-    levels, rejected = holm([p for *_, p in raw], alpha)
+                summary = result.summary or f"{name}: {test} {result.statistic:.3g}, p {result.p_value:.2g}"
+                raw.append((test, name, segment, result.statistic, result.p_value, summary))
+            if reference.kind == "scalar":
+                effects.append(effect_size(values, reference, segment))
+    levels, rejected = holm([p for *_, p, _ in raw], alpha)
     tests = [
-        TestRecord(test, name, segment, statistic, p, level, fired)
-        for (test, name, segment, statistic, p), level, fired in zip(raw, levels, rejected, strict=True)
+        TestRecord(test, name, segment, statistic, p, level, fired, summary)
+        for (test, name, segment, statistic, p, summary), level, fired in zip(raw, levels, rejected, strict=True)
     ]
     status: WindowStatus = "insufficient_data" if not raw else ("drift" if any(rejected) else "ok")
     return WindowDecision(status, alpha, sizes, tests, effects, insufficient)

@@ -18,6 +18,7 @@ from torch import nn
 
 from scoring.decoding import DeviceJpegDecoder
 from scoring.errors import ImageDecodeError, ModelSpecError
+from scoring.features import FEATURES, FeatureProjection, fit_projection
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.jpeg import read_jpeg_header
 from scoring.models import LoadedModel, load_model
@@ -96,7 +97,8 @@ class Scorer:
                 torchvision on the scorer's device (nvJPEG on a GPU); other formats and any image it fails on go
                 to the host path.
             fitted_scores: what the scores that learn from a reference learned there (:meth:`fit_scores`), by
-                name; a fitted score without its state is not computed.
+                name, and the feature projection (under ``"features"``); a fitted score without its state is not
+                computed, and without a projection no features are kept.
             forward_chunk: most images per forward pass, whatever the batch size; default
                 ``CPU_FORWARD_CHUNK`` on a CPU and the whole batch on an accelerator.
             decode_threads: host decoding threads of :meth:`score_encoded`; default: the cores this process
@@ -123,6 +125,16 @@ class Scorer:
             loaded.module.compile()
         self._fitted_scores = dict(fitted_scores or {})
         self._scores = computable_scores(self._fitted_scores)
+        self._projection = (
+            FeatureProjection.from_state(self._fitted_scores[FEATURES], self.device)
+            if FEATURES in self._fitted_scores
+            else None
+        )
+        # The head's W and b in float64, for the scores that read them (SCALE rescales through b, ViM fits on W).
+        self._head_parameters = tuple(
+            parameter.detach().to(self.device, torch.float64) if isinstance(parameter, torch.Tensor) else None
+            for parameter in (getattr(loaded.head, "weight", None), getattr(loaded.head, "bias", None))
+        )
         self._device_decoder = (
             DeviceJpegDecoder(loaded.preprocessing, self.device) if settings.decoder == "device" else None
         )
@@ -156,6 +168,11 @@ class Scorer:
         return list(self._scores)
 
     @property
+    def keeps_features(self) -> bool:
+        """Whether every result carries the projected features (``"features"``): when a projection was fitted."""
+        return self._projection is not None
+
+    @property
     def property_names(self) -> list[str]:
         """The image properties every result carries beside the scores (:mod:`scoring.properties`)."""
         return list(registered_properties())
@@ -184,7 +201,8 @@ class Scorer:
         Returns:
             1-D arrays of length N: every registered score as float64 (``gradnorm``, ``energy``, ``msp``,
             ``maxlogit``, ``feature_l1``, ``output_l1``, ...), every image property (the native ones, which need
-            the encoded image, NaN), and ``pred``, the argmax class, as int64.
+            the encoded image, NaN), and ``pred``, the argmax class, as int64; with a fitted projection also
+            ``features``, (N, dimensions) float64.
         """
         return self._collect(self._launch(batch))
 
@@ -237,16 +255,17 @@ class Scorer:
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def fit_scores(self, images: Sequence[bytes], *, sources: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Fit every registered score that learns from a reference, on these images' head outputs.
+        """Fit every registered score that learns from a reference, and the feature projection, on these images'
+        head outputs.
 
         Images that do not decode are left out (the pipeline rejects them, with their reason, when it scores them).
 
         Returns:
-            Each fitted score's state by name, for ``fitted_scores``; empty when no registered score learns.
+            Each fitted score's state by name, and the projection's under ``"features"``, for ``fitted_scores``.
+            One that cannot be fitted here (too few images, a head without the weights it reads) is left out,
+            with a warning naming why.
         """
         learning = {name: score for name, score in registered_scores().items() if score.fit is not None}
-        if not learning:
-            return {}
         features, logits = [], []
         rejected: list[ImageScores | ImageDecodeError | None] = [None] * len(images)
         for _, decoded in self._decoded_groups(images, sources, rejected):
@@ -260,8 +279,17 @@ class Scorer:
                     logits.append(chunk_logits.double().cpu())
         if not features:
             raise ValueError(f"none of the {len(images)} images to fit scores on decodes; see why with gradwatch score")
-        head = HeadOutputs(torch.cat(features), torch.cat(logits), self.settings.temperature)
-        return {name: score.fit(head) for name, score in learning.items()}
+        weight, bias = (parameter.cpu() if parameter is not None else None for parameter in self._head_parameters)
+        head = HeadOutputs(torch.cat(features), torch.cat(logits), self.settings.temperature, weight, bias)
+        fits = {name: score.fit for name, score in learning.items()}
+        fits[FEATURES] = lambda head: fit_projection(head.features)
+        states = {}
+        for name, fit in fits.items():
+            try:
+                states[name] = fit(head)
+            except ValueError as error:  # this model or reference cannot fit it: the others still decide
+                _LOG.warning("%s is not computed nor tested: %s", name, error)
+        return states
 
     def _launch(self, batch: torch.Tensor, natives: torch.Tensor | None = None) -> _Queued:
         """Queue the forward pass, the scores, the properties and their copy to the host, without waiting for the
@@ -320,9 +348,11 @@ class Scorer:
         logits = torch.cat([logits for _, logits in heads])
         # float64 for the few N x C operations after the network: they are cheap next to the forward
         # pass, and C·p - 1 near a uniform softmax needs the digits.
-        head = HeadOutputs(features.double(), logits.double(), self.settings.temperature)
+        head = HeadOutputs(features.double(), logits.double(), self.settings.temperature, *self._head_parameters)
         columns = {name: score(head, self._fitted_scores) for name, score in self._scores.items()}
         columns["pred"] = logits.argmax(dim=1)
+        if self._projection is not None:
+            columns[FEATURES] = self._projection(head.features)
         return columns
 
     def _store(self, indices: list[int], queued: _Queued, results: list[ImageScores | ImageDecodeError | None]) -> None:

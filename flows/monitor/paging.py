@@ -19,8 +19,9 @@ from flows.monitor.window import WindowOutcome
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring import registered_scores
-from scoring.calibration import Calibration
+from scoring.calibration import PREDICTION, Calibration
 from scoring.drift import FiredTest, WindowDecision
+from scoring.features import FEATURES
 
 log = logging.getLogger("gradwatch.monitor")
 
@@ -142,6 +143,7 @@ def _episode_alerts(
                 summary=_summary(kind, segment, fired, outcome.window_start),
                 decision=decision.to_dict(),
                 most_out_of_distribution=[row["uri"] for row in extreme],
+                what_moved=decision.what_moved(segment),
                 reminder=reminder,
                 **common,
             )
@@ -156,12 +158,14 @@ def most_out_of_distribution(
     calibration: Calibration | None = None,
     segment: str = "",
 ) -> tuple[str, list[Mapping[str, Any]]]:
-    """The k rows furthest out of distribution on the first value that fired (MSP when none did), and that value.
+    """The k rows furthest out of distribution on the first value with one number per image that fired (MSP when none
+    did: the features and predictions place no single image), and that value.
 
     Furthest as the calibration's reference reads it (a property: furthest from the reference median); without a
     calibration, by the score's registered direction.
     """
-    score = fired[0].score if fired else _FALLBACK_SCORE
+    per_image = [test.score for test in fired if test.score not in (FEATURES, PREDICTION)]
+    score = per_image[0] if per_image else _FALLBACK_SCORE
     values = np.asarray([row[score] for row in rows], np.float64)
     if calibration is not None and score in calibration.scores:
         inside = calibration.reference(score, segment).oriented(values)

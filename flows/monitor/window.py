@@ -16,7 +16,7 @@ import pyarrow as pa
 from flows.monitor.config import MonitorConfig
 from flows.quality import GateResult, Gates, image_metadata
 from pipelines.pipeline import ScoringConfig, run_scoring
-from pipelines.records import ImageRef
+from pipelines.records import ImageRef, table_values
 from pipelines.sources import Source
 from pipelines.store import OutputStore
 from scoring import LoadedModel
@@ -99,7 +99,7 @@ def process_window(
     scores = store.read_window("scores", window_start, part=source.key)
     windows = store.read_window("windows", window_start, part=source.key)
     # Scores must be finite; an image property is NaN where it does not apply (a PNG's JPEG quality).
-    scored = [name for name in calibration.scores if calibration.reference(name).side != "both"]
+    scored = [name for name in calibration.scalar_scores if calibration.reference(name).side != "both"]
     after = gates.after_scoring(
         scores.to_pandas(), windows.to_pandas(), names=scored, min_window=calibration.config.min_window
     )
@@ -119,7 +119,8 @@ def process_window(
 
 def _by_segment(scores: pa.Table, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
     segments = np.asarray(scores.column("segment").to_pylist(), dtype=object)
+    values = table_values(scores, names)
     return {
-        segment: {name: scores.column(name).to_numpy()[segments == segment] for name in names}
+        segment: {name: column[segments == segment] for name, column in values.items()}
         for segment in sorted(set(segments))
     }

@@ -25,11 +25,16 @@ class HeadOutputs:
         features: (N, D) penultimate features h, the head's input.
         logits: (N, C) head outputs z = W·h + b.
         temperature: T of the scores that define one (GradNorm, Energy).
+        weight: (C, D) the head's weight W, for scores that look at the features' place relative to it (ViM);
+            None where the head does not expose it.
+        bias: (C,) the head's bias b, for scores that rescale the features (SCALE); None for a head without one.
     """
 
     features: torch.Tensor
     logits: torch.Tensor
     temperature: float
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
 
     @cached_property
     def scaled_logits(self) -> torch.Tensor:

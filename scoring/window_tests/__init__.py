@@ -21,15 +21,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from scoring.references import ScoreReference
+from scoring.references import ScoreReference, ValueKind
 
 
 @dataclass(frozen=True)
 class WindowTestResult:
-    """What a test says of one window: its statistic, and the p-value under "drawn from the reference"."""
+    """What a test says of one window: its statistic, the p-value under "drawn from the reference", and what moved,
+    in words a person reads ("sharpness fell 2.1 IQR below the reference median"); a test that leaves it empty is
+    described by its statistic and p-value."""
 
     statistic: float
     p_value: float
+    summary: str = ""
 
 
 class WindowTest(ABC):
@@ -38,10 +41,13 @@ class WindowTest(ABC):
     Attributes:
         name: the test's name in decisions, metrics and alerts.
         statistic: what the statistic measures, in a few words, for the people who read the decisions.
+        kinds: the kinds of value it tests (a number per image by default; the projected features are vectors, the
+            predictions classes); it is fitted on no other.
     """
 
     name: ClassVar[str]
     statistic: ClassVar[str]
+    kinds: ClassVar[frozenset[ValueKind]] = frozenset({"scalar"})
 
     @abstractmethod
     def fit(self, reference: ScoreReference) -> dict[str, Any] | None:

@@ -41,4 +41,9 @@ class BetaBinomial(WindowTest):
         p_value = ood_rate_p_value(
             ood, window.size, state["reference_ood"], state["reference_size"], state.get("bounds", 1)
         )
-        return WindowTestResult(ood / window.size, p_value)
+        share = ood / window.size
+        summary = (
+            f"{share:.0%} of images outside {reference.score}'s healthy bounds, against "
+            f"{reference.expected_ood_rate:.0%} of healthy ones (p {p_value:.2g})"
+        )
+        return WindowTestResult(share, p_value, summary)

@@ -15,10 +15,13 @@ from scoring.references import ScoreReference
 from scoring.window_tests import WindowTest, WindowTestResult, register_window_test
 
 
-def ks_test(window: np.ndarray, reference_sample: np.ndarray) -> WindowTestResult:
+def ks_test(window: np.ndarray, reference: ScoreReference) -> WindowTestResult:
     """The KS distance between the two empirical CDFs, and its exact or asymptotic p-value (scipy's choice)."""
-    result = stats.ks_2samp(window, reference_sample)
-    return WindowTestResult(float(result.statistic), float(result.pvalue))
+    result = stats.ks_2samp(window, reference.sample)
+    statistic, p_value = float(result.statistic), float(result.pvalue)
+    return WindowTestResult(
+        statistic, p_value, f"{reference.median_moved(window)} (KS {statistic:.2f}, p {p_value:.2g})"
+    )
 
 
 @register_window_test
@@ -30,4 +33,4 @@ class KolmogorovSmirnov(WindowTest):
         return {}  # the reference sample is all it compares against
 
     def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:
-        return ks_test(window, reference.sample)
+        return ks_test(window, reference)

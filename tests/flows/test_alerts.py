@@ -138,3 +138,18 @@ def test_an_alert_delivered_just_before_a_crash_is_not_sent_again(tmp_path: Path
     assert deliver_pending(outbox, targets) == (0, 0)
     assert receiver.received == []
     assert outbox.pending() == []
+
+
+def test_a_drift_alert_says_what_moved_to_the_webhook_and_to_slack(tmp_path: Path, receiver: Receiver) -> None:
+    slack = Receiver()
+    try:
+        outbox = Outbox(OutputStore(str(tmp_path)))
+        moved = ["sharpness fell 2.1 IQR below the reference median (KS 0.62, p 1e-09)", "features moved: MMD 0.081"]
+        start = dt.datetime(2026, 11, 26, 13, tzinfo=dt.UTC)
+        outbox.add(Alert("drift", start, start + HOUR, "cam-1", "m@1", "3", "drift on cam-1", what_moved=moved))
+        assert deliver_pending(outbox, targets_from([receiver.url], [slack.url])) == (1, 0)
+        assert receiver.received[0]["json"]["what_moved"] == moved
+        text = slack.received[0]["json"]["text"]
+        assert text.splitlines()[1:] == [f"• {line}" for line in moved]
+    finally:
+        slack.close()

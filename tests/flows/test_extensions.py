@@ -35,10 +35,10 @@ def test_a_window_test_and_a_fitted_score_flow_through_calibration_decision_and_
     version, calibration = calibrate_reference(
         str(tmp_path / "reference"), registry=registry, scoring=scoring, config=config
     )
-    assert sorted(calibration.tests) == ["beta_binomial", "decile_chi_square", "ks"]
+    assert sorted(calibration.tests) == ["beta_binomial", "chi_square", "decile_chi_square", "ks", "mmd"]
     assert "feature_distance" in calibration.scores
     assert calibration.references[""]["feature_distance"].side == "high"
-    assert set(calibration.fitted_scores) == {"feature_distance"}
+    assert set(calibration.fitted_scores) == {"feature_distance", "vim", "features"}  # beside the shipped ones
     assert calibration.reference_images == 150 - 45  # the images the score learned from are kept out
     params = registry.client.get_run(version.run_id).data.params
     assert params["fitted_score_images"] == "45"

@@ -64,7 +64,8 @@ def test_calibrate_monitor_rerun_and_report_on_s3(s3_bucket: str, tmp_path: Path
     version, calibration = calibrate_reference(
         f"{s3_bucket}/reference/", registry=registry, scoring=scoring, config=config, work_dir=tmp_path / "calibrate"
     )
-    assert calibration.reference_images == 120
+    # ViM and the feature projection learn from 30% of the reference, which thresholds and checks leave out.
+    assert calibration.reference_images == 120 - 36
     registry.approve(version.name, version.version, by="test")
 
     out = f"{s3_bucket}/out"

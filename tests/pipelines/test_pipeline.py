@@ -328,3 +328,28 @@ def test_image_properties_go_into_the_scores_and_the_window_statistics(odd_folde
     windows = {row["score"]: row for row in OutputStore(str(tmp_path / "out")).read_table("windows").to_pylist()}
     assert (windows["brightness"]["n"], windows["jpeg_quality"]["n"]) == (8, 3)  # n counts the values that apply
     assert windows["jpeg_quality"]["mean"] == 75.0
+
+
+def test_fitted_scores_and_projected_features_go_into_the_scores_table(odd_folder: Path, tmp_path: Path) -> None:
+    from pipelines.records import table_values
+    from scoring.features import FEATURES
+
+    healthy = [write_image(tmp_path / "ref" / f"{index}.png", 100 + index).read_bytes() for index in range(30)]
+    fitted = load_scorer(TINY, device="cpu").fit_scores(healthy, sources=[f"ref/{i}" for i in range(30)])
+    assert {"vim", FEATURES} <= set(fitted)
+    out = tmp_path / "out"
+    config = ScoringConfig(
+        source=str(odd_folder), out=str(out), scoring=ScoringSettings(model=TINY), fitted_scores=fitted
+    )
+    assert run_scoring(config).scored == 8
+    scores = OutputStore(str(out)).read_table("scores")
+    assert scores.schema.field(FEATURES).type == pa.list_(pa.float32())
+    values = table_values(scores, ["vim", FEATURES])
+    scorer = load_scorer(TINY, device="cpu", fitted_scores=fitted)
+    direct = scorer.score(torch.stack([scorer.preprocess(uri) for uri in scores.column("uri").to_pylist()]))
+    np.testing.assert_allclose(values["vim"], direct["vim"], rtol=1e-6)
+    np.testing.assert_allclose(values[FEATURES], direct[FEATURES], rtol=1e-5, atol=1e-6)  # kept as float32
+    assert values[FEATURES].shape == (8, len(fitted[FEATURES]["axes"]))
+    windows = {row["score"] for row in OutputStore(str(out)).read_table("windows").to_pylist()}
+    assert "vim" in windows
+    assert FEATURES not in windows  # a vector has no quantiles: the MMD test reads the scores table

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scoring import load_scorer
+from scoring import load_scorer, registered_scores
 from scoring.calibration import Calibration, CalibrationConfig, calibrate
+from scoring.features import FEATURES
 
 SCORES = ("gradnorm", "energy", "msp", "maxlogit")
 TINY = "tests.scoring.tiny_models:build"
@@ -48,7 +49,9 @@ def test_a_fitted_score_learns_on_the_reference_and_is_computed_only_with_what_i
     assert "feature_distance" not in unfitted.score_names
     healthy = [_png(seed) for seed in range(40)]
     fitted = unfitted.fit_scores(healthy, sources=[f"h{i}" for i in range(40)])
-    assert set(fitted) == {"feature_distance"}
+    learning = {name for name, score in registered_scores().items() if score.fit is not None}
+    assert "feature_distance" in learning
+    assert set(fitted) == learning | {FEATURES}  # every score that learns, and the feature projection
     assert len(fitted["feature_distance"]["mean"]) == unfitted.head.in_features
     scorer = load_scorer(TINY, device="cpu", fitted_scores=fitted)
     assert "feature_distance" in scorer.score_names
