@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -85,6 +86,10 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
             drift["headers"]["X-Gradwatch-Signature"],
         )
         assert all("/h2-" in uri for uri in drift["json"]["most_out_of_distribution_images"])
+        fired = [t for t in drift["json"]["decision"]["tests"] if t["is_drift"]]
+        # What moved, in words, most significant first, one line per fired test.
+        assert drift["json"]["what_moved"] == [t["summary"] for t in sorted(fired, key=lambda t: t["p_value"])]
+        assert any("IQR" in line and "the reference median" in line for line in drift["json"]["what_moved"])
         assert drift["json"]["links"]["mlflow_run_id"] == report.mlflow_run_id
 
         again = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
@@ -104,6 +109,8 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
     ]  # fmt: skip
     history = registry.client.get_metric_history(report.mlflow_run_id, "drift")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.0, 0.0, 1.0, 0.0]
+    drifted = next(row for row in decisions if row["status"] == "drift")
+    assert json.loads(drifted["decision"])["what_moved"] == drift["json"]["what_moved"]
 
 
 def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, registry) -> None:

@@ -4,7 +4,9 @@ calibrate, approve, monitor with a webhook, re-run, a late image, the report. No
 from __future__ import annotations
 
 import datetime as dt
+import html
 import io
+import json
 import os
 from pathlib import Path
 
@@ -108,6 +110,12 @@ def test_calibrate_monitor_rerun_and_report_on_s3(s3_bucket: str, tmp_path: Path
     assert "gradwatch drift report" in page
     alerts = page[page.index('<table id="alerts">') :]
     assert alerts[: alerts.index("</table>")].count('<tr class="drift">') == 1  # the one drift page, delivered
+    windows = page[page.index('<table id="windows">') :]
+    drift_row = windows[windows.index('<tr class="drift">') :]
+    drift_row = drift_row[: drift_row.index("</tr>")]
+    moved = json.loads(next(row for row in decisions if row["status"] == "drift")["decision"])["what_moved"]
+    assert moved
+    assert all(html.escape(line) in drift_row for line in moved)  # the report's "what moved" column
     # Nothing of OUT's on local disk (gradwatch 0.1 wrote its state to a local folder named "s3:").
     assert set(os.listdir(tmp_path)) <= {"calibrate", "mlflow.db", "mlruns"}
 
