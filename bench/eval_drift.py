@@ -1,6 +1,7 @@
 """Simulated production windows: what each family of tests catches, and how often healthy windows page.
 
-Usage: python bench/eval_drift.py [--out DIR] [--splits 10] [--severities 3] [--windows 10] [--model SPEC]
+Usage: python bench/eval_drift.py [--out DIR] [--splits 10] [--severities 3] [--sizes 50 100 250] [--windows 10]
+                                  [--model SPEC]
 
 Needs ../shared/data and the `bench` extra (`pip install -e ".[bench]"`: ImageNet-C's own corruptions, from the
 `imagecorruptions` package). Everything is scored once by the Beam pipeline (gradwatch score) and cached in
@@ -25,6 +26,7 @@ one at 50 and 250 too), the model's top-1 on each corrupted set, and what decidi
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -57,13 +59,16 @@ SHARES = (0.10, 0.25, 0.50)
 
 
 def write_corrupted(source: Path, dest: Path, name: str, severity: int) -> None:
-    """ImageNet-C's corruption of every image, saved as a JPEG at the quality its source was saved at."""
+    """ImageNet-C's corruption of every image, saved as a JPEG at the quality its source was saved at; written to a
+    temporary folder renamed when complete, so an interrupted run never leaves a partial set in the cache."""
     if dest.exists():
         return
     import imagecorruptions
 
     np.float_ = np.float64  # imagecorruptions' fog still names the alias NumPy 2 removed
-    dest.mkdir(parents=True)
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     for path in sorted(source.glob("*.JPEG")):
         data = path.read_bytes()
         header = read_jpeg_header(data)
@@ -71,7 +76,8 @@ def write_corrupted(source: Path, dest: Path, name: str, severity: int) -> None:
             pixels = np.asarray(image.convert("RGB"))
         corrupted = imagecorruptions.corrupt(pixels, corruption_name=name, severity=severity)
         quality = header.quality if header is not None and header.quality is not None else 90
-        Image.fromarray(np.uint8(np.clip(corrupted, 0, 255))).save(dest / path.name, "JPEG", quality=quality)
+        Image.fromarray(np.uint8(np.clip(corrupted, 0, 255))).save(partial / path.name, "JPEG", quality=quality)
+    partial.rename(dest)
 
 
 def main() -> None:
@@ -79,6 +85,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where images and pipeline outputs go (a cache)")
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--severities", type=int, nargs="+", default=[3])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=list(WINDOW_SIZES), help="window sizes (100 among them)"
+    )
     parser.add_argument("--windows", type=int, default=10, help="shifted windows per (split, shift, share, size)")
     parser.add_argument("--healthy", type=int, default=60, help="healthy windows per (split, size)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -160,7 +169,7 @@ def main() -> None:
                 "by_family": by_family_fired(decision, families, args.alpha),
             }
 
-        for size in WINDOW_SIZES:
+        for size in args.sizes:
             paged = defaultdict(int)
             for _ in range(args.healthy):
                 for name, fired in decide(rng.choice(production, size, replace=False)).items():
@@ -307,7 +316,7 @@ def report(args, decisions, alarms, held_out, detected, accuracy, per_window, sh
     print(f"false alarms per 100 healthy windows ({args.healthy} a split and size; 95% interval across splits):")
     for name in decisions:
         cells = []
-        for size in WINDOW_SIZES:
+        for size in args.sizes:
             mean, low, high = split_interval(alarms[(name, size)])
             cells.append(f"n={size}: {100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]")
         print(f"  {name:<12} " + "   ".join(cells))
@@ -316,16 +325,17 @@ def report(args, decisions, alarms, held_out, detected, accuracy, per_window, sh
         mean, low, high = split_interval(held_out[size])
         cells.append(f"n={size}: {100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]")
     print(f"  {'(held out)':<12} " + "   ".join(cells) + "   <- the calibration's own check of the combined rule")
-    print("\ndetected, % of shifted windows at n=100 per family and decision; the combined decision at n=50 and n=250")
+    others = [size for size in args.sizes if size != 100]
+    print("\ndetected, % of shifted windows at n=100 per family and decision; the combined decision at other sizes")
     header = "".join(f"{label:>8}" for label in ("scores", "props", "feats", "preds", "all", "by_fam"))
-    print(f"{'shift':<22}{'top-1':>7}{'share':>7}{header}{'n=50':>8}{'n=250':>7}")
+    header += "".join(f"{f'n={size}':>8}" for size in others)
+    print(f"{'shift':<22}{'top-1':>7}{'share':>7}{header}")
     for shift in shifted_pools:
         for share in SHARES:
             rates = "".join(f"{100 * np.mean(detected[(name, shift, share, 100)]):>8.0f}" for name in decisions)
-            small = 100 * np.mean(detected[("combined", shift, share, 50)])
-            large = 100 * np.mean(detected[("combined", shift, share, 250)])
+            rates += "".join(f"{100 * np.mean(detected[('combined', shift, share, size)]):>8.0f}" for size in others)
             shown = f"{accuracy[shift]:.2f}" if shift in accuracy else "-"
-            print(f"{shift:<22}{shown:>7}{share:>7.0%}{rates}{small:>8.0f}{large:>7.0f}")
+            print(f"{shift:<22}{shown:>7}{share:>7.0%}{rates}")
     print(f"\nmodel top-1 on the healthy samples: {accuracy['healthy']:.3f}")
     print(f"deciding one window (one segment, every family), ms: {1000 * per_window:.1f}")
     cells = [

@@ -57,8 +57,9 @@ class CalibrationConfig:
     # the kernel test, and a two-sample test's power is bounded by n·m / (n + m), which m = 500 brings within 17%
     # of an infinite reference's at windows of 100.
     max_permutation_sample: int = 500
-    # Share of the reference that scores fitted on it learn from (at most max_fit_images): those images are left
-    # out of thresholds and the false-alarm check, since a fitted score looks healthier on what it learned from.
+    # Share of the reference that fitted scores (ViM) and the feature projection learn from (at most max_fit_images):
+    # those images are left out of thresholds and the false-alarm check, since a fitted score looks healthier on what
+    # it learned from, and features look closer to the reference on the axes fitted to them.
     fit_share: float = 0.3
     max_fit_images: int = 2_000
     seed: int = 0
