@@ -6,7 +6,8 @@ Each measurement runs in a fresh child process on the same cores, so peak RSS is
 runs on the default local runner (in-process FnApiRunner), with and without the image properties
 (scoring.properties), and with ViM and the projected features kept, as thresholds of this version make it run;
 the bare loop reads, decodes, preprocesses and scores the same images with the same scorer in batches of the
-pipeline's size. The memory check scores COUNT and COUNT x REPEAT images (a manifest naming each image REPEAT times, spread over hours).
+pipeline's size. The memory check scores COUNT and COUNT x REPEAT images (a manifest naming each image REPEAT
+times, spread over hours).
 """
 
 from __future__ import annotations
