@@ -138,7 +138,8 @@ def main() -> None:
     held_out = defaultdict(list)  # size -> per split, the calibration's own held-out false-alarm rate
     spent = [0.0, 0]  # seconds deciding, windows decided
     count = len(files)
-    for _ in range(args.splits):
+    for split in range(args.splits):
+        print(f"split {split + 1}/{args.splits}", file=sys.stderr, flush=True)
         order = rng.permutation(count)
         reference, production = order[: count // 2], order[count // 2 :]
         fit_part = reference[: round(reference.size * config.fit_share)]
