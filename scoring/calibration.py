@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -78,8 +79,12 @@ class CalibrationConfig:
 
     def fits_on(self, images: Iterable[str]) -> set[str]:
         """The images fitted scores learn from, of those named (by URI): ``fit_share`` of them, chosen by the hashes
-        of their names, so that every process and every run on the same reference picks the same ones."""
-        ordered = sorted(set(images), key=lambda name: hashlib.sha256(name.encode()).digest())
+        of their names below the folder they share, so that every process and every run on the same reference, and
+        the same reference copied elsewhere, picks the same ones."""
+        names = sorted(set(images))
+        shared = os.path.commonprefix(names)
+        root = len(shared[: shared.rfind("/") + 1])
+        ordered = sorted(names, key=lambda name: hashlib.sha256(name[root:].encode()).digest())
         return set(ordered[: min(self.max_fit_images, round(len(ordered) * self.fit_share))])
 
 

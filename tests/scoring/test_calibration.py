@@ -147,3 +147,16 @@ def test_image_properties_are_calibrated_on_both_sides_where_they_apply() -> Non
     (check,) = calibration.false_alarm_checks
     assert check.rate <= 0.05  # more tests, one family-wise rate
     assert calibration.recommended_score is None  # no validation sets; properties are never recommended
+
+
+def test_the_images_fitted_on_are_the_same_wherever_the_reference_lives() -> None:
+    # Regression: hashing whole URIs picked other fit images for the same reference in another folder, so a
+    # calibration (and a test's healthy window) changed with the temporary path it ran in.
+    names = [f"cam-{index % 3}/{index:04d}.jpg" for index in range(200)]
+    config = CalibrationConfig()
+    here = config.fits_on(f"/tmp/pytest-1/reference/{name}" for name in names)
+    there = config.fits_on(f"s3://bucket/healthy/{name}" for name in names)
+    assert len(here) == 60
+    assert {uri.removeprefix("/tmp/pytest-1/reference/") for uri in here} == {
+        uri.removeprefix("s3://bucket/healthy/") for uri in there
+    }
