@@ -82,7 +82,8 @@ class CalibrationConfig:
         of their names below the folder they share, so that every process and every run on the same reference, and
         the same reference copied elsewhere, picks the same ones."""
         names = sorted(set(images))
-        shared = os.path.commonprefix(names)
+        # By characters, cut back to the last "/": commonpath would fold the "//" of s3:// and gs:// URLs.
+        shared = os.path.commonprefix(names)  # noqa: RUF071
         root = len(shared[: shared.rfind("/") + 1])
         ordered = sorted(names, key=lambda name: hashlib.sha256(name[root:].encode()).digest())
         return set(ordered[: min(self.max_fit_images, round(len(ordered) * self.fit_share))])
