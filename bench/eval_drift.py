@@ -1,7 +1,7 @@
 """Simulated production windows: what each family of tests catches, and how often healthy windows page.
 
-Usage: python bench/eval_drift.py [--out DIR] [--splits 10] [--severities 3] [--sizes 50 100 250] [--windows 10]
-                                  [--model SPEC]
+Usage: python bench/eval_drift.py [--out DIR] [--splits 10] [--severities 3] [--corruptions NAME...]
+                                  [--sizes 50 100 250] [--windows 10] [--model SPEC]
 
 Needs ../shared/data and the `bench` extra (`pip install -e ".[bench]"`: ImageNet-C's own corruptions, from the
 `imagecorruptions` package). Everything is scored once by the Beam pipeline (gradwatch score) and cached in
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where images and pipeline outputs go (a cache)")
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--severities", type=int, nargs="+", default=[3])
+    parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS)
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=list(WINDOW_SIZES), help="window sizes (100 among them)"
     )
@@ -117,7 +118,7 @@ def main() -> None:
     for kind, folder in NEW_KINDS.items():
         shifted_pools[kind] = pool(folder, kind)[1]
     for severity in args.severities:
-        for name in CORRUPTIONS:
+        for name in args.corruptions:
             label = f"{name}-{severity}"
             images = out / "images" / label
             write_corrupted(SHARED / "imagenet-samples", images, name, severity)
