@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipelines.pipeline import ScoringConfig, run_scoring
 from pipelines.store import OutputStore
 from scoring import ScoringSettings, load_model
 from scoring.images import decode_image
+from scoring.scores import computable_scores
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -27,8 +29,12 @@ SHARED = Path(os.environ.get("GRADWATCH_SHARED_DATA") or Path(__file__).resolve(
 def score_folder_with_pipeline(
     folder: Path, out: Path, model: str, fitted_scores: dict[str, Any] | None = None
 ) -> pa.Table:
-    """Run the scoring pipeline on ``folder`` (once: an existing OUT is reused) and return its scores, the fitted
-    scores computed with ``fitted_scores`` (what ``gradwatch calibrate`` fits; none by default)."""
+    """Run the scoring pipeline on ``folder`` (once: an existing OUT is reused while it has every score this version
+    computes) and return its scores, the fitted scores computed with ``fitted_scores`` (what ``gradwatch calibrate``
+    fits; none by default)."""
+    expected = set(computable_scores(fitted_scores or {}))
+    if (out / "scores").exists() and not expected <= set(OutputStore(str(out)).read_table("scores").column_names):
+        shutil.rmtree(out)  # scored by an older version, before a score was registered
     if not (out / "scores").exists():
         config = ScoringConfig(
             source=str(folder), out=str(out), scoring=ScoringSettings(model=model), fitted_scores=fitted_scores or {}
