@@ -46,7 +46,8 @@ def mmd_test(window: np.ndarray, reference_sample: np.ndarray, bandwidth: float)
     def squared_mmd(members: np.ndarray) -> np.ndarray:
         # With weights a = 1/n on the window and -1/m on the reference, MMD² = aᵀKa = c²·Σ_window K - 2(c/m)·Σ_window
         # rows + ΣK/m², c = 1/n + 1/m. The window's sum of K goes through one matrix product per block of
-        # relabellings: BLAS is about 15 times faster at it than gathering n² entries per relabelling.
+        # relabellings: for 250 relabellings against 350 reference vectors that took 3.6 ms at n = 100 and 5.0 at
+        # n = 250, where gathering the n² entries of each took 17 and 230 ms.
         c = 1 / n + 1 / m
         in_window = np.zeros((len(members), n + m))
         in_window[np.arange(len(members))[:, None], members] = 1.0
