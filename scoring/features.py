@@ -4,7 +4,7 @@ A two-sample test in 1280 dimensions from windows of a hundred images has little
 the first principal components of the reference's features keep the directions healthy images vary along, in
 which a shift shows, and make the per-image vector small enough to keep in the scores table, so a window can be
 tested again without scoring it again. The features are L2-normalised first: their norm is what GradNorm already
-measures, and the direction is what the feature tests add (bench/eval_drift.py compares the choices).
+measures, and the direction is what the feature tests add (measured below).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ Mahalanobis on raw features 0.59, on normalised features 0.53, energy 0.710 (0.5
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -53,16 +54,22 @@ def _residual_norm(centred: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
 
 
 # The fitted state as tensors, per state and device: converting 32 x 1280 numbers from lists costs milliseconds,
-# as much as scoring a batch on a CPU. The state is kept beside them so its id is not reused while cached.
-_AS_TENSORS: dict[tuple[int, torch.device, torch.dtype], tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = {}
+# as much as scoring a batch on a CPU. The state is kept beside them so its id is not reused while cached, and only
+# the latest few are: a long-running monitor loads new thresholds (a new state) for every window it scores.
+_AS_TENSORS: OrderedDict[tuple[int, torch.device, torch.dtype], tuple[dict[str, Any], torch.Tensor, torch.Tensor]]
+_AS_TENSORS = OrderedDict()
+_CACHED_STATES = 4
 
 
 def _as_tensors(state: dict[str, Any], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     key = (id(state), like.device, like.dtype)
-    if key not in _AS_TENSORS:
+    cached = _AS_TENSORS.get(key)
+    if cached is None:
         convert = lambda values: torch.as_tensor(values, dtype=like.dtype, device=like.device)  # noqa: E731
-        _AS_TENSORS[key] = (state, convert(state["origin"]), convert(state["axes"]))
-    _, origin, axes = _AS_TENSORS[key]
+        cached = _AS_TENSORS[key] = (state, convert(state["origin"]), convert(state["axes"]))
+        while len(_AS_TENSORS) > _CACHED_STATES:  # scoring threads may race here: one extra conversion at worst
+            _AS_TENSORS.popitem(last=False)
+    _, origin, axes = cached
     return origin, axes
 
 

@@ -23,9 +23,9 @@ _CLASSES_NAMED = 3
 
 def class_shares_moved(window: np.ndarray, reference_sample: np.ndarray) -> list[tuple[int, float, float]]:
     """(class, reference share, window share) of the classes whose share moved most, largest move first."""
-    classes = np.union1d(window, reference_sample)
-    window_share = np.array([np.mean(window == label) for label in classes])
-    reference_share = np.array([np.mean(reference_sample == label) for label in classes])
+    classes, codes = np.unique(np.concatenate([window, reference_sample]), return_inverse=True)
+    window_share = np.bincount(codes[: window.size], minlength=classes.size) / window.size
+    reference_share = np.bincount(codes[window.size :], minlength=classes.size) / reference_sample.size
     moved = np.argsort(-np.abs(window_share - reference_share), kind="stable")[:_CLASSES_NAMED]
     return [(int(classes[i]), float(reference_share[i]), float(window_share[i])) for i in moved]
 

@@ -91,3 +91,18 @@ def test_the_projection_keeps_the_reference_directions_and_ignores_the_norm() ->
     assert len(fit_projection(features[:5])["axes"]) == 4  # no more axes than the images can span
     with pytest.raises(ValueError, match="at least 2 images"):
         fit_projection(features[:1])
+
+
+def test_vim_keeps_only_the_latest_states_as_tensors() -> None:
+    # Regression: every state ever scored with stayed cached, so a monitor loading thresholds per window grew.
+    from scoring.scores import vim as vim_module
+
+    torch.manual_seed(4)
+    layer = nn.Linear(8, 3)
+    head = _head(torch.rand(40, 8), layer)
+    states = [fit_vim(head) for _ in range(10)]
+    for state in states:
+        SCORES["vim"](head, {"vim": state})
+    assert len(vim_module._AS_TENSORS) == vim_module._CACHED_STATES
+    again = SCORES["vim"](head, {"vim": states[0]})  # evicted, converted again: the same scores
+    assert torch.allclose(again, SCORES["vim"](head, {"vim": states[-1]}))
