@@ -106,10 +106,21 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_s: int = 300) -> bool:
-    """What a receiver does: constant-time compare, and refuse replays older than ``max_age_s``."""
-    if abs(time.time() - int(timestamp)) > max_age_s:
+    """What a receiver does: constant-time compare, and refuse timestamps more than ``max_age_s`` away.
+
+    The window is the same both ways: a sender's clock up to ``max_age_s`` ahead is tolerated, a timestamp further
+    in the future is refused like a replay. A timestamp that is not the decimal integer as sent, or a signature
+    that is not ASCII, is refused rather than raised: whatever a client sends, the answer is False.
+    """
+    if not isinstance(timestamp, str) or not timestamp.isascii() or not timestamp.isdigit():
         return False
-    return hmac.compare_digest(sign(secret, int(timestamp), body), signature)
+    sent = int(timestamp)
+    # The HMAC covers the header as sent: "+17..." or "017..." would verify against another spelling's signature.
+    if str(sent) != timestamp or abs(time.time() - sent) > max_age_s:
+        return False
+    if not isinstance(signature, str) or not signature.isascii():
+        return False
+    return hmac.compare_digest(sign(secret, sent, body), signature)
 
 
 def targets_from(webhooks: Sequence[str], slack_webhooks: Sequence[str]) -> list[Target]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from flows.alerts import SECRET_ENV, Alert, AlertConfigError, Outbox, deliver_pending, targets_from, verify
+from flows.alerts import SECRET_ENV, Alert, AlertConfigError, Outbox, deliver_pending, sign, targets_from, verify
 from flows.monitor.paging import AlertPolicy
 from pipelines.store import OutputStore
 from tests.flows.conftest import free_port
@@ -153,3 +154,19 @@ def test_a_drift_alert_says_what_moved_to_the_webhook_and_to_slack(tmp_path: Pat
         assert text.splitlines()[1:] == [f"• {line}" for line in moved]
     finally:
         slack.close()
+
+
+def test_verify_refuses_future_malformed_and_non_ascii_input() -> None:
+    body = b'{"kind": "drift"}'
+    now = int(time.time())
+    assert verify(SECRET, str(now), body, sign(SECRET, now, body))
+    assert verify(SECRET, str(now + 60), body, sign(SECRET, now + 60, body))  # a receiver's clock a minute behind
+    future = now + 3600
+    assert not verify(SECRET, str(future), body, sign(SECRET, future, body))
+    for timestamp in ("soon", "", "1.5e9", str(now) + ".0", None):
+        assert not verify(SECRET, timestamp, body, sign(SECRET, now, body))  # type: ignore[arg-type]
+    # The signature covers the header as sent: a re-spelt timestamp is not the one that was signed.
+    for respelt in (f"+{now}", f" {now}", f"0{now}"):
+        assert not verify(SECRET, respelt, body, sign(SECRET, now, body))
+    assert not verify(SECRET, str(now), body, "sha256=é")
+    assert not verify(SECRET, str(now), body, None)  # type: ignore[arg-type]
