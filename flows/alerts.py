@@ -4,7 +4,8 @@ An alert is written to the outbox (``OUT/alerts/outbox/<id>.json``, through the 
 delivery is tried, so an outage loses nothing: the next run delivers what is pending. The alert id is derived
 from (kind, window, segment, reminder), so re-running a window produces the same id and never pages twice.
 Generic webhooks are signed with HMAC-SHA256 over ``"<timestamp>.<body>"`` with the secret from
-``GRADWATCH_WEBHOOK_SECRET``.
+``GRADWATCH_WEBHOOK_SECRET``. The outbox and the logs name targets by a masked identity, never by URL: a Slack
+webhook's path is its credential.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +100,11 @@ class Target:
             return json.dumps({"text": text, "gradwatch": payload}, sort_keys=True).encode()
         return json.dumps(payload, sort_keys=True).encode()
 
+    @property
+    def identity(self) -> str:
+        """How the outbox records and logs name this target (see :func:`target_identity`)."""
+        return target_identity(self.url)
+
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``: receivers recompute it and reject old timestamps."""
@@ -123,16 +130,45 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_
     return hmac.compare_digest(sign(secret, sent, body), signature)
 
 
+def target_identity(url: str) -> str:
+    """What the outbox and logs keep of a target URL: scheme and host, and a short hash of the whole URL.
+
+    A Slack webhook's path is its credential, and any URL may carry a user and password: neither is reversible
+    from ``https://hooks.slack.com sha256:1a2b3c4d5e6f``, yet each target keeps an identity of its own.
+
+    Raises:
+        ValueError: a URL urllib cannot parse (a port that is not a number, a bracket left open).
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = "" if parts.port is None else f":{parts.port}"
+    return f"{parts.scheme}://{parts.hostname or ''}{port} sha256:{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
 def targets_from(webhooks: Sequence[str], slack_webhooks: Sequence[str]) -> list[Target]:
     """Validate target URLs at start, and that generic webhooks have a secret to sign with.
 
     Raises:
-        AlertConfigError: a URL that is not http(s), or webhooks without GRADWATCH_WEBHOOK_SECRET.
+        AlertConfigError: a URL that is not http(s), does not parse or carries a user or password, or webhooks
+            without GRADWATCH_WEBHOOK_SECRET.
     """
     targets = [Target(url, "webhook") for url in webhooks] + [Target(url, "slack") for url in slack_webhooks]
     for target in targets:
+        # A Slack URL's path is its credential: only its masked identity may be shown.
+        described = repr(redact(target.url)) if target.kind == "webhook" else "(URL withheld)"
+        try:
+            parts, identity = urllib.parse.urlsplit(target.url), target.identity
+        except ValueError as error:
+            raise AlertConfigError(f"{target.kind} target {described} does not parse as a URL ({error})") from None
+        shown = redact(target.url) if target.kind == "webhook" else identity
         if not target.url.startswith(("http://", "https://")):
-            raise AlertConfigError(f"{target.kind} target {redact(target.url)!r} is not an http(s) URL")
+            raise AlertConfigError(f"{target.kind} target {shown!r} is not an http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            # Refused here, or every delivery would fail as "unreachable" with nothing saying why.
+            raise AlertConfigError(
+                f"{target.kind} target {shown!r} carries a user or password, which urllib never sends (it looks "
+                f"'user:pass@host' up as a host name); drop it from the URL: generic webhooks are authenticated by "
+                f"their signature ({SECRET_ENV}), and a receiver that needs more should check a header"
+            )
     if webhooks and not os.environ.get(SECRET_ENV):
         raise AlertConfigError(
             f"--webhook needs a signing secret: set {SECRET_ENV} in the environment (never on the command line)"
@@ -192,16 +228,27 @@ def deliver_pending(
         if outbox.store.has_alert("delivered", name):  # delivered by a run that stopped before clearing it
             outbox.store.remove_alert("outbox", name)
             continue
+        # Outboxes written by older versions list raw URLs: rewritten masked, and still never delivered twice.
+        entry["delivered_to"] = [_masked(reached) for reached in entry["delivered_to"]]
         for target in targets:
-            if target.url in entry["delivered_to"]:
+            if target.identity in entry["delivered_to"]:
                 continue
             if _post(target, entry["alert"], secret, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s):
-                entry["delivered_to"].append(target.url)
-        done = all(target.url in entry["delivered_to"] for target in targets)
+                entry["delivered_to"].append(target.identity)
+        done = all(target.identity in entry["delivered_to"] for target in targets)
         outbox.record(name, entry, done=done)
         delivered += done
         still_pending += not done
     return delivered, still_pending
+
+
+def _masked(reached: str) -> str:
+    if " sha256:" in reached:
+        return reached
+    try:
+        return target_identity(reached)
+    except ValueError:  # a URL older versions took without parsing it; no target of this run can match it
+        return f"unparsable URL sha256:{hashlib.sha256(reached.encode()).hexdigest()[:12]}"
 
 
 def _post(
@@ -223,11 +270,11 @@ def _post(
                     return True
         except urllib.error.HTTPError as error:
             if error.code < 500:
-                log.error("%s refused alert %s with HTTP %s; not retried", redact(target.url), alert_id, error.code)
+                log.error("%s refused alert %s with HTTP %s; not retried", target.identity, alert_id, error.code)
                 return False
-            log.warning("%s answered HTTP %s to alert %s", redact(target.url), error.code, alert_id)
+            log.warning("%s answered HTTP %s to alert %s", target.identity, error.code, alert_id)
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-            log.warning("%s unreachable for alert %s: %s", redact(target.url), alert_id, type(error).__name__)
+            log.warning("%s unreachable for alert %s: %s", target.identity, alert_id, type(error).__name__)
         if attempt + 1 < attempts:
             time.sleep(backoff_s * 2**attempt)
     return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,63 @@ def test_verify_refuses_future_malformed_and_non_ascii_input() -> None:
         assert not verify(SECRET, respelt, body, sign(SECRET, now, body))
     assert not verify(SECRET, str(now), body, "sha256=é")
     assert not verify(SECRET, str(now), body, None)  # type: ignore[arg-type]
+
+
+def test_a_webhook_url_with_user_and_password_is_refused_at_start() -> None:
+    with pytest.raises(AlertConfigError) as refused:
+        targets_from(["https://ops:hunter2@hooks.example.com/gradwatch"], [])
+    message = str(refused.value)
+    assert "hunter2" not in message
+    assert "https://hooks.example.com/gradwatch" in message
+    assert SECRET_ENV in message
+    with pytest.raises(AlertConfigError, match="user or password") as slack:
+        targets_from([], ["https://ops:hunter2@hooks.slack.com/services/T0/B0/slacksecret"])
+    assert "hunter2" not in str(slack.value)
+    assert "slacksecret" not in str(slack.value)
+
+
+SLACK_SECRET = "xoxb-path-is-the-credential"
+
+
+def test_outbox_files_and_logs_keep_only_a_masked_target(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack = receiver.url.replace("/hook", f"/services/T0/B0/{SLACK_SECRET}")
+    down = f"http://127.0.0.1:{free_port()}/services/T0/B1/{SLACK_SECRET}"
+    outbox = Outbox(OutputStore(str(tmp_path)))
+    outbox.add(_alert())
+    caplog.set_level(logging.INFO, logger="gradwatch.alerts")
+    assert deliver_pending(outbox, targets_from([], [slack, down]), attempts=1) == (0, 1)
+    assert deliver_pending(outbox, targets_from([], [slack]), attempts=1) == (1, 0)
+    assert len(receiver.received) == 1  # the target delivered in the first run is not posted again
+    written = "".join(path.read_text() for path in (tmp_path / "alerts").rglob("*.json"))
+    assert "127.0.0.1" in written
+    assert SLACK_SECRET not in written
+    assert "unreachable" in caplog.text
+    assert SLACK_SECRET not in caplog.text
+
+
+def test_an_outbox_written_with_raw_urls_delivers_nothing_twice(tmp_path: Path, receiver: Receiver) -> None:
+    other = Receiver()
+    try:
+        store = OutputStore(str(tmp_path))
+        outbox = Outbox(store)
+        outbox.add(_alert())
+        ((name, entry),) = outbox.pending()
+        store.write_alert("outbox", name, {**entry, "delivered_to": [receiver.url]})  # as older versions wrote it
+        assert deliver_pending(outbox, targets_from([receiver.url], [other.url])) == (1, 0)
+        assert receiver.received == []
+        assert len(other.received) == 1
+        (delivered,) = outbox.delivered()
+        assert len(delivered["delivered_to"]) == 2
+        assert receiver.url not in delivered["delivered_to"]
+    finally:
+        other.close()
+
+
+def test_a_target_url_that_does_not_parse_is_refused_at_start() -> None:
+    with pytest.raises(AlertConfigError, match="does not parse as a URL"):
+        targets_from(["http://127.0.0.1:port/hook"], [])
+    with pytest.raises(AlertConfigError, match="does not parse as a URL") as slack:
+        targets_from([], [f"https://[hooks.slack.com/services/T0/B0/{SLACK_SECRET}"])
+    assert SLACK_SECRET not in str(slack.value)
