@@ -30,7 +30,7 @@ from pipelines.settings import PipelineSettings
 from pipelines.sinks import WriteTables
 from pipelines.sources import Source, open_source
 from pipelines.store import OutputStore
-from pipelines.times import align_to_windows
+from pipelines.times import PlausibleTimes, align_to_windows
 from pipelines.windows import WindowTables
 from scoring import LoadedModel, ScoringSettings, load_model, resolve_device
 from scoring.decoding import DeviceJpegDecoder
@@ -55,6 +55,8 @@ class ScoringConfig:
     fitted_scores: dict[str, Any] = field(default_factory=dict)
     # A local folder where workers tick off each image they finish, for a live count (local runners only).
     progress_dir: str | None = None
+    # Event times an image can have; images outside are rejected, never placed in a window.
+    plausible: PlausibleTimes = PlausibleTimes()
 
     def __post_init__(self) -> None:
         if self.since and self.until and self.since >= self.until:
@@ -99,7 +101,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: 
     since, until = config.aligned_range()
     columns = measured_columns(tuple(computable_scores(config.fitted_scores)), tuple(registered_properties()))
     listed = pipeline | "List" >> source.listing()
-    read = listed | "ReadImages" >> ReadImages(max_bytes=max_bytes, since=since, until=until)
+    read = listed | "ReadImages" >> ReadImages(
+        max_bytes=max_bytes, since=since, until=until, plausible=config.plausible
+    )
     handler = _handler(config, model_id)
     scored = read.images | "ScoreImages" >> ScoreImages(handler, model_id=model_id, columns=columns)
     rejected = (read[REJECTED], scored[REJECTED]) | "AllRejected" >> beam.Flatten()

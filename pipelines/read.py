@@ -7,20 +7,43 @@ the device busy; images that fail to decode leave the handler as rejections (``p
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
+import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import fsspec
 from apache_beam.metrics import Metrics
+from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.records import REJECTED, EncodedImage, ImageRef, Rejected
-from pipelines.times import object_mtime
+from pipelines.redaction import redact
+from pipelines.sources import image_identity
+from pipelines.times import PlausibleTimes, object_mtime
 
 # Errors that re-reading will not cure. Anything else (throttling, a dropped connection) propagates so the
 # runner retries the bundle: marking a readable image rejected would lose it for good.
 _PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# A link loop or a name too long for the filesystem: the same on every retry.
+_PERMANENT_ERRNOS = {errno.ELOOP, errno.ENAMETOOLONG}
+# HTTP statuses that say the object is not there for good; any other failure behind a "not found" is transient.
+_GONE_STATUSES = {404, 410}
+
+
+class PermanentReadError(Exception):
+    """A path no retry makes readable: a FIFO, socket or device (opening a FIFO waits for a writer forever), a
+    link loop, a name too long for the filesystem."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TransientReadError(OSError):
+    """Reading failed for a reason a retry can cure (refused connection, timeout, 5xx, throttling)."""
 
 
 class ReadImages(beam.PTransform):
@@ -30,16 +53,25 @@ class ReadImages(beam.PTransform):
     are dropped before their bytes are read.
     """
 
-    def __init__(self, *, max_bytes: int, since: dt.datetime | None, until: dt.datetime | None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        plausible: PlausibleTimes = PlausibleTimes(),
+    ) -> None:
         """
         Args:
             max_bytes: the preprocessing's limit; one byte more is read, so the decoder can reject it as too large
                 without holding a bigger object in memory.
             since: first event time kept.
             until: first event time dropped.
+            plausible: event times an image can have; an image outside them is rejected in every run, whatever
+                its range, as rejections of unknown time are.
         """
         super().__init__()
-        self._read = ReadImage(max_bytes=max_bytes, since=since, until=until)
+        self._read = ReadImage(max_bytes=max_bytes, since=since, until=until, plausible=plausible)
 
     def expand(self, listed: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         # Reads spread over every worker, whichever one listed them.
@@ -50,13 +82,22 @@ class ReadImages(beam.PTransform):
 class ReadImage(beam.DoFn):
     """ImageRef -> EncodedImage (main) or Rejected (``rejected``); a listing's Rejected passes through.
 
-    Refs without an event time get the object's modification time.
+    Refs without an event time get the object's modification time. What leaves it names the image by its
+    identity (credentials stripped); only the read itself uses the URI as listed.
     """
 
-    def __init__(self, *, max_bytes: int, since: dt.datetime | None = None, until: dt.datetime | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        plausible: PlausibleTimes = PlausibleTimes(),
+    ) -> None:
         self._max_bytes = max_bytes
         self._since = since
         self._until = until
+        self._plausible = plausible
         self._listed = Metrics.counter("gradwatch", "listed")
         self._bytes_read = Metrics.counter("gradwatch", "bytes_read")
 
@@ -65,27 +106,79 @@ class ReadImage(beam.DoFn):
             self._listed.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, entry)
             return
+        identity = image_identity(entry.uri)
         fs, path = fsspec.core.url_to_fs(entry.uri)
         event_time = entry.event_time
         try:
             if event_time is None:
-                event_time = object_mtime(fs.info(path))
+                event_time = object_mtime(_checked(fs.info, identity, path))
+            implausible = self._plausible.problem(event_time)
+            if implausible is not None:
+                self._listed.inc()
+                rejection = Rejected(identity, None, "read", "implausible_event_time", implausible, entry.segment)
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+                return
             if not self._in_range(event_time):
                 return
             self._listed.inc()
-            with fs.open(path, "rb") as file:
-                data = file.read(self._max_bytes + 1)
-        except _PERMANENT_READ_ERRORS as error:
+            data = _checked(self._read_bytes, identity, fs, path)
+        except (*_PERMANENT_READ_ERRORS, PermanentReadError) as error:
             if event_time is None:  # its time is unknown, so it cannot be placed outside the range
                 self._listed.inc()
-            reason = "not_found" if isinstance(error, FileNotFoundError) else "unreadable"
-            message = f"cannot read {entry.uri!r}: {type(error).__name__}: {error}; check the path and permissions"
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, Rejected(entry.uri, event_time, "read", reason, message, entry.segment)
-            )
+            reason = getattr(error, "reason", "not_found" if isinstance(error, FileNotFoundError) else "unreadable")
+            message = f"cannot read {identity!r}: {type(error).__name__}: {redact(str(error))}; check the path"
+            rejection = Rejected(identity, event_time, "read", reason, message, entry.segment)
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
             return
         self._bytes_read.inc(len(data))
-        yield EncodedImage(hashlib.sha256(data).hexdigest(), entry.uri, event_time, entry.segment, data)
+        yield EncodedImage(hashlib.sha256(data).hexdigest(), identity, event_time, entry.segment, data)
+
+    def _read_bytes(self, fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+        if isinstance(fs, LocalFileSystem) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise PermanentReadError("not_a_file", "a FIFO, socket or device, not an image file")
+        with fs.open(path, "rb") as file:
+            return file.read(self._max_bytes + 1)
 
     def _in_range(self, event_time: dt.datetime) -> bool:
         return (self._since is None or event_time >= self._since) and (self._until is None or event_time < self._until)
+
+
+def _checked(call: Any, identity: str, *args: Any) -> Any:
+    """``call(*args)``, its errors sorted into permanent ones (raised as they are, for a rejection) and transient
+    ones (raised as :class:`TransientReadError`, which fails the bundle so the runner retries it)."""
+    try:
+        return call(*args)
+    except FileNotFoundError as error:
+        # fsspec's HTTP filesystem reports any failure of its HEAD and GET as "not found", a refused connection too.
+        if _is_transient(error):
+            # Not chained: the cause prints the URL as listed, credentials and all.
+            message = f"reading {identity!r} failed and will be retried: {redact(_cause(error))}"
+            raise TransientReadError(message) from None
+        raise
+    except OSError as error:
+        if error.errno in _PERMANENT_ERRNOS:
+            raise PermanentReadError("unreadable", error.strerror or str(error)) from None
+        raise
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def _is_transient(error: FileNotFoundError) -> bool:
+    """Whether a "not found" hides another failure: an HTTP status other than 404/410, or any error at all."""
+    for cause in _causes(error):
+        status = getattr(cause, "status", None)
+        if isinstance(status, int):
+            return status not in _GONE_STATUSES
+        if not isinstance(cause, FileNotFoundError):
+            return True
+    return False
+
+
+def _cause(error: BaseException) -> str:
+    deepest = list(_causes(error))[-1:] or [error]
+    return f"{type(deepest[0]).__name__}: {deepest[0]}"

@@ -1,8 +1,9 @@
 """Window-partitioned Parquet tables, written atomically and idempotently through the output store.
 
 Each (table, window, source) is one file (see :mod:`pipelines.store`). Re-running the same SOURCE replaces its
-file for every window it touches, so a retried or re-run window leaves the same rows and never duplicates;
-different SOURCEs writing into one OUT keep separate files.
+file for every window it touches, in every table, so a retried or re-run window leaves the same rows and never
+duplicates, nor keeps stale ones: a window whose images are all rejected now gets an empty scores file, and one
+whose images all score now an empty rejected file. Different SOURCEs writing into one OUT keep separate files.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from pipelines.records import REJECTED
 from pipelines.store import OutputStore
+from pipelines.times import window_label
+
+# Every window with a scored or rejected image has a windows row: those are the windows a run touches.
+_TOUCHING_TABLE = "windows"
 
 
 class WriteTables(beam.PTransform):
-    """``{table: PCollection of (label, row)}`` -> one Parquet file per (table, window) for this source."""
+    """``{table: PCollection of (label, row)}`` -> one Parquet file per (table, window) for this source, for every
+    window the run touched (with no rows where a table has none), and for the rejected table also its partition of
+    unknown time, which holds this run's whole list of images whose time could not be read."""
 
     def __init__(self, store: OutputStore, *, schemas: Mapping[str, pa.Schema], part: str) -> None:
         super().__init__()
@@ -27,14 +35,23 @@ class WriteTables(beam.PTransform):
         self._part = part
 
     def expand(self, tables: Mapping[str, beam.PCollection]) -> dict[str, beam.PCollection]:
-        return {
-            table: (
-                rows
-                | f"Group{table}" >> beam.GroupByKey()
+        touched = (
+            tables[_TOUCHING_TABLE]
+            | "TouchedWindows" >> beam.Keys()
+            | "EachTouchedOnce" >> beam.Distinct()
+            | "AsTouched" >> beam.Map(lambda label: (label, None))
+        )
+        unknown = tables[REJECTED].pipeline | "UnknownTime" >> beam.Create([(window_label(None), None)])
+        written = {}
+        for table, rows in tables.items():
+            labels = (touched, unknown) | f"Labels{table}" >> beam.Flatten() if table == REJECTED else touched
+            written[table] = (
+                {"rows": rows, "touched": labels}
+                | f"Group{table}" >> beam.CoGroupByKey()
+                | f"Rows{table}" >> beam.Map(lambda grouped: (grouped[0], grouped[1]["rows"]))
                 | f"Write{table}" >> beam.ParDo(WritePartition(self._store, table, self._schemas[table], self._part))
             )
-            for table, rows in tables.items()
-        }
+        return written
 
 
 class WritePartition(beam.DoFn):

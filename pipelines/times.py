@@ -10,6 +10,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 UNKNOWN_WINDOW = "unknown"  # partition of rejected images whose event time could not be read
@@ -46,7 +47,45 @@ def parse_event_time(value: Any) -> dt.datetime:
     # Milliseconds since the epoch (Kafka, JavaScript) would be past the year 5000 read as seconds.
     if abs(seconds) > 1e11:
         seconds /= 1000.0
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):  # past the year 9999, or beyond the platform's time_t
+        raise ValueError(f"event_time {value!r} is not a time any image can have (past the year 9999)") from None
+
+
+@dataclass(frozen=True)
+class PlausibleTimes:
+    """The event times an image can really have. Anything outside is a broken clock or field, rejected with its
+    reason and never planned: an epoch of 0 accepted as 1970 would plan half a million empty windows."""
+
+    # Before 2000 is a clock that was never set (epoch 0 or -1, a camera's 1980 default) or a unit read wrongly.
+    earliest: dt.datetime = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    # A day ahead of now covers clock skew and a time zone written as UTC; later is a clock set wrongly.
+    ahead: dt.timedelta = dt.timedelta(days=1)
+
+    def __post_init__(self) -> None:
+        if self.earliest.tzinfo is None:
+            raise ValueError(f"earliest plausible event time {self.earliest} needs a time zone (UTC)")
+        if self.ahead < dt.timedelta(0):
+            raise ValueError(f"plausible event times ahead of now ({self.ahead}) cannot be negative")
+
+    def latest(self, now: dt.datetime | None = None) -> dt.datetime:
+        return (now or dt.datetime.now(dt.UTC)) + self.ahead
+
+    def problem(self, moment: dt.datetime, *, now: dt.datetime | None = None) -> str | None:
+        """Why ``moment`` is not a plausible event time, or None when it is."""
+        if moment < self.earliest:
+            return (
+                f"event time {moment.isoformat()} is before {self.earliest.date()}: a clock that was never set or "
+                "an epoch in the wrong unit; fix the image's time, or lower the earliest plausible event time"
+            )
+        latest = self.latest(now)
+        if moment > latest:
+            return (
+                f"event time {moment.isoformat()} is after {latest.isoformat(timespec='seconds')}, more than "
+                f"{self.ahead} ahead of now; fix the clock that stamped it"
+            )
+        return None
 
 
 def object_mtime(info: Mapping[str, Any]) -> dt.datetime:

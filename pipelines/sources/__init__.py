@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import pkgutil
 import posixpath
+import re
+import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import apache_beam as beam
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.records import ImageRef, Rejected
+from pipelines.redaction import redact
+from pipelines.times import object_mtime
 from scoring import GradwatchError
 
 
@@ -35,7 +41,9 @@ class Source(ABC):
     """
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
+        # One spelling per source: the key names its output files, so ``feed/m.csv`` and ``/data/feed/m.csv``
+        # must not score the same images twice.
+        self.uri = canonical_uri(uri)
 
     @classmethod
     @abstractmethod
@@ -64,12 +72,13 @@ class Source(ABC):
     @property
     def name(self) -> str:
         """A short name for run names and labels: the last part of the URI."""
-        return posixpath.basename(self.uri.rstrip("/")) or self.uri
+        return redact(posixpath.basename(self.uri.rstrip("/")) or self.uri)
 
     @property
     def key(self) -> str:
-        """A file-name-safe key naming the source, stable across runs: its outputs' part files carry it."""
-        return hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        """A file-name-safe key naming the source, stable across runs and credentials: its outputs' part files
+        carry it."""
+        return hashlib.sha256(redact(self.uri).encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -99,6 +108,58 @@ def open_source(uri: str) -> Source:
         if kind.claims(uri):
             return kind(uri)
     raise SourceError(f"SOURCE {uri!r} is not a kind of source gradwatch reads; pass a folder, prefix or manifest")
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def canonical_uri(uri: str) -> str:
+    """The one spelling of a URI: a local path absolute and normalised (``./a/../b.png`` is ``$PWD/b.png``), a
+    ``file://`` URL as its path; other URLs as given. Credentials stay, for reading: :func:`image_identity` drops
+    them from what is stored."""
+    if uri.startswith("file://"):
+        uri = uri.removeprefix("file://")
+    if _SCHEME.match(uri):  # s3://..., or a source kind's own prefix (glob:...)
+        return uri
+    return os.path.abspath(uri)
+
+
+def image_identity(uri: str) -> str:
+    """An image's URI as every table and message stores it: canonical, credentials stripped."""
+    return redact(canonical_uri(uri))
+
+
+def printable_uri(uri: str) -> str:
+    """A listed name as text any table can store: bytes that are not UTF-8 (an old camera's Latin-1 names, kept by
+    Python as surrogates) shown as ``\\xff``."""
+    return uri.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def listed_file(fs: fsspec.AbstractFileSystem, info: Mapping[str, Any]) -> ImageRef | Rejected:
+    """A listed entry that is not a folder: an image ref, or the rejection saying why it cannot be one.
+
+    A name that is not UTF-8, a FIFO (reading it would wait forever), a socket or device, a link to a folder (links
+    to folders are not followed, so a link loop cannot list forever) and a broken or looping link are rejected,
+    each named; a link to a file is that file.
+    """
+    uri = uri_of(fs, info["name"])
+    shown = printable_uri(uri)
+    if shown != uri:
+        message = f"file name '{shown}' is not UTF-8, which the tables cannot store; rename the file in UTF-8"
+        return Rejected(shown, None, "list", "bad_name", message)
+    if info["type"] == "file":
+        return ImageRef(uri, object_mtime(info))
+    if not isinstance(fs, LocalFileSystem):
+        return Rejected(uri, None, "list", "not_a_file", f"{uri!r} is a {info['type']}, not a file; remove it")
+    try:
+        target = os.stat(info["name"])
+    except OSError as error:  # a broken link, or a loop (ELOOP)
+        message = f"cannot follow {uri!r}: {error.strerror or error}; fix or remove the link"
+        return Rejected(uri, None, "list", "unreadable", message)
+    if stat.S_ISREG(target.st_mode):
+        return ImageRef(uri, object_mtime({"mtime": target.st_mtime}))
+    what = "a link to a folder (not followed)" if stat.S_ISDIR(target.st_mode) else "a FIFO, socket or device"
+    return Rejected(uri, None, "list", "not_a_file", f"{uri!r} is {what}, not an image file; remove it from SOURCE")
 
 
 def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -12,9 +12,8 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 
-from pipelines.records import ImageRef
-from pipelines.sources import Source, SourceError, is_hidden, register_source, uri_of
-from pipelines.times import object_mtime
+from pipelines.records import ImageRef, Rejected
+from pipelines.sources import Source, SourceError, is_hidden, listed_file, register_source, uri_of
 
 _SUBTREE = "subtree"
 
@@ -33,7 +32,7 @@ class FolderSource(Source):
                 "check the path, or install the fsspec filesystem for its URL scheme (s3fs, gcsfs, adlfs)"
             )
 
-    def list(self) -> Iterator[ImageRef]:
+    def list(self) -> Iterator[ImageRef | Rejected]:
         yield from _files_under(self.uri)
 
     def listing(self) -> beam.PTransform:
@@ -70,12 +69,12 @@ class _ListTopLevel(beam.DoFn):
             if info["type"] == "directory":
                 yield beam.pvalue.TaggedOutput(_SUBTREE, uri_of(fs, name))
             else:
-                yield ImageRef(uri_of(fs, name), object_mtime(info))
+                yield listed_file(fs, info)
 
 
-def _files_under(folder: str) -> Iterator[ImageRef]:
+def _files_under(folder: str) -> Iterator[ImageRef | Rejected]:
     fs, root = fsspec.core.url_to_fs(folder)
     fs.invalidate_cache(root)
     for name, info in sorted(fs.find(root, detail=True).items()):
         if info["type"] != "directory" and not is_hidden(name, root):
-            yield ImageRef(uri_of(fs, name), object_mtime(info))
+            yield listed_file(fs, info)

@@ -7,6 +7,7 @@ Relative URIs resolve against the manifest's folder, so a folder can carry its o
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import posixpath
@@ -18,7 +19,8 @@ import fsspec
 import pyarrow.parquet as pq
 
 from pipelines.records import ImageRef, Rejected
-from pipelines.sources import Source, SourceError, register_source
+from pipelines.redaction import redact
+from pipelines.sources import Source, SourceError, canonical_uri, image_identity, register_source
 from pipelines.times import object_mtime, parse_event_time
 
 SUFFIXES = (".csv", ".parquet", ".jsonl")
@@ -32,8 +34,16 @@ class ManifestSource(Source):
 
     def check(self) -> None:
         fs, path = fsspec.core.url_to_fs(self.uri)
+        shown = redact(self.uri)
         if not fs.isfile(path):
-            raise SourceError(f"manifest {self.uri!r} does not exist; pass an existing .csv, .parquet or .jsonl file")
+            raise SourceError(f"manifest {shown!r} does not exist; pass an existing .csv, .parquet or .jsonl file")
+        columns = _columns(self.uri)
+        if columns is not None and "uri" not in columns:
+            # Every row would be rejected: a run would monitor nothing and look healthy.
+            raise SourceError(
+                f"manifest {shown!r} has no uri column (its columns: {', '.join(sorted(columns)) or 'none'}); "
+                "name the column of image locations uri"
+            )
 
     def list(self) -> Iterator[ImageRef | Rejected]:
         for entry in manifest_entries(self.uri):
@@ -41,7 +51,7 @@ class ManifestSource(Source):
                 fs, path = fsspec.core.url_to_fs(entry.uri)
                 try:
                     entry = ImageRef(entry.uri, object_mtime(fs.info(path)), entry.segment)
-                except FileNotFoundError:
+                except OSError:
                     continue  # the pipeline rejects it with its reason when the window is scored
             yield entry
 
@@ -50,11 +60,19 @@ class ManifestSource(Source):
 
 
 def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
-    """Each manifest row as an image ref, or as a rejection saying what is wrong with the row."""
-    base = posixpath.dirname(manifest)
+    """Each manifest row as an image ref, or as a rejection saying what is wrong with the row.
+
+    A row naming an image an earlier row named (under any spelling of its path) is rejected as a duplicate: an
+    image is scored once per source, and still accounted for.
+    """
+    base = posixpath.dirname(canonical_uri(manifest))
+    first_row: dict[bytes, int] = {}
     for row_number, (row, unreadable) in enumerate(_manifest_rows(manifest), start=1):
         uri = str(row.get("uri") or "").strip()
-        where = f"{manifest} row {row_number}"
+        if uri and "://" not in uri and not posixpath.isabs(uri):
+            uri = posixpath.join(base, uri)
+        uri = canonical_uri(uri) if uri else uri
+        where = f"{redact(manifest)} row {row_number}"
         problem = None
         event_time = None
         if unreadable:
@@ -65,13 +83,20 @@ def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
             try:
                 event_time = parse_event_time(_required(row["event_time"]))
             except ValueError as error:
-                problem = ("bad_event_time", f"{where} ({uri}): {error}")
+                problem = ("bad_event_time", f"{where} ({image_identity(uri)}): {error}")
+        if problem is None and uri:
+            # 16 bytes a row, so a manifest of millions of rows is checked in a few tens of MB.
+            identity = hashlib.blake2b(image_identity(uri).encode(), digest_size=16).digest()
+            if identity in first_row:
+                message = f"{where} names {image_identity(uri)!r} again (row {first_row[identity]}); drop the row"
+                problem = ("duplicate", message)
+            else:
+                first_row[identity] = row_number
         if problem is not None:
             reason, message = problem
-            yield Rejected(uri or where, None, "manifest", reason, message, _segment(row))
+            named = image_identity(uri) if uri else where
+            yield Rejected(named, event_time, "manifest", reason, message, _segment(row))
             continue
-        if "://" not in uri and not posixpath.isabs(uri):
-            uri = posixpath.join(base, uri)
         yield ImageRef(uri, event_time, _segment(row))
 
 
@@ -108,3 +133,18 @@ def _manifest_rows(manifest: str) -> Iterator[tuple[dict[str, Any], str | None]]
                     yield {}, f"not JSON ({error})"
                     continue
                 yield (row, None) if isinstance(row, dict) else ({}, f"a JSON {type(row).__name__}, not an object")
+
+
+def _columns(manifest: str) -> set[str] | None:
+    """The manifest's column names (a JSON-lines manifest's: its first row's keys); None when it has no rows."""
+    fs, path = fsspec.core.url_to_fs(manifest)
+    if manifest.lower().endswith(".parquet"):
+        with fs.open(path, "rb") as file:
+            return set(pq.ParquetFile(file).schema_arrow.names)
+    if manifest.lower().endswith(".csv"):
+        with fs.open(path, "rb") as file:
+            header = next(csv.reader(io.TextIOWrapper(file, encoding="utf-8", newline="")), None)
+            return set(header) if header else None
+    for row, unreadable in _manifest_rows(manifest):
+        return set(row) if not unreadable else None
+    return None
