@@ -470,9 +470,15 @@ def _add_thresholds(commands) -> None:
     for action in (show, approve, reject):
         action.add_argument("version")
     for action in (approve, reject):
-        action.add_argument("--by", required=True, help="who decides (recorded in the version's tags)")
+        action.add_argument("--by", required=True, type=_reviewer, help="who decides (recorded in the version's tags)")
         action.add_argument("--note", help="why (required to reject)")
     thresholds.set_defaults(run=_thresholds)
+
+
+def _reviewer(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name who decides (it is recorded in the version's tags), got {text!r}")
+    return text
 
 
 def _add_monitor(commands, scoring: argparse.ArgumentParser, pipeline: argparse.ArgumentParser) -> None:

@@ -184,6 +184,7 @@ class ThresholdRegistry:
 
     def approve(self, name: str, version: str, *, by: str, note: str | None = None) -> ThresholdVersion:
         """Move ``production`` to ``version``; the version it leaves stays approved, so rollback is one approval."""
+        _require_text(by, "--by must name who approves (recorded in the version's approved_by tag)")
         target = self.get(name, version)
         if target.status == "rejected":
             raise RegistryError(f"{name} version {version} was rejected; propose a new calibration instead")
@@ -203,6 +204,8 @@ class ThresholdRegistry:
         return self.get(name, target.version)
 
     def reject(self, name: str, version: str, *, by: str, note: str) -> ThresholdVersion:
+        _require_text(by, "--by must name who rejects (recorded in the version's rejected_by tag)")
+        _require_text(note, "--note must say why the version is rejected, so the next calibration can address it")
         target = self.get(name, version)
         if target.is_production:
             raise RegistryError(
@@ -337,6 +340,12 @@ def _now_ms() -> int:
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _require_text(value: str | None, message: str) -> None:
+    """Refuse a blank reviewer name or note: a review record nobody can be asked about is no record."""
+    if value is None or not value.strip():
+        raise RegistryError(f"{message}; got {value!r}")
 
 
 def _first_line(error: BaseException) -> str:

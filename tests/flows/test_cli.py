@@ -185,3 +185,13 @@ def test_deploy_refuses_credentials_in_beam_options(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--beam-option s3_secret_access_key carries a credential" in result.stderr
     assert "wJalrXUtnFEMI" not in result.stderr + result.stdout
+
+
+def test_thresholds_refuse_a_blank_approver_before_reaching_mlflow(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GRADWATCH_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for action in ("approve", "reject"):
+        for by in ("", "  "):
+            result = _gradwatch("thresholds", action, "1", "--by", by, "--note", "why")
+            assert result.returncode == 2
+            assert "--by: must name who decides" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -172,3 +172,17 @@ def test_credentials_are_redacted() -> None:
     assert redact("http://token@host/x and s3://bucket/a@b.jpg") == "http://host/x and s3://bucket/a@b.jpg"
     assert redact("flink_master=http://u:p@jobmanager:8081") == "flink_master=http://jobmanager:8081"
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+
+
+@pytest.mark.parametrize("by", ["", "   ", "\t\n"])
+def test_a_blank_approver_is_refused(tmp_path, by: str) -> None:
+    registry = ThresholdRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proposed = _propose(registry, "blank-by", "blank-by@999999999999")
+    with pytest.raises(RegistryError, match="--by must name who approves"):
+        registry.approve(proposed.name, proposed.version, by=by)
+    with pytest.raises(RegistryError, match="--by must name who rejects"):
+        registry.reject(proposed.name, proposed.version, by=by, note="blurred reference")
+    with pytest.raises(RegistryError, match="--note must say why"):
+        registry.reject(proposed.name, proposed.version, by="ana", note="  ")
+    unchanged = registry.get(proposed.name, proposed.version)
+    assert (unchanged.status, unchanged.aliases) == ("proposed", ("candidate",))
