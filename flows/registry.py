@@ -38,6 +38,8 @@ _HTTP_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
+_SUPPRESS_RUN_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
 
 class RegistryError(GradwatchError):
     """The threshold registry cannot do what was asked; the message says why and what to do."""
@@ -97,6 +99,12 @@ class ThresholdRegistry:
         from mlflow import MlflowClient
 
         self.uri = uri or tracking_uri()
+        # As each run ends MLflow prints "View run ... at: <tracking URI>" on stdout, user and password included,
+        # between the lines of gradwatch's own output. Off unless asked for, and never with credentials.
+        if redact(self.uri) != self.uri:
+            os.environ[_SUPPRESS_RUN_LINKS] = "true"
+        else:
+            os.environ.setdefault(_SUPPRESS_RUN_LINKS, "true")
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         try:
             self.client.search_experiments(max_results=1)

@@ -186,3 +186,20 @@ def test_a_blank_approver_is_refused(tmp_path, by: str) -> None:
         registry.reject(proposed.name, proposed.version, by="ana", note="  ")
     unchanged = registry.get(proposed.name, proposed.version)
     assert (unchanged.status, unchanged.aliases) == ("proposed", ("candidate",))
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(
+    mlflow_server: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    uri = mlflow_server.replace("http://", "http://gradwatch:s3cret-token@")
+    registry = ThresholdRegistry(uri)
+    proposed = _propose(registry, "with-password", "with-password@123456789012")  # ends the calibration run
+    registry.approve(proposed.name, proposed.version, by="ana")
+    run_id = registry.start_monitoring_run("monitor feed", {"source": "s3://feed"})
+    registry.end_run(run_id)
+    registry.end_run(registry.start_monitoring_run("monitor feed", {"source": "s3://feed"}), failed=True)
+    assert registry.client.get_run(run_id).info.status == "FINISHED"  # the server was reached with the URI
+    out, err = capfd.readouterr()
+    for text in (out, err, caplog.text):
+        assert "s3cret-token" not in text
