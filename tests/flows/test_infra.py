@@ -94,3 +94,14 @@ def test_beam_presets_construct_valid_pipeline_options() -> None:
     assert options("DataflowRunner", "dataflow-gpu.options").view_as(GoogleCloudOptions).dataflow_service_options == [
         "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
     ]
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    services = yaml.safe_load((REPO / "infra" / "compose.yaml").read_text())["services"]
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            # Short syntax HOST_IP:HOST:CONTAINER, or the long syntax's host_ip.
+            published[(name, str(port))] = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+    assert published, "MLflow, Prefect and MinIO are reachable from the host"
+    assert {key: ip for key, ip in published.items() if ip != "127.0.0.1"} == {}
