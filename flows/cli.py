@@ -541,8 +541,10 @@ def _version(_args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradwatch`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    # 'module.path:factory' model specs resolve from the working directory, as uvicorn's app specs do.
-    sys.path.insert(0, os.getcwd())
+    # Python started with -m or -c (Beam's local worker processes are) puts the working directory first on
+    # sys.path, where a stray datasketches.py would shadow the real one. A factory spec's module is still found
+    # there: scoring.models searches the working directory for that one import.
+    os.environ["PYTHONSAFEPATH"] = "1"
     try:
         return args.run(args)
     except GradwatchError as error:

@@ -21,10 +21,12 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -197,11 +199,12 @@ def _looks_like_factory(target: str) -> bool:
 def _load_factory(target: str) -> tuple[str, nn.Module, Preprocessing]:
     module_path, _, attribute = target.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_path), attribute)
+        factory = getattr(_import_factory_module(module_path), attribute)
     except (ImportError, AttributeError) as error:
         raise ModelSpecError(
             f"model spec {target!r}: cannot import {attribute!r} from {module_path!r} ({error}); "
-            "check that the module is installed on the worker and the name is spelled right"
+            "check that the module is installed on the worker (or in its working directory) and the name is "
+            "spelled right"
         ) from error
     module = factory()
     if not isinstance(module, nn.Module):
@@ -210,6 +213,30 @@ def _load_factory(target: str) -> tuple[str, nn.Module, Preprocessing]:
             "make it return the network"
         )
     return attribute, module, Preprocessing()
+
+
+# sys.path is process-wide: threads loading models at once must not remove each other's entry (reentrant: a
+# factory module may itself load a model).
+_WORKING_DIRECTORY_IMPORT = threading.RLock()
+
+
+def _import_factory_module(module_path: str) -> ModuleType:
+    """The factory's module: installed, else found in the working directory, as uvicorn resolves app specs.
+
+    The working directory is searched for this import only, and after everything installed, so a stray
+    ``datasketches.py`` there never shadows a dependency; no other import of gradwatch's looks there.
+    """
+    top = module_path.partition(".")[0]
+    if top in sys.modules or importlib.util.find_spec(top) is not None:
+        return importlib.import_module(module_path)
+    working_directory = os.getcwd()
+    with _WORKING_DIRECTORY_IMPORT:
+        sys.path.append(working_directory)
+        try:
+            return importlib.import_module(module_path)
+        finally:
+            # The entry appended above, not an earlier one the interpreter put there.
+            del sys.path[len(sys.path) - 1 - sys.path[::-1].index(working_directory)]
 
 
 def _load_model_file(target: str, options: dict[str, str], preprocessing: Preprocessing | None) -> LoadedModel:

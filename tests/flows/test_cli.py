@@ -19,10 +19,10 @@ TINY = "tests.scoring.tiny_models:build"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _gradwatch(*args: str) -> subprocess.CompletedProcess[str]:
+def _gradwatch(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     script = shutil.which("gradwatch", path=str(Path(sys.executable).parent))
     assert script, "the gradwatch console script is installed with the project"
-    return subprocess.run([script, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    return subprocess.run([script, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def _folder(tmp_path: Path) -> Path:
@@ -195,3 +195,36 @@ def test_thresholds_refuse_a_blank_approver_before_reaching_mlflow(tmp_path: Pat
             assert result.returncode == 2
             assert "--by: must name who decides" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# A module named like a dependency, left in the directory an operator runs gradwatch from.
+HOSTILE = """import pathlib
+pathlib.Path(__file__).with_name("HOSTILE_RAN").write_text("imported")
+raise SystemExit("hostile datasketches.py imported")
+"""
+FACTORY = """import torch
+from torch import nn
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)  # launcher and workers build the same weights
+    return nn.Sequential(nn.Conv2d(3, 6, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+"""
+
+
+def test_only_a_factory_spec_imports_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "datasketches.py").write_text(HOSTILE)
+    (tmp_path / "cam_models.py").write_text(FACTORY)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "feed").mkdir()
+    _folder(tmp_path / "feed")
+    default = _gradwatch("score", "empty", "--out", "out-default", cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    # Beam's local worker processes start with python -m, which puts the working directory first on sys.path.
+    factory = _gradwatch(
+        "score", "feed", "--out", "out-factory", "--model", "cam_models:build", "--workers", "2", cwd=tmp_path
+    )
+    assert factory.returncode == 0, factory.stderr
+    assert "reconciliation: 5 listed = 3 scored + 2 rejected: ok" in factory.stderr
+    assert "model      build@" in factory.stderr
+    assert not (tmp_path / "HOSTILE_RAN").exists()

@@ -165,3 +165,19 @@ def test_model_name_without_loading_matches_the_model_id(tmp_path, tiny: Scorer,
     assert model_name(f"{TINY}?head=classifier") == tiny.model_id.split("@")[0]
     assert model_name("efficientnet-lite0") == efficientnet.model_id.split("@")[0]
     assert model_name("torchvision:resnet50?weights=/w.pth") == "resnet50"
+
+
+def test_a_factory_module_in_the_working_directory_never_shadows_an_installed_one(tmp_path, monkeypatch) -> None:
+    import sys
+
+    (tmp_path / "colorsys.py").write_text("raise SystemExit('colorsys.py in the working directory was imported')\n")
+    (tmp_path / "plant_models.py").write_text(
+        "import colorsys\n\nfrom tests.scoring.tiny_models import build\n\nREAL = colorsys.rgb_to_hsv\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    monkeypatch.delitem(sys.modules, "plant_models", raising=False)
+    path_before = list(sys.path)
+    assert load_scorer("plant_models:build", device="cpu").model_id.startswith("build@")
+    assert sys.modules["colorsys"].__file__ != str(tmp_path / "colorsys.py")
+    assert sys.path == path_before  # searched for that import only
