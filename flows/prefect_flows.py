@@ -80,14 +80,17 @@ def monitor(
     )  # fmt: skip
     job = Monitor(config, links={"prefect_flow_run": str(flow_run.id or ""), "prefect_ui": flow_run.ui_url or ""})
     threshold_version = load_thresholds(job)
-    windows = plan_windows(job)
-    failed = True
     try:
-        outcomes = [process_window(job, window_start) for window_start in windows]
-        failed = False
+        windows = plan_windows(job)
+        failed = True
+        try:
+            outcomes = [process_window(job, window_start) for window_start in windows]
+            failed = False
+        finally:
+            job.finish(failed=failed)
+        delivered, pending = deliver_alerts(job)
     finally:
-        job.finish(failed=failed)
-    delivered, pending = deliver_alerts(job)
+        job.release()
     return {
         "threshold_version": threshold_version,
         "windows": len(outcomes),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import re
 import tempfile
@@ -276,18 +277,30 @@ class ThresholdRegistry:
     def log_window(
         self, run_id: str, window_start: dt.datetime, window: dt.timedelta, decision: WindowDecision
     ) -> None:
-        """Log a window's decision as metrics at step = window index since the epoch, timestamped at its start."""
+        """Log a window's decision as metrics at step = window index since the epoch, timestamped at its start.
+
+        A segment is data: one MLflow cannot take in a metric name (a comma, a quote, a newline, ``..``, more than
+        64 characters, a ``/``, which would read as one more level) is logged under ``segment-<hash>``, with a tag
+        ``gradwatch.segment.<that key>`` holding its name.
+        """
+        from mlflow.entities import RunTag
+
         step = int(window_start.timestamp() // window.total_seconds())
         timestamp = int(window_start.timestamp() * 1000)
         metrics = {"drift": float(decision.is_drift), "tested": float(decision.status != "insufficient_data")}
         for segment, count in decision.n.items():
-            metrics[_key(segment, "n")] = float(count)
+            metrics[_key(segment_key(segment), "n")] = float(count)
         for record in decision.tests:
-            metrics[_key(record.segment, record.score, f"{record.test}_p")] = record.p_value
+            metrics[_key(segment_key(record.segment), record.score, f"{record.test}_p")] = record.p_value
         for effect in decision.effects:
             for field_name in _EFFECT_METRICS:
-                metrics[_key(effect.segment, effect.score, field_name)] = getattr(effect, field_name)
-        self.client.log_batch(run_id, metrics=[_metric(k, v, timestamp, step) for k, v in metrics.items()])
+                metrics[_key(segment_key(effect.segment), effect.score, field_name)] = getattr(effect, field_name)
+        tags = [
+            RunTag(f"{_SEGMENT_TAG}{segment_key(segment)}", segment[:_TAG_VALUE_LIMIT])
+            for segment in decision.n
+            if segment_key(segment) != segment
+        ]
+        self.client.log_batch(run_id, metrics=[_metric(k, v, timestamp, step) for k, v in metrics.items()], tags=tags)
 
     def log_report(self, run_id: str, files: Mapping[str, bytes]) -> None:
         """Attach report files (charts, HTML) to a finished monitoring run."""
@@ -295,6 +308,18 @@ class ThresholdRegistry:
 
     def end_run(self, run_id: str, *, failed: bool = False) -> None:
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    def fail_if_running(self, run_id: str) -> None:
+        """Mark a monitoring run FAILED that a killed monitor left RUNNING (one that ended is left as it is)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return  # deleted since, or in another tracking store: nothing left to mark
+        if run.info.status == "RUNNING":
+            self.client.set_tag(run_id, "gradwatch.ended_by", "the next monitor: this run was killed")
+            self.client.set_terminated(run_id, status="FAILED")
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -330,6 +355,19 @@ class ThresholdRegistry:
 _EFFECT_METRICS = [
     f.name for f in dataclasses.fields(EffectSize) if f.name not in ("score", "segment", "expected_ood_rate")
 ]
+
+
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_\-. :]{0,63}")
+_SEGMENT_TAG = "gradwatch.segment."
+_TAG_VALUE_LIMIT = 5000
+
+
+def segment_key(segment: str) -> str:
+    """A segment as a part of MLflow metric and tag names: as it is when MLflow takes it and it cannot be mistaken
+    for another level or another segment's key; else ``segment-`` and 12 hex digits of its SHA-256."""
+    if not segment or (_SAFE_SEGMENT.fullmatch(segment) and ".." not in segment and not segment.startswith("segment-")):
+        return segment
+    return f"segment-{hashlib.sha256(segment.encode()).hexdigest()[:12]}"
 
 
 def _key(*parts: str) -> str:

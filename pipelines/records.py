@@ -28,6 +28,8 @@ CORE_PROPERTY_COLUMNS = (
 )  # fmt: skip
 # The tag of every dead-letter output: images listed but not scored.
 REJECTED = "rejected"
+# The tables a scoring run writes, one file per (window, source) each.
+SCORED_TABLES = ("scores", "windows", REJECTED)
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")

@@ -2,6 +2,7 @@
 
     OUT/<table>/window_start=<label>/part-<source key>.parquet   scores, windows, rejected, decisions
     OUT/_state/watermark.json                                     windows processed, and their images' fingerprints
+    OUT/_state/lease.json                                         the monitor that holds OUT now (flows.monitor.lease)
     OUT/alerts/outbox/<alert>.json, OUT/alerts/delivered/...      alerts waiting for delivery, and delivered ones
     OUT/alerts/state.json                                         open drift episodes per segment
     OUT/report.html                                               the drift report
@@ -33,7 +34,11 @@ from pipelines.times import LABEL_FORMAT, UNKNOWN_WINDOW, window_label
 AlertState = Literal["outbox", "delivered"]
 # Filesystems without an atomic rename, where an object is written whole instead; every other one renames.
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "memory"}
-_STATE_DOCUMENTS = {"watermark": "_state/watermark.json", "alert_policy": "alerts/state.json"}
+_STATE_DOCUMENTS = {
+    "watermark": "_state/watermark.json",
+    "alert_policy": "alerts/state.json",
+    "lease": "_state/lease.json",
+}
 
 
 class OutputStore:
@@ -79,6 +84,12 @@ class OutputStore:
         self._write_bytes(
             self.path(table, f"window_start={label}", f"part-{part}.parquet"), buffer.getvalue().to_pybytes()
         )
+
+    def remove_partition(self, table: str, label: str, *, part: str) -> None:
+        """Remove one (table, window, part) file, when the window has no rows left at all."""
+        path = self.path(table, f"window_start={label}", f"part-{part}.parquet")
+        if self.fs.exists(path):
+            self.fs.rm(path)
 
     def read_table(self, table: str, *, upgrade: Callable[[pa.Table], pa.Table] | None = None) -> pa.Table:
         """A whole table with ``window_start`` as a UTC timestamp (null for rejections of unknown time).
@@ -128,6 +139,8 @@ class OutputStore:
         files = sorted(
             path for path in self.fs.ls(folder, detail=False) if not posixpath.basename(path).startswith(".")
         )
+        if not files:  # every part removed (a window whose images all went)
+            return pa.table({})
         return pa.concat_tables([pq.read_table(path, filesystem=self.fs) for path in files], promote_options="default")
 
     # -- state documents ------------------------------------------------------------------------------
@@ -138,6 +151,11 @@ class OutputStore:
 
     def save_state(self, name: str, document: Any) -> None:
         self._write_bytes(self.path(_STATE_DOCUMENTS[name]), json.dumps(document, indent=1, sort_keys=True).encode())
+
+    def delete_state(self, name: str) -> None:
+        path = self.path(_STATE_DOCUMENTS[name])
+        if self.fs.exists(path):
+            self.fs.rm(path)
 
     # -- alerts ---------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipelines.settings import PipelineSettings
-from pipelines.times import parse_event_time, parse_window
+from pipelines.times import PlausibleTimes, parse_event_time, parse_window
 from scoring import ScoringSettings
 
 
@@ -33,6 +33,13 @@ class MonitorConfig:
     scoring: ScoringSettings = ScoringSettings()
     # Where the scoring pipeline of each window runs.
     pipeline: PipelineSettings = PipelineSettings()
+    # Event times an image can have: images outside are rejected, and no window outside is ever planned.
+    plausible: PlausibleTimes = PlausibleTimes()
+    # One monitor per OUT: a run killed with kill -9 blocks the next for this long at most (renewed every third).
+    lease_ttl: dt.timedelta = dt.timedelta(minutes=5)
+    # How long a run waits for another that holds OUT before it exits saying so; 0: exit at once (a schedule's
+    # next run comes anyway).
+    lease_wait: dt.timedelta = dt.timedelta(0)
 
 
 def monitor_config(

@@ -18,7 +18,7 @@ from flows.monitor.config import MonitorConfig
 from pipelines.records import ImageRef
 from pipelines.sources import Source
 from pipelines.store import OutputStore
-from pipelines.times import floor_to_window, parse_window_label, window_label
+from pipelines.times import PlausibleTimes, floor_to_window, parse_window_label, window_label
 
 
 class Watermark:
@@ -35,6 +35,13 @@ class Watermark:
         """Segments that sent images in a processed window (empty when it was not processed)."""
         return set(self.windows.get(window_label(window_start), {}).get("segments", []))
 
+    def forget_before(self, earliest: dt.datetime) -> None:
+        """Drop windows before ``earliest``: processed when their images' times were read as 1970, say."""
+        kept = {label: entry for label, entry in self.windows.items() if parse_window_label(label) >= earliest}
+        if len(kept) < len(self.windows):
+            self.windows = kept
+            self.store.save_state("watermark", self.windows)
+
     def mark(self, window_start: dt.datetime, fingerprint: str, status: str, segments: set[str]) -> None:
         self.windows[window_label(window_start)] = {
             "fingerprint": fingerprint,
@@ -45,11 +52,14 @@ class Watermark:
         self.store.save_state("watermark", self.windows)
 
 
-def inventory(source: Source, window: dt.timedelta) -> dict[dt.datetime, list[ImageRef]]:
-    """SOURCE's images by window start (manifest rows that cannot be placed are left to the pipeline)."""
+def inventory(
+    source: Source, window: dt.timedelta, plausible: PlausibleTimes = PlausibleTimes()
+) -> dict[dt.datetime, list[ImageRef]]:
+    """SOURCE's images by window start. Entries that cannot be placed (manifest rows without a usable time, times
+    no image can have) are left to the pipeline, which rejects them with their reasons."""
     by_window: dict[dt.datetime, list[ImageRef]] = defaultdict(list)
     for entry in source.list():
-        if isinstance(entry, ImageRef):
+        if isinstance(entry, ImageRef) and plausible.problem(entry.event_time) is None:
             by_window[floor_to_window(entry.event_time, window)].append(entry)
     return dict(by_window)
 
@@ -66,10 +76,13 @@ def plan_windows(
     last_complete = floor_to_window(now, config.window)  # the window that contains now is still filling
     until = min(floor_to_window(config.until, config.window), last_complete) if config.until else last_complete
     if config.since:
-        start = floor_to_window(config.since, config.window)
+        start = max(
+            floor_to_window(config.since, config.window), floor_to_window(config.plausible.earliest, config.window)
+        )
     else:
+        # A window processed before its images' times were found implausible (a 1970 clock) is not a start.
         known = [parse_window_label(label) for label in watermark.windows]
-        start = min([*known, *images], default=None)
+        start = min([*(moment for moment in known if moment >= config.plausible.earliest), *images], default=None)
     if start is None:
         return []
     planned = []

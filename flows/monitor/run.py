@@ -1,4 +1,5 @@
-"""The monitoring job in steps: load thresholds, plan, process each window, deliver.
+"""The monitoring job in steps: load thresholds, plan (taking OUT's lease), process each window (delivering what it
+pages at once), finish, deliver what is left, release.
 
 Prefect's flows (flows/prefect_flows.py) are a thin layer over these steps; :func:`run_monitor` runs them in
 order, for the CLI and the tests.
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from flows.alerts import Outbox, deliver_pending, targets_from
 from flows.monitor.config import MonitorConfig
 from flows.monitor.decisions import decision_row, write_decision
+from flows.monitor.lease import Lease
 from flows.monitor.paging import AlertContext, AlertPolicy, alerts_for
 from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windows
 from flows.monitor.window import WindowOutcome, process_window
@@ -59,6 +61,7 @@ class Monitor:
         self.report = MonitorReport()
         self.store = OutputStore(config.out)
         self.outbox = Outbox(self.store)
+        self.lease = Lease(self.store, ttl=config.lease_ttl)
 
     def load_thresholds(self, registry: ThresholdRegistry) -> None:
         """The production calibration for these weights.
@@ -73,9 +76,17 @@ class Monitor:
         )
 
     def plan(self) -> list[dt.datetime]:
-        """The windows to process, and an MLflow run for them when there are any."""
+        """Take OUT's lease, then the windows to process, and an MLflow run for them when there are any.
+
+        Raises:
+            MonitorBusyError: another monitor holds OUT (after ``config.lease_wait``).
+        """
+        killed = self.lease.acquire(wait=self.config.lease_wait)
+        if killed and killed.get("mlflow_run_id"):
+            self.registry.fail_if_running(killed["mlflow_run_id"])
         self.watermark = Watermark(self.store)
-        self.images = inventory(self.source, self.config.window)
+        self.watermark.forget_before(self.config.plausible.earliest)
+        self.images = inventory(self.source, self.config.window, self.config.plausible)
         planned = plan_windows(self.config, self.images, self.watermark, self.now)
         if planned:
             self.gates = Gates()
@@ -92,10 +103,16 @@ class Monitor:
                 },
             )
             self.links["mlflow_run_id"] = self.report.mlflow_run_id
+            self.lease.record_run(self.report.mlflow_run_id)
         return planned
 
     def process(self, window_start: dt.datetime) -> WindowOutcome:
-        """Gate, score, decide, record, log and queue alerts for one window; safe to retry."""
+        """Gate, score, decide, record, log, queue and deliver alerts for one window; safe to retry.
+
+        Raises:
+            LeaseLostError: another run took OUT over; this one writes and pages nothing more.
+        """
+        self.lease.check()
         refs = self.images.get(window_start, [])
         outcome = process_window(
             window_start,
@@ -128,6 +145,8 @@ class Monitor:
         policy.save()
         self.watermark.mark(window_start, fingerprint(refs), outcome.status, set(outcome.segments))
         self.report.windows.append(outcome)
+        # Paged now, not at the end of the run: a run killed later has delivered what it decided.
+        self.deliver()
         return outcome
 
     def finish(self, *, failed: bool) -> None:
@@ -135,9 +154,18 @@ class Monitor:
             self.registry.end_run(self.report.mlflow_run_id, failed=failed)
 
     def deliver(self) -> tuple[int, int]:
-        """Post every pending alert, this run's and any an earlier outage left behind."""
-        self.report.alerts_delivered, self.report.alerts_pending = deliver_pending(self.outbox, self.targets)
+        """Post every pending alert, this run's and any an earlier outage left behind.
+
+        Returns:
+            (alerts delivered by this run so far, alerts still pending).
+        """
+        delivered, self.report.alerts_pending = deliver_pending(self.outbox, self.targets)
+        self.report.alerts_delivered += delivered
         return self.report.alerts_delivered, self.report.alerts_pending
+
+    def release(self) -> None:
+        """Give OUT back, for the next run."""
+        self.lease.release()
 
 
 def run_monitor(
@@ -162,6 +190,9 @@ def run_monitor(
             monitor.process(window_start)
         failed = False
     finally:
-        monitor.finish(failed=failed)
-    monitor.deliver()
+        try:
+            monitor.finish(failed=failed)
+            monitor.deliver()
+        finally:
+            monitor.release()
     return monitor.report

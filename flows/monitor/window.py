@@ -16,9 +16,10 @@ import pyarrow as pa
 from flows.monitor.config import MonitorConfig
 from flows.quality import GateResult, Gates, image_metadata
 from pipelines.pipeline import ScoringConfig, run_scoring
-from pipelines.records import ImageRef, table_values
+from pipelines.records import SCORED_TABLES, ImageRef, table_values
 from pipelines.sources import Source
 from pipelines.store import OutputStore
+from pipelines.times import window_label
 from scoring import LoadedModel
 from scoring.calibration import Calibration
 from scoring.drift import FiredTest, WindowDecision
@@ -76,6 +77,7 @@ def scoring_run(config: MonitorConfig, calibration: Calibration, window_start: d
         scoring=config.scoring,
         pipeline=config.pipeline,
         fitted_scores=calibration.fitted_scores,
+        plausible=config.plausible,
     )
 
 
@@ -92,6 +94,10 @@ def process_window(
     """Gate, score and decide one window; safe to retry (the pipeline replaces the window's outputs)."""
     window_end = window_start + config.window
     if not refs:
+        # Images a run before scored may since have gone: what it wrote would be read as this window's.
+        store = OutputStore(config.out)
+        for table in SCORED_TABLES:
+            store.remove_partition(table, window_label(window_start), part=source.key)
         return WindowOutcome(window_start, window_end, "no_data")
     before = gates.before_scoring(image_metadata(refs), window_start, window_end)
     summary = run_scoring(scoring_run(config, calibration, window_start), loaded=loaded)

@@ -1,0 +1,190 @@
+"""Hostile and unlucky inputs through the monitor, end to end (real pipeline, MLflow store and webhook receiver):
+no item stops monitoring, no window is planned from an impossible time, no stale row is decided on, a segment's
+name is data, one monitor runs per OUT, and pages leave as soon as their window is decided."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from flows.alerts import SECRET_ENV
+from flows.monitor import Monitor, MonitorConfig, run_monitor
+from flows.monitor.lease import Lease, LeaseLostError, MonitorBusyError
+from flows.registry import ThresholdRegistry, segment_key
+from pipelines.store import OutputStore
+from pipelines.times import window_label
+from scoring import ScoringSettings
+from tests.flows.receiver import Receiver
+from tests.flows.test_monitor import HOUR, START, TINY, _approve, _flat, _noise
+from tests.flows.test_monitor import registry as registry  # the fixture, shared
+
+NOW = START + 2 * HOUR + dt.timedelta(minutes=5)
+HOSTILE_SEGMENTS = ["cam/1", "a,b\"c'<x>", "line\nbreak", "..", "x" * 300]
+
+
+def _config(tmp_path: Path, source: Path, **fields) -> MonitorConfig:
+    return MonitorConfig(source=str(source), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY), **fields)
+
+
+def _manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_hostile_segment_names_are_decided_logged_and_paged_under_their_own_names(
+    tmp_path: Path, registry: ThresholdRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    _approve(registry, tmp_path)
+    rows = []
+    for number, segment in enumerate(HOSTILE_SEGMENTS):
+        make = _flat if segment == "cam/1" else _noise  # the segment with a "/" goes dark
+        for index in range(25):
+            path = tmp_path / "feed" / f"{number}-{index}.png"
+            when = START + dt.timedelta(minutes=2 * index)
+            make(path, 5000 + 100 * number + index, when)
+            rows.append({"uri": str(path), "event_time": when.isoformat(), "segment": segment})
+    receiver = Receiver()
+    try:
+        config = _config(tmp_path, _manifest(tmp_path / "feed.jsonl", rows), webhooks=(receiver.url,))
+        report = run_monitor(config, registry=registry, now=START + HOUR + dt.timedelta(minutes=5))
+    finally:
+        receiver.close()
+    [window] = report.windows
+    assert window.status == "drift"
+    assert {test.segment for test in window.fired} == {"cam/1"}
+    drift = [post["json"] for post in receiver.received if post["json"]["kind"] == "drift"]
+    assert [alert["segment"] for alert in drift] == ["cam/1"]
+
+    run = registry.client.get_run(report.mlflow_run_id)
+    keys = {segment: segment_key(segment) for segment in HOSTILE_SEGMENTS}
+    assert len(set(keys.values())) == len(HOSTILE_SEGMENTS)  # none of them stands for another
+    assert {run.data.metrics[f"{key}/n"] for key in keys.values()} == {25.0}
+    # None of them can be a metric name as it is; each is named in a tag.
+    assert {run.data.tags[f"gradwatch.segment.{key}"] for key in keys.values()} == set(HOSTILE_SEGMENTS)
+    assert run.info.status == "FINISHED"
+
+
+def test_epoch_zero_and_other_impossible_times_plan_no_windows_and_leave_none_in_the_watermark(
+    tmp_path: Path, registry: ThresholdRegistry
+) -> None:
+    _approve(registry, tmp_path)
+    rows = []
+    for index in range(25):
+        when = START + dt.timedelta(minutes=2 * index)
+        _noise(tmp_path / "feed" / f"{index}.png", 300 + index, when)
+        rows.append({"uri": str(tmp_path / "feed" / f"{index}.png"), "event_time": when.isoformat()})
+    for index, event_time in enumerate([0, -1, "1e20", "12345678901234567890123"]):
+        _noise(tmp_path / "feed" / f"bad-{index}.png", 900 + index, START)
+        rows.append({"uri": str(tmp_path / "feed" / f"bad-{index}.png"), "event_time": event_time})
+    store = OutputStore(str(tmp_path / "out"))
+    # As a version before this fix left it: a 1970 window in the watermark, from rows since corrected.
+    store.save_state("watermark", {"1970-01-01T00-00-00Z": {"fingerprint": "0", "status": "no_data", "segments": []}})
+    config = _config(tmp_path, _manifest(tmp_path / "feed.jsonl", rows))
+    report = run_monitor(config, registry=registry, now=START + HOUR + dt.timedelta(minutes=5))
+    assert [(w.window_start, w.status, w.scored) for w in report.windows] == [(START, "ok", 25)]
+    assert report.alerts_queued == 0  # no "no data" page for the 494,000 hours since 1970
+    assert list(store.load_state("watermark")) == [window_label(START)]
+    reasons = sorted(row["reason"] for row in store.read_table("rejected").to_pylist())
+    assert reasons == ["bad_event_time", "bad_event_time", "implausible_event_time", "implausible_event_time"]
+
+
+def test_a_window_whose_images_all_went_keeps_no_stale_rows(tmp_path: Path, registry: ThresholdRegistry) -> None:
+    _approve(registry, tmp_path)
+    feed = tmp_path / "feed"
+    for index in range(25):
+        _noise(feed / f"{index}.png", 400 + index, START + dt.timedelta(minutes=index))
+    config = _config(tmp_path, feed)
+    assert [w.status for w in run_monitor(config, registry=registry, now=START + HOUR + HOUR / 12).windows] == ["ok"]
+    for path in feed.iterdir():
+        path.unlink()
+    again = run_monitor(config, registry=registry, now=START + HOUR + HOUR / 12)
+    assert [w.status for w in again.windows] == ["no_data"]
+    store = OutputStore(config.out)
+    assert [store.read_window(table, START).num_rows for table in ("scores", "windows", "rejected")] == [0, 0, 0]
+
+
+def test_a_second_monitor_on_one_out_exits_saying_who_holds_it(tmp_path: Path, registry: ThresholdRegistry) -> None:
+    _approve(registry, tmp_path)
+    for index in range(25):
+        _noise(tmp_path / "feed" / f"{index}.png", 500 + index, START + dt.timedelta(minutes=index))
+    config = _config(tmp_path, tmp_path / "feed")
+    holder = Lease(OutputStore(config.out), ttl=dt.timedelta(minutes=5), settle_s=0.05)
+    holder.acquire()
+    try:
+        with pytest.raises(MonitorBusyError, match=r"another monitor holds .*pid \d+.*lease until"):
+            run_monitor(config, registry=registry, now=NOW)
+        assert OutputStore(config.out).load_state("watermark") is None  # it touched nothing
+    finally:
+        holder.release()
+    assert [w.status for w in run_monitor(config, registry=registry, now=NOW).windows] == ["ok", "no_data"]
+    assert OutputStore(config.out).load_state("lease") is None  # given back
+
+
+def test_two_leases_started_together_leave_one_holder(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path / "out"))
+    first, second = (Lease(store, ttl=dt.timedelta(minutes=5), settle_s=0.3) for _ in range(2))
+    outcomes: dict[str, object] = {}
+
+    def take(name: str, lease: Lease) -> None:
+        try:
+            lease.acquire()
+            outcomes[name] = "held"
+        except MonitorBusyError as error:
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=take, args=item) for item in (("first", first), ("second", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(str(type(outcome).__name__) for outcome in outcomes.values()) == ["MonitorBusyError", "str"]
+    for lease in (first, second):
+        lease.release()
+
+
+def test_a_killed_run_leaves_out_for_the_next_once_its_lease_expires_and_its_mlflow_run_is_marked_failed(
+    tmp_path: Path, registry: ThresholdRegistry
+) -> None:
+    _approve(registry, tmp_path)
+    for index in range(25):
+        _noise(tmp_path / "feed" / f"{index}.png", 600 + index, START + dt.timedelta(minutes=index))
+    config = _config(tmp_path, tmp_path / "feed", lease_ttl=dt.timedelta(seconds=1))
+    killed = Monitor(config, now=NOW)
+    killed.load_thresholds(registry)
+    assert killed.plan()
+    killed.lease._stop.set()  # kill -9: nothing renews, releases or ends its MLflow run
+    killed_run = killed.report.mlflow_run_id
+    assert registry.client.get_run(killed_run).info.status == "RUNNING"
+
+    after = run_monitor(_config(tmp_path, tmp_path / "feed", lease_wait=dt.timedelta(seconds=10)), registry=registry,
+                        now=NOW)  # fmt: skip
+    assert [w.status for w in after.windows] == ["ok", "no_data"]
+    assert registry.client.get_run(killed_run).info.status == "FAILED"
+    with pytest.raises(LeaseLostError, match="lost its lease"):
+        killed.process(START)  # woken up: it writes and pages nothing more
+
+
+def test_pages_leave_as_soon_as_their_window_is_decided(
+    tmp_path: Path, registry: ThresholdRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    _approve(registry, tmp_path)
+    for index in range(25):
+        _flat(tmp_path / "feed" / f"{index}.png", index, START + dt.timedelta(minutes=index))
+    receiver = Receiver()
+    try:
+        monitor = Monitor(_config(tmp_path, tmp_path / "feed", webhooks=(receiver.url,)), now=NOW)
+        monitor.load_thresholds(registry)
+        first, _ = monitor.plan()
+        monitor.process(first)
+        # Before the run goes on (or is killed), the drift it decided has been paged.
+        assert {post["json"]["kind"] for post in receiver.received} >= {"drift"}
+        assert monitor.outbox.pending() == []
+        monitor.release()
+    finally:
+        receiver.close()
