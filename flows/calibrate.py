@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from flows.plots import reference_histograms, validation_plots
 from flows.registry import ThresholdRegistry, ThresholdVersion
+from flows.scratch import owned_temp_dir
 from pipelines.pipeline import ScoringConfig, run_scoring
 from pipelines.records import ImageRef, table_values
 from pipelines.redaction import redact
@@ -37,17 +38,22 @@ def score_source(
     scoring: ScoringSettings,
     pipeline: PipelineSettings,
     fitted_scores: Mapping[str, Any],
+    outputs_kept: bool = True,
 ) -> tuple[pa.Table, str]:
-    """Score a folder, prefix or manifest with the pipeline; returns its scores table and the model id."""
+    """Score a folder, prefix or manifest with the pipeline; returns its scores table and the model id.
+
+    ``outputs_kept`` False says ``out`` is a temporary folder, gone by the time an error is read.
+    """
     config = ScoringConfig(
         source=source, out=str(out), scoring=scoring, pipeline=pipeline, fitted_scores=dict(fitted_scores)
     )
     summary = run_scoring(config)
     table = OutputStore(str(out)).read_table("scores")
     if table.num_rows == 0:
+        where = f"see {out}/rejected" if outputs_kept else "calibrate with --out DIR to keep DIR/rejected"
         raise GradwatchError(
             f"none of the {summary.listed} images in {redact(source)} could be scored "
-            f"({dict(summary.rejected)}); see {out}/rejected for the reasons"
+            f"({dict(summary.rejected)}); {where} for the reasons"
         )
     return table, summary.model_id
 
@@ -91,7 +97,8 @@ def calibrate_reference(
         score: the score the operator leads with; the guardrail warns when it is weak.
         config: TPR, alpha, minimum window size and the false-alarm check (default: CalibrationConfig()).
         validation_ood: folders of known-shifted images for the guardrail's separation table.
-        work_dir: where the pipeline writes its outputs (default: a temporary folder).
+        work_dir: where the pipeline writes its outputs (default: a temporary folder, removed when it returns or
+            raises).
 
     Returns:
         The proposed version (alias ``candidate``) and the calibration.
@@ -99,36 +106,38 @@ def calibrate_reference(
     config = config or CalibrationConfig()
     if score not in decision_scores():
         raise GradwatchError(f"--score {score!r} is not one of the decision scores {decision_scores()}")
-    work = work_dir or Path(tempfile.mkdtemp(prefix="gradwatch-calibrate-"))
-    fitted, fit_uris = fit_scores(reference, scoring=scoring, config=config)
-    run = {"scoring": scoring, "pipeline": pipeline, "fitted_scores": fitted}
-    scored, model_id = score_source(reference, work / "reference", **run)
-    # What a fitted score learned from would look healthier to it than production does.
-    table = scored.filter(pc.invert(pc.is_in(scored.column("uri"), pa.array(sorted(fit_uris), pa.string()))))
-    names = [name for name in decision_sides() if name in table.column_names]
-    validation = {}
-    for folder in validation_ood:
-        label = open_source(folder).name
-        shifted, _ = score_source(folder, work / "validation" / label, **run)
-        validation[label] = table_values(shifted, names)
-    calibration = calibrate(
-        table_values(table, names),
-        model_id=model_id,
-        segments=table.column("segment").to_pylist(),
-        validation=validation,
-        primary_score=score,
-        config=config,
-        scoring=scoring.recorded(),
-        fitted_scores=fitted,
-    )
-    params = _params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris))
-    name = model_name(scoring.model)
-    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    run_name = f"calibrate {name} on {open_source(reference).name} ({table.num_rows} images, {today})"
-    version = registry.propose(
-        calibration, model_name=name, params=params, artifacts=_artifacts(table, calibration, validation),
-        run_name=run_name,
-    )  # fmt: skip
+    with contextlib.ExitStack() as scratch:
+        # The pipeline's outputs matter only until the run is recorded in MLflow: a folder of our own goes after.
+        work = work_dir or scratch.enter_context(owned_temp_dir("calibrate"))
+        fitted, fit_uris = fit_scores(reference, scoring=scoring, config=config)
+        run = {"scoring": scoring, "pipeline": pipeline, "fitted_scores": fitted, "outputs_kept": bool(work_dir)}
+        scored, model_id = score_source(reference, work / "reference", **run)
+        # What a fitted score learned from would look healthier to it than production does.
+        table = scored.filter(pc.invert(pc.is_in(scored.column("uri"), pa.array(sorted(fit_uris), pa.string()))))
+        names = [name for name in decision_sides() if name in table.column_names]
+        validation = {}
+        for folder in validation_ood:
+            label = open_source(folder).name
+            shifted, _ = score_source(folder, work / "validation" / label, **run)
+            validation[label] = table_values(shifted, names)
+        calibration = calibrate(
+            table_values(table, names),
+            model_id=model_id,
+            segments=table.column("segment").to_pylist(),
+            validation=validation,
+            primary_score=score,
+            config=config,
+            scoring=scoring.recorded(),
+            fitted_scores=fitted,
+        )
+        params = _params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris))
+        name = model_name(scoring.model)
+        today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+        run_name = f"calibrate {name} on {open_source(reference).name} ({table.num_rows} images, {today})"
+        version = registry.propose(
+            calibration, model_name=name, params=params, artifacts=_artifacts(table, calibration, validation),
+            run_name=run_name,
+        )  # fmt: skip
     return version, calibration
 
 

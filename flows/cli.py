@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -119,30 +118,32 @@ def _score_images(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
+    from flows.scratch import owned_temp_dir
     from pipelines.pipeline import ScoringConfig
     from pipelines.times import parse_event_time, parse_window
 
     pipeline = pipeline_settings(args)
-    try:
-        config = ScoringConfig(
-            source=args.source,
-            out=args.out,
-            window=parse_window(args.window),
-            since=parse_event_time(args.since) if args.since else None,
-            until=parse_event_time(args.until) if args.until else None,
-            scoring=scoring_settings(args),
-            pipeline=pipeline,
-            # Workers tick off each image in a local folder, which only local workers share with this process.
-            progress_dir=tempfile.mkdtemp(prefix="gradwatch-progress-") if pipeline.is_local else None,
-        )
-    except ValueError as error:
-        raise GradwatchError(str(error)) from error
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    since, until = config.aligned_range()
-    if (since, until) != (config.since, config.until):
-        console.print(f"time range widened to whole windows: [{since or '-inf'}, {until or '+inf'})")
-    console.print(f"scoring {config.source} on the {pipeline.runner} runner, {pipeline.workers} worker(s)")
-    summary = _run_with_progress(config, console)
+    # Workers tick off each image in a local folder, which only local workers share with this process.
+    with owned_temp_dir("progress") if pipeline.is_local else contextlib.nullcontext() as progress_dir:
+        try:
+            config = ScoringConfig(
+                source=args.source,
+                out=args.out,
+                window=parse_window(args.window),
+                since=parse_event_time(args.since) if args.since else None,
+                until=parse_event_time(args.until) if args.until else None,
+                scoring=scoring_settings(args),
+                pipeline=pipeline,
+                progress_dir=str(progress_dir) if progress_dir else None,
+            )
+        except ValueError as error:
+            raise GradwatchError(str(error)) from error
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        since, until = config.aligned_range()
+        if (since, until) != (config.since, config.until):
+            console.print(f"time range widened to whole windows: [{since or '-inf'}, {until or '+inf'})")
+        console.print(f"scoring {config.source} on the {pipeline.runner} runner, {pipeline.workers} worker(s)")
+        summary = _run_with_progress(config, console)
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.rejected.items()))
     console.print(f"model      {summary.model_id}")
     console.print(f"listed     {summary.listed}")
@@ -173,8 +174,6 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
                 time.sleep(0.5)
             summary = running.result()
         progress.update(task, completed=summary.listed)
-    if config.progress_dir:
-        shutil.rmtree(config.progress_dir, ignore_errors=True)
     return summary
 
 
@@ -454,7 +453,9 @@ def _add_calibrate(commands, scoring: argparse.ArgumentParser, pipeline: argpars
     calibrate.add_argument(
         "--validation-ood", action="append", default=[], metavar="DIR", help="known-shifted images, repeatable"
     )
-    calibrate.add_argument("--out", help="where the pipeline's outputs go (default: a temporary folder)")
+    calibrate.add_argument(
+        "--out", help="where the pipeline's outputs go (default: a temporary folder, removed at the end)"
+    )
     calibrate.set_defaults(run=_calibrate)
 
 
