@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipelines.read import open_image_file
 from pipelines.records import QUANTILES, ImageRef
+from pipelines.sources import image_identity
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,10 @@ def image_metadata(refs: Sequence[ImageRef]) -> pd.DataFrame:
     rows = []
     for ref in refs:
         fs, path = fsspec.core.url_to_fs(ref.uri)
-        row: dict[str, Any] = {"uri": ref.uri, "event_time": ref.event_time, "decodable": 0}
+        row: dict[str, Any] = {"uri": image_identity(ref.uri), "event_time": ref.event_time, "decodable": 0}
         try:
             row["bytes"] = int(fs.size(path))
-            with fs.open(path, "rb") as file, Image.open(file) as image:
+            with open_image_file(fs, path) as file, Image.open(file) as image:
                 row.update(decodable=1, width=image.width, height=image.height, channels=len(image.getbands()))
         except Exception:  # any header that does not parse counts as not decodable; the pipeline says why
             row.setdefault("bytes", 0)

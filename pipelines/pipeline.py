@@ -26,6 +26,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.inference import ScoreImages, ScorerModelHandler
 from pipelines.read import ReadImages
 from pipelines.records import REJECTED, REJECTED_SCHEMA, WINDOWS_SCHEMA, measured_columns, scores_schema
+from pipelines.redaction import redact_logs
 from pipelines.settings import PipelineSettings
 from pipelines.sinks import WriteTables
 from pipelines.sources import Source, open_source
@@ -172,6 +173,7 @@ def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> 
         DecoderUnavailableError: ``decoder="device"`` on the local runner without torchvision (likewise).
         RunnerError: Beam has no such runner (likewise).
     """
+    redact_logs()
     source: Source = open_source(config.source)
     source.check()
     config.pipeline.check()

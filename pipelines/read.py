@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.records import REJECTED, EncodedImage, ImageRef, Rejected
-from pipelines.redaction import redact
+from pipelines.redaction import redact, redact_logs
 from pipelines.sources import image_identity
 from pipelines.times import PlausibleTimes, object_mtime
 
@@ -101,6 +101,9 @@ class ReadImage(beam.DoFn):
         self._listed = Metrics.counter("gradwatch", "listed")
         self._bytes_read = Metrics.counter("gradwatch", "bytes_read")
 
+    def setup(self) -> None:
+        redact_logs()  # a worker process of its own logs what fsspec fetches, too
+
     def process(self, entry: ImageRef | Rejected) -> Iterator[Any]:
         if isinstance(entry, Rejected):
             self._listed.inc()
@@ -134,13 +137,23 @@ class ReadImage(beam.DoFn):
         yield EncodedImage(hashlib.sha256(data).hexdigest(), identity, event_time, entry.segment, data)
 
     def _read_bytes(self, fs: fsspec.AbstractFileSystem, path: str) -> bytes:
-        if isinstance(fs, LocalFileSystem) and not stat.S_ISREG(os.stat(path).st_mode):
-            raise PermanentReadError("not_a_file", "a FIFO, socket or device, not an image file")
-        with fs.open(path, "rb") as file:
+        with open_image_file(fs, path) as file:
             return file.read(self._max_bytes + 1)
 
     def _in_range(self, event_time: dt.datetime) -> bool:
         return (self._since is None or event_time >= self._since) and (self._until is None or event_time < self._until)
+
+
+def open_image_file(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """``fs.open(path, "rb")``, but a FIFO, socket or device on a local disk is refused: opening a FIFO waits for a
+    writer forever.
+
+    Raises:
+        PermanentReadError: it is not a file.
+    """
+    if isinstance(fs, LocalFileSystem) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise PermanentReadError("not_a_file", "a FIFO, socket or device, not an image file")
+    return fs.open(path, "rb")
 
 
 def _checked(call: Any, identity: str, *args: Any) -> Any:

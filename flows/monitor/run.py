@@ -20,7 +20,7 @@ from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windo
 from flows.monitor.window import WindowOutcome, process_window
 from flows.quality import Gates
 from flows.registry import ThresholdRegistry
-from pipelines.redaction import redact
+from pipelines.redaction import redact, redact_logs
 from pipelines.sources import open_source
 from pipelines.store import OutputStore
 from pipelines.times import window_label
@@ -50,6 +50,7 @@ class Monitor:
         Raises:
             AlertConfigError, SourceError, RunnerError, ModelSpecError: naming what to fix.
         """
+        redact_logs()
         self.config = config
         self.targets = targets_from(config.webhooks, config.slack_webhooks)
         self.source = open_source(config.source)

@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 
 from pipelines.records import ImageRef, Rejected
 from pipelines.redaction import redact
-from pipelines.sources import Source, SourceError, canonical_uri, image_identity, register_source
+from pipelines.sources import (
+    Source,
+    SourceError,
+    canonical_uri,
+    image_identity,
+    printable_uri,
+    register_source,
+)
 from pipelines.times import object_mtime, parse_event_time
 
 SUFFIXES = (".csv", ".parquet", ".jsonl")
@@ -79,6 +86,9 @@ def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
             problem = ("bad_row", f"{where}: {unreadable}; write one JSON object per line")
         elif not uri:
             problem = ("missing_uri", f"{where} has no uri; every manifest row needs one")
+        elif printable_uri(uri) != uri:
+            uri = printable_uri(uri)
+            problem = ("bad_name", f"{where}: {uri} is not UTF-8, which the tables cannot store; write it in UTF-8")
         elif "event_time" in row:
             try:
                 event_time = parse_event_time(_required(row["event_time"]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from scoring import ScoringSettings
 from tests.flows.receiver import Receiver
 from tests.flows.test_monitor import HOUR, START, TINY, _approve, _flat, _noise
 from tests.flows.test_monitor import registry as registry  # the fixture, shared
+from tests.pipelines.test_hostile import PASSWORD
+from tests.pipelines.test_hostile import image_server as image_server  # the fixture, shared
 
 NOW = START + 2 * HOUR + dt.timedelta(minutes=5)
 HOSTILE_SEGMENTS = ["cam/1", "a,b\"c'<x>", "line\nbreak", "..", "x" * 300]
@@ -188,3 +191,65 @@ def test_pages_leave_as_soon_as_their_window_is_decided(
         monitor.release()
     finally:
         receiver.close()
+
+
+def test_the_whole_hostile_corpus_through_the_monitor_reconciles_and_leaks_nothing(
+    tmp_path: Path,
+    registry: ThresholdRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    image_server: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    _approve(registry, tmp_path)
+    feed = tmp_path / "feed"
+    rows = []
+    for index in range(25):
+        when = START + dt.timedelta(minutes=2 * index)
+        _noise(feed / f"{index}.png", 700 + index, when)
+        rows.append({"uri": f"{index}.png", "event_time": when.isoformat(), "segment": HOSTILE_SEGMENTS[index % 5]})
+    when = START.isoformat()
+    (feed / "epoch0.png").write_bytes((feed / "2.png").read_bytes())
+    os.mkfifo(feed / "pipe.png")
+    os.symlink("loop.png", feed / "loop.png")
+    not_utf8 = os.fsencode(feed) + b"/caf\xe9.png"
+    Path(os.fsdecode(not_utf8)).write_bytes((feed / "0.png").read_bytes())
+    hostile = [
+        {"uri": "pipe.png", "event_time": when},
+        {"uri": "loop.png", "event_time": when},
+        {"uri": os.fsdecode(not_utf8), "event_time": when},
+        {"uri": "./0.png", "event_time": when},  # an alias of a row above
+        {"uri": str(feed / "1.png"), "event_time": when},  # and another
+        {"uri": "epoch0.png", "event_time": 0},
+        {"uri": "3.png", "event_time": "1e20"},
+        {"uri": f"http://viewer:{PASSWORD}@{image_server}/cam.png", "event_time": when, "segment": "web"},
+        {"uri": f"http://viewer:{PASSWORD}@{image_server}/missing.png", "event_time": when, "segment": "web"},
+        {"event_time": when},
+    ]
+    manifest = feed / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows + hostile))
+    receiver = Receiver()
+    caplog.set_level("DEBUG")
+    try:
+        config = _config(tmp_path, manifest, webhooks=(receiver.url,))
+        report = run_monitor(config, registry=registry, now=START + HOUR + dt.timedelta(minutes=5))
+        again = run_monitor(config, registry=registry, now=START + HOUR + dt.timedelta(minutes=5))
+    finally:
+        receiver.close()
+    [window] = report.windows
+    assert again.windows == []
+    store = OutputStore(config.out)
+    scores, rejected = store.read_table("scores").to_pylist(), store.read_table("rejected").to_pylist()
+    assert window.scored == len(scores) == 26  # the 25, and the one behind a password
+    assert len(rejected) == len(hostile) - 1  # every other row, accounted for once
+    assert len({row["uri"] for row in scores}) == len(scores)
+    assert {row["segment"] for row in scores} == {*HOSTILE_SEGMENTS, "web"}
+    expected = ["not_a_file", "unreadable", "bad_name", "duplicate", "duplicate", "implausible_event_time",
+                "bad_event_time", "not_found", "missing_uri"]  # fmt: skip
+    assert sorted(row["reason"] for row in rejected) == sorted(expected)
+    secret = PASSWORD.encode()
+    assert all(secret not in path.read_bytes() for path in Path(config.out).rglob("*") if path.is_file())
+    assert all(secret not in post["body"] for post in receiver.received)
+    captured = capfd.readouterr()
+    assert PASSWORD not in captured.out + captured.err + caplog.text
