@@ -21,12 +21,13 @@ from flows.plots import reference_histograms, validation_plots
 from flows.registry import ThresholdRegistry, ThresholdVersion
 from flows.scratch import owned_temp_dir
 from pipelines.pipeline import ScoringConfig, run_scoring
+from pipelines.read import PermanentReadError, open_image_file
 from pipelines.records import ImageRef, table_values
 from pipelines.redaction import redact
 from pipelines.settings import PipelineSettings
-from pipelines.sources import open_source
+from pipelines.sources import image_identity, open_source
 from pipelines.store import OutputStore
-from scoring import GradwatchError, ScoringSettings, decision_scores, load_scorer
+from scoring import GradwatchError, ScoringSettings, UnusableReferenceError, decision_scores, load_scorer
 from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
 from scoring.models import model_name
 
@@ -65,14 +66,24 @@ def fit_scores(reference: str, *, scoring: ScoringSettings, config: CalibrationC
         What each fitted score and the feature projection learned, and the URIs of the images they learned from (to
         leave out of the thresholds).
     """
-    refs = [entry for entry in open_source(reference).list() if isinstance(entry, ImageRef)]
-    fit_uris = config.fits_on(ref.uri for ref in refs)
-    ordered = sorted(fit_uris)
-    images = []
-    for uri in ordered:
-        with fsspec.open(uri, "rb") as file:
-            images.append(file.read())
-    states = load_scorer(scoring).fit_scores(images, sources=ordered)
+    # By identity, as the scores table names them; read by the URI as listed, credentials and all.
+    listed = {
+        image_identity(entry.uri): entry.uri for entry in open_source(reference).list() if isinstance(entry, ImageRef)
+    }
+    fit_uris = config.fits_on(listed)
+    ordered, images = [], []
+    for uri in sorted(fit_uris):
+        fs, path = fsspec.core.url_to_fs(listed[uri])
+        try:
+            with open_image_file(fs, path) as file:
+                images.append(file.read())
+        except (OSError, PermanentReadError):  # the pipeline rejects it with its reason when it scores the reference
+            continue
+        ordered.append(uri)
+    try:
+        states = load_scorer(scoring).fit_scores(images, sources=ordered)
+    except UnusableReferenceError as error:
+        raise UnusableReferenceError(f"reference {redact(reference)}: {error}") from None
     return states, fit_uris
 
 

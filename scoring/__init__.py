@@ -1,7 +1,13 @@
 """Per-image out-of-distribution scores for image classifiers: torch, numpy and scipy only."""
 
 from scoring.decoding import DECODERS
-from scoring.errors import DecoderUnavailableError, GradwatchError, ImageDecodeError, ModelSpecError
+from scoring.errors import (
+    DecoderUnavailableError,
+    GradwatchError,
+    ImageDecodeError,
+    ModelSpecError,
+    UnusableReferenceError,
+)
 from scoring.images import Preprocessing, decode_image
 from scoring.models import DEFAULT_MODEL, LoadedModel, load_model
 from scoring.scorer import Scorer, load_scorer, resolve_device
@@ -22,6 +28,7 @@ __all__ = [
     "Score",
     "Scorer",
     "ScoringSettings",
+    "UnusableReferenceError",
     "decision_scores",
     "decode_image",
     "load_model",

@@ -47,3 +47,7 @@ class ModelSpecError(GradwatchError):
 class DecoderUnavailableError(GradwatchError):
     """``decoder="device"`` cannot work here: torchvision does not load, or the model resamples in a way torch
     cannot reproduce; the message says what to install or to decode on the host."""
+
+
+class UnusableReferenceError(GradwatchError, ValueError):
+    """Nothing in a reference can be learned from (none of its images decodes); the message says where to look."""

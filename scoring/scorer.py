@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from scoring.decoding import DeviceJpegDecoder
-from scoring.errors import ImageDecodeError, ModelSpecError
+from scoring.errors import ImageDecodeError, ModelSpecError, UnusableReferenceError
 from scoring.features import FEATURES, FeatureProjection, fit_projection
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.jpeg import read_jpeg_header
@@ -260,6 +260,9 @@ class Scorer:
 
         Images that do not decode are left out (the pipeline rejects them, with their reason, when it scores them).
 
+        Raises:
+            UnusableReferenceError: none of them decodes.
+
         Returns:
             Each fitted score's state by name, and the projection's under ``"features"``, for ``fitted_scores``.
             One that cannot be fitted here (too few images, a head without the weights it reads) is left out,
@@ -278,7 +281,9 @@ class Scorer:
                     features.append(chunk_features.double().cpu())
                     logits.append(chunk_logits.double().cpu())
         if not features:
-            raise ValueError(f"none of the {len(images)} images to fit scores on decodes; see why with gradwatch score")
+            raise UnusableReferenceError(
+                f"none of the {len(images)} images to fit scores on decodes; see why with gradwatch score"
+            )
         weight, bias = (parameter.cpu() if parameter is not None else None for parameter in self._head_parameters)
         head = HeadOutputs(torch.cat(features), torch.cat(logits), self.settings.temperature, weight, bias)
         fits = {name: score.fit for name, score in learning.items()}

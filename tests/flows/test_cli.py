@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -228,3 +229,19 @@ def test_only_a_factory_spec_imports_from_the_working_directory(tmp_path: Path) 
     assert "reconciliation: 5 listed = 3 scored + 2 rejected: ok" in factory.stderr
     assert "model      build@" in factory.stderr
     assert not (tmp_path / "HOSTILE_RAN").exists()
+
+
+def test_calibrate_on_a_reference_where_nothing_decodes_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for index in range(60):
+        (reference / f"{index}.png").write_text(f"not an image {index}")
+    script = shutil.which("gradwatch", path=str(Path(sys.executable).parent))
+    result = subprocess.run(
+        [script, "calibrate", str(reference), "--model", TINY],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "GRADWATCH_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: reference {reference}: none of the 18 images to fit scores on decodes" in result.stderr
