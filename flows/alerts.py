@@ -144,14 +144,47 @@ def target_identity(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port} sha256:{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
-def targets_from(webhooks: Sequence[str], slack_webhooks: Sequence[str]) -> list[Target]:
-    """Validate target URLs at start, and that generic webhooks have a secret to sign with.
+def resolve_target(target: str) -> str:
+    """A target URL, or the URL a reference names: ``env:VARIABLE`` (the worker's environment) or ``secret:BLOCK``
+    (a Prefect Secret block), so that a deployment's parameters, which Prefect stores and shows, hold no URL whose
+    path is a credential.
 
     Raises:
-        AlertConfigError: a URL that is not http(s), does not parse or carries a user or password, or webhooks
-            without GRADWATCH_WEBHOOK_SECRET.
+        AlertConfigError: the variable is unset, or the block cannot be loaded.
     """
-    targets = [Target(url, "webhook") for url in webhooks] + [Target(url, "slack") for url in slack_webhooks]
+    if target.startswith("env:"):
+        name = target.removeprefix("env:")
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise AlertConfigError(
+                f"alert target {target!r}: the environment variable {name} is not set on this worker"
+            )
+        return value
+    if target.startswith("secret:"):
+        from prefect.blocks.system import Secret
+
+        name = target.removeprefix("secret:")
+        try:
+            return str(Secret.load(name).get()).strip()
+        except (ValueError, OSError) as error:  # no such block, or no Prefect API to ask
+            raise AlertConfigError(
+                f"alert target {target!r}: cannot load the Prefect Secret block {name!r} ({type(error).__name__}); "
+                "create it (prefect block create secret) or point PREFECT_API_URL at the server that has it"
+            ) from None
+    return target
+
+
+def targets_from(webhooks: Sequence[str], slack_webhooks: Sequence[str]) -> list[Target]:
+    """Validate target URLs (or resolve their references, see :func:`resolve_target`) at start, and that generic
+    webhooks have a secret to sign with.
+
+    Raises:
+        AlertConfigError: a reference that does not resolve; a URL that is not http(s), does not parse or carries a
+            user or password; webhooks without GRADWATCH_WEBHOOK_SECRET.
+    """
+    targets = [Target(resolve_target(url), "webhook") for url in webhooks] + [
+        Target(resolve_target(url), "slack") for url in slack_webhooks
+    ]
     for target in targets:
         # A Slack URL's path is its credential: only its masked identity may be shown.
         described = repr(redact(target.url)) if target.kind == "webhook" else "(URL withheld)"

@@ -231,3 +231,15 @@ def test_a_target_url_that_does_not_parse_is_refused_at_start() -> None:
     with pytest.raises(AlertConfigError, match="does not parse as a URL") as slack:
         targets_from([], [f"https://[hooks.slack.com/services/T0/B0/{SLACK_SECRET}"])
     assert SLACK_SECRET not in str(slack.value)
+
+
+def test_a_target_can_be_named_by_an_environment_variable_so_no_parameter_holds_its_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slack = "https://hooks.slack.com/services/T000/B000/very-secret-path"
+    monkeypatch.setenv("ONCALL_SLACK", slack)
+    [target] = targets_from([], ["env:ONCALL_SLACK"])
+    assert (target.url, target.kind) == (slack, "slack")
+    monkeypatch.delenv("ONCALL_SLACK")
+    with pytest.raises(AlertConfigError, match="environment variable ONCALL_SLACK is not set"):
+        targets_from([], ["env:ONCALL_SLACK"])

@@ -134,3 +134,18 @@ def test_serve_registers_the_schedule_with_the_server(tmp_path: Path, prefect_se
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_target_can_be_a_prefect_secret_block(prefect_server, monkeypatch) -> None:
+    for key, value in prefect_server.items():
+        monkeypatch.setenv(key, value)
+    from prefect.blocks.system import Secret
+
+    from flows.alerts import AlertConfigError, targets_from
+
+    slack = "https://hooks.slack.com/services/T000/B000/block-held-path"
+    Secret(value=slack).save("oncall-slack", overwrite=True)
+    [target] = targets_from([], ["secret:oncall-slack"])
+    assert target.url == slack
+    with pytest.raises(AlertConfigError, match="cannot load the Prefect Secret block 'no-such-block'"):
+        targets_from([], ["secret:no-such-block"])
