@@ -120,7 +120,7 @@ def _score(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
     from flows.scratch import owned_temp_dir
     from pipelines.pipeline import ScoringConfig
-    from pipelines.times import parse_event_time, parse_window
+    from pipelines.times import parse_event_time, parse_plausible, parse_window
 
     pipeline = pipeline_settings(args)
     # Workers tick off each image in a local folder, which only local workers share with this process.
@@ -135,6 +135,7 @@ def _score(args: argparse.Namespace) -> int:
                 scoring=scoring_settings(args),
                 pipeline=pipeline,
                 progress_dir=str(progress_dir) if progress_dir else None,
+                plausible=parse_plausible(args.earliest_event_time),
             )
         except ValueError as error:
             raise GradwatchError(str(error)) from error
@@ -260,6 +261,14 @@ def _thresholds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _earliest_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--earliest-event-time",
+        help="images stamped earlier are rejected as implausible, never placed in a window (default: 2000-01-01; "
+        "lower it for an older archive)",
+    )
+
+
 def _monitor(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
     from flows.monitor import monitor_config, run_monitor
@@ -269,7 +278,7 @@ def _monitor(args: argparse.Namespace) -> int:
         config = monitor_config(
             args.source, args.out, window=args.window, since=args.since, until=args.until, webhooks=args.webhook,
             slack_webhooks=args.slack_webhook, reprocess=args.reprocess, scoring=scoring_settings(args),
-            pipeline=pipeline_settings(args),
+            pipeline=pipeline_settings(args), earliest_event_time=args.earliest_event_time,
         )  # fmt: skip
     except ValueError as error:
         raise GradwatchError(str(error)) from error
@@ -437,6 +446,7 @@ def _add_score(commands, scoring: argparse.ArgumentParser, pipeline: argparse.Ar
     command.add_argument("--window", default="1h", help="event-time window: 1h, 30m, 1d... (default: %(default)s)")
     command.add_argument("--since", help="first event time to score (ISO-8601 or epoch), widened to its window")
     command.add_argument("--until", help="event time to stop before, widened to its window's end")
+    _earliest_option(command)
     command.add_argument("-v", "--verbose", action="store_true", help="show Beam's warnings")
     command.set_defaults(run=_score)
 
@@ -490,6 +500,7 @@ def _add_monitor(commands, scoring: argparse.ArgumentParser, pipeline: argparse.
     monitor.add_argument("--since", help="first window to consider (default: the first one seen)")
     monitor.add_argument("--until", help="stop before this time (default: the last complete window)")
     monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
+    _earliest_option(monitor)
     monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
     monitor.set_defaults(run=_monitor)
 

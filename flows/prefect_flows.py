@@ -72,11 +72,13 @@ def monitor(
     reprocess: bool = False,
     scoring: ScoringSettings = ScoringSettings(),
     pipeline: PipelineSettings = PipelineSettings(),
+    earliest_event_time: str | None = None,
 ) -> dict[str, Any]:
     """Process every complete window of SOURCE not yet processed, then deliver pending alerts."""
     config = monitor_config(
         source, out, window=window, since=since, until=until, webhooks=webhooks or (),
         slack_webhooks=slack_webhooks or (), reprocess=reprocess, scoring=scoring, pipeline=pipeline,
+        earliest_event_time=earliest_event_time,
     )  # fmt: skip
     job = Monitor(config, links={"prefect_flow_run": str(flow_run.id or ""), "prefect_ui": flow_run.ui_url or ""})
     threshold_version = load_thresholds(job)

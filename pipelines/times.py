@@ -135,3 +135,12 @@ def window_label(window_start: dt.datetime | None) -> str:
 
 def parse_window_label(label: str) -> dt.datetime:
     return dt.datetime.strptime(label, LABEL_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def parse_plausible(earliest: str | None) -> PlausibleTimes:
+    """The plausible range from an operator's earliest event time (ISO-8601 or epoch); the default without one.
+
+    Raises:
+        ValueError: it does not parse, naming it.
+    """
+    return PlausibleTimes(earliest=parse_event_time(earliest)) if earliest else PlausibleTimes()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipelines.settings import PipelineSettings
-from pipelines.times import PlausibleTimes, parse_event_time, parse_window
+from pipelines.times import PlausibleTimes, parse_event_time, parse_plausible, parse_window
 from scoring import ScoringSettings
 
 
@@ -54,6 +54,7 @@ def monitor_config(
     reprocess: bool = False,
     scoring: ScoringSettings = ScoringSettings(),
     pipeline: PipelineSettings = PipelineSettings(),
+    earliest_event_time: str | None = None,
 ) -> MonitorConfig:
     """A MonitorConfig from the text an operator writes (CLI flags, deployment parameters).
 
@@ -71,4 +72,5 @@ def monitor_config(
         reprocess=reprocess,
         scoring=scoring,
         pipeline=pipeline,
+        plausible=parse_plausible(earliest_event_time),
     )

@@ -245,3 +245,20 @@ def test_calibrate_on_a_reference_where_nothing_decodes_is_an_error_not_a_traceb
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"error: reference {reference}: none of the 18 images to fit scores on decodes" in result.stderr
+
+
+def test_score_takes_the_earliest_plausible_event_time_from_the_command_line(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "archive.png")
+    (tmp_path / "m.csv").write_text("uri,event_time\narchive.png,1995-06-01T10:00:00Z\n")
+    default = _gradwatch("score", str(tmp_path / "m.csv"), "--out", str(tmp_path / "a"), "--model", TINY)
+    assert default.returncode == 0, default.stderr
+    assert "0 scored + 1 rejected" in default.stderr + default.stdout
+    archive = _gradwatch(
+        "score", str(tmp_path / "m.csv"), "--out", str(tmp_path / "b"), "--model", TINY,
+        "--earliest-event-time", "1990-01-01",
+    )  # fmt: skip
+    assert archive.returncode == 0, archive.stderr
+    assert "1 scored + 0 rejected" in archive.stderr + archive.stdout
+    bad = _gradwatch("score", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c"), "--earliest-event-time", "soon")
+    assert bad.returncode == 2
+    assert "'soon'" in bad.stderr
