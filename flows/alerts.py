@@ -166,7 +166,7 @@ def resolve_target(target: str) -> str:
         name = target.removeprefix("secret:")
         try:
             return str(Secret.load(name).get()).strip()
-        except (ValueError, OSError) as error:  # no such block, or no Prefect API to ask
+        except Exception as error:  # no such block, or no Prefect API to ask (httpx's errors are not OSErrors)
             raise AlertConfigError(
                 f"alert target {target!r}: cannot load the Prefect Secret block {name!r} ({type(error).__name__}); "
                 "create it (prefect block create secret) or point PREFECT_API_URL at the server that has it"

@@ -27,6 +27,7 @@ from pipelines.redaction import redact
 from pipelines.settings import PipelineSettings
 from pipelines.sources import image_identity, open_source
 from pipelines.store import OutputStore
+from pipelines.times import PlausibleTimes
 from scoring import GradwatchError, ScoringSettings, UnusableReferenceError, decision_scores, load_scorer
 from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
 from scoring.models import model_name
@@ -46,7 +47,12 @@ def score_source(
     ``outputs_kept`` False says ``out`` is a temporary folder, gone by the time an error is read.
     """
     config = ScoringConfig(
-        source=source, out=str(out), scoring=scoring, pipeline=pipeline, fitted_scores=dict(fitted_scores)
+        source=source,
+        out=str(out),
+        scoring=scoring,
+        pipeline=pipeline,
+        fitted_scores=dict(fitted_scores),
+        plausible=ANY_TIME,
     )
     summary = run_scoring(config)
     table = OutputStore(str(out)).read_table("scores")
@@ -57,6 +63,10 @@ def score_source(
             f"({dict(summary.rejected)}); {where} for the reasons"
         )
     return table, summary.model_id
+
+
+# A reference is not monitored in time: its images' times (copied files, an archive of the nineties) decide nothing.
+ANY_TIME = PlausibleTimes(earliest=dt.datetime(1, 1, 2, tzinfo=dt.UTC), ahead=dt.timedelta(days=365 * 1000))
 
 
 def fit_scores(reference: str, *, scoring: ScoringSettings, config: CalibrationConfig) -> tuple[dict, set[str]]:

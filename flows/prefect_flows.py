@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 
 from flows.calibrate import calibrate_reference
 from flows.monitor import Monitor, WindowOutcome, monitor_config
+from flows.monitor.lease import LeaseLostError, MonitorBusyError
 from flows.registry import ThresholdRegistry
 from pipelines.settings import PipelineSettings
 from scoring import ScoringSettings
@@ -31,7 +32,16 @@ from scoring.calibration import CalibrationConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/prefect_flows.py:monitor"
+
+
+def _retry_unless_another_run_holds_out(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what can be transient, but not a lease held by another run (it exits, as the command line's does: the
+    next scheduled run comes anyway) nor one lost to another run (which has the windows now)."""
+    return not isinstance(state.result(raise_on_failure=False), MonitorBusyError | LeaseLostError)
+
+
 TRANSIENT = {"retries": 3, "retry_delay_seconds": [10, 60, 300], "cache_policy": NO_CACHE}
+LEASED = {**TRANSIENT, "retry_condition_fn": _retry_unless_another_run_holds_out}
 
 
 @task(name="load approved thresholds", **TRANSIENT)
@@ -40,12 +50,12 @@ def load_thresholds(monitor: Monitor) -> str:
     return monitor.version.version
 
 
-@task(name="plan windows", **TRANSIENT)
+@task(name="plan windows", **LEASED)
 def plan_windows(monitor: Monitor) -> list[dt.datetime]:
     return monitor.plan()
 
 
-@task(name="process window", **TRANSIENT)
+@task(name="process window", **LEASED)
 def process_window(monitor: Monitor, window_start: dt.datetime) -> WindowOutcome:
     outcome = monitor.process(window_start)
     get_run_logger().info(
@@ -114,13 +124,14 @@ def backfill(
     slack_webhooks: list[str] | None = None,
     scoring: ScoringSettings = ScoringSettings(),
     pipeline: PipelineSettings = PipelineSettings(),
+    earliest_event_time: str | None = None,
 ) -> dict[str, Any]:
     """History: every window in [start, end), re-processed by default; alerts are queued and delivered to the
     targets given, as the hourly monitor's are (without targets they stay in the outbox for the next run that has
     them)."""
     return monitor(
         source=source, out=out, window=window, since=start, until=end, reprocess=reprocess, webhooks=webhooks,
-        slack_webhooks=slack_webhooks, scoring=scoring, pipeline=pipeline,
+        slack_webhooks=slack_webhooks, scoring=scoring, pipeline=pipeline, earliest_event_time=earliest_event_time,
     )  # fmt: skip
 
 

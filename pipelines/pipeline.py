@@ -121,7 +121,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: 
         "windows": WINDOWS_SCHEMA,
         REJECTED: REJECTED_SCHEMA,
     }
-    written = tables | "WriteTables" >> WriteTables(OutputStore(config.out), schemas=schemas, part=source.key)
+    written = tables | "WriteTables" >> WriteTables(
+        OutputStore(config.out), schemas=schemas, part=source.key, replaces=source.former_keys
+    )
     written["windows"] | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
 
 

@@ -29,8 +29,10 @@ from pipelines.times import PlausibleTimes, object_mtime
 _PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 # A link loop or a name too long for the filesystem: the same on every retry.
 _PERMANENT_ERRNOS = {errno.ELOOP, errno.ENAMETOOLONG}
-# HTTP statuses that say the object is not there for good; any other failure behind a "not found" is transient.
+# HTTP statuses that say the object is not there for good.
 _GONE_STATUSES = {404, 410}
+# Client errors that a retry can cure: a request timeout, "too early", throttling. Any other 4xx is final.
+_RETRYABLE_STATUSES = {408, 425, 429}
 
 
 class PermanentReadError(Exception):
@@ -106,8 +108,11 @@ class ReadImage(beam.DoFn):
 
     def process(self, entry: ImageRef | Rejected) -> Iterator[Any]:
         if isinstance(entry, Rejected):
-            self._listed.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, entry)
+            # One with a known time belongs to its window, as an image does: a run over other windows would
+            # otherwise rewrite that window's tables with it alone.
+            if entry.event_time is None or self._in_range(entry.event_time):
+                self._listed.inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, entry)
             return
         identity = image_identity(entry.uri)
         fs, path = fsspec.core.url_to_fs(entry.uri)
@@ -163,15 +168,27 @@ def _checked(call: Any, identity: str, *args: Any) -> Any:
         return call(*args)
     except FileNotFoundError as error:
         # fsspec's HTTP filesystem reports any failure of its HEAD and GET as "not found", a refused connection too.
+        status = _status(error)
         if _is_transient(error):
             # Not chained: the cause prints the URL as listed, credentials and all.
             message = f"reading {identity!r} failed and will be retried: {redact(_cause(error))}"
             raise TransientReadError(message) from None
+        if status is not None and status not in _GONE_STATUSES:  # 401, 403: a retry gets the same answer
+            raise PermanentReadError("unreadable", f"HTTP {status}; check the URL's access") from None
         raise
     except OSError as error:
         if error.errno in _PERMANENT_ERRNOS:
             raise PermanentReadError("unreadable", error.strerror or str(error)) from None
         raise
+
+
+def is_permanent_read_failure(error: BaseException) -> bool:
+    """Whether reading failed for good (so the image is a rejection), not for a reason a retry can cure."""
+    if isinstance(error, FileNotFoundError):
+        return not _is_transient(error)
+    return isinstance(error, (*_PERMANENT_READ_ERRORS, PermanentReadError)) or (
+        isinstance(error, OSError) and error.errno in _PERMANENT_ERRNOS
+    )
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:
@@ -181,12 +198,21 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         cause = cause.__cause__ or cause.__context__
 
 
-def _is_transient(error: FileNotFoundError) -> bool:
-    """Whether a "not found" hides another failure: an HTTP status other than 404/410, or any error at all."""
+def _status(error: BaseException) -> int | None:
     for cause in _causes(error):
         status = getattr(cause, "status", None)
         if isinstance(status, int):
-            return status not in _GONE_STATUSES
+            return status
+    return None
+
+
+def _is_transient(error: FileNotFoundError) -> bool:
+    """Whether a "not found" hides a failure a retry can cure: a 5xx, a timeout (408), throttling (429), or an
+    error with no HTTP answer at all (a refused connection, a dropped one)."""
+    for cause in _causes(error):
+        status = getattr(cause, "status", None)
+        if isinstance(status, int):
+            return status >= 500 or status in _RETRYABLE_STATUSES
         if not isinstance(cause, FileNotFoundError):
             return True
     return False

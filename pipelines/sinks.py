@@ -28,11 +28,14 @@ class WriteTables(beam.PTransform):
     window the run touched (with no rows where a table has none), and for the rejected table also its partition of
     unknown time, which holds this run's whole list of images whose time could not be read."""
 
-    def __init__(self, store: OutputStore, *, schemas: Mapping[str, pa.Schema], part: str) -> None:
+    def __init__(
+        self, store: OutputStore, *, schemas: Mapping[str, pa.Schema], part: str, replaces: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self._store = store
         self._schemas = dict(schemas)
         self._part = part
+        self._replaces = replaces
 
     def expand(self, tables: Mapping[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         touched = (
@@ -49,7 +52,8 @@ class WriteTables(beam.PTransform):
                 {"rows": rows, "touched": labels}
                 | f"Group{table}" >> beam.CoGroupByKey()
                 | f"Rows{table}" >> beam.Map(lambda grouped: (grouped[0], grouped[1]["rows"]))
-                | f"Write{table}" >> beam.ParDo(WritePartition(self._store, table, self._schemas[table], self._part))
+                | f"Write{table}"
+                >> beam.ParDo(WritePartition(self._store, table, self._schemas[table], self._part, self._replaces))
             )
         return written
 
@@ -57,11 +61,14 @@ class WriteTables(beam.PTransform):
 class WritePartition(beam.DoFn):
     """(window label, rows) -> one Parquet file in that window's partition; yields the label."""
 
-    def __init__(self, store: OutputStore, table: str, schema: pa.Schema, part: str) -> None:
+    def __init__(
+        self, store: OutputStore, table: str, schema: pa.Schema, part: str, replaces: tuple[str, ...] = ()
+    ) -> None:
         self._store = store
         self._table = table
         self._schema = schema
         self._part = part
+        self._replaces = replaces
         self._rows_written = Metrics.counter("gradwatch", f"{table}_rows_written")
 
     def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
@@ -69,7 +76,11 @@ class WritePartition(beam.DoFn):
         # Sorted so a re-run writes byte-for-byte the same rows in the same order.
         ordered = sorted(rows, key=_row_order)
         self._store.write_partition(
-            self._table, label, pa.Table.from_pylist(ordered, schema=self._schema), part=self._part
+            self._table,
+            label,
+            pa.Table.from_pylist(ordered, schema=self._schema),
+            part=self._part,
+            replaces=self._replaces,
         )
         self._rows_written.inc(len(ordered))
         yield label

@@ -77,13 +77,18 @@ class OutputStore:
 
     # -- window-partitioned tables --------------------------------------------------------------------
 
-    def write_partition(self, table: str, label: str, rows: pa.Table, *, part: str) -> None:
-        """Write one (table, window, part) file, replacing what a previous run of the same part wrote."""
+    def write_partition(
+        self, table: str, label: str, rows: pa.Table, *, part: str, replaces: tuple[str, ...] = ()
+    ) -> None:
+        """Write one (table, window, part) file, replacing what a previous run of the same part wrote, and of the
+        parts in ``replaces`` (the same source's files under the keys of an earlier version)."""
         buffer = pa.BufferOutputStream()
         pq.write_table(rows, buffer, compression="zstd")
         self._write_bytes(
             self.path(table, f"window_start={label}", f"part-{part}.parquet"), buffer.getvalue().to_pybytes()
         )
+        for former in replaces:
+            self.remove_partition(table, label, part=former)
 
     def remove_partition(self, table: str, label: str, *, part: str) -> None:
         """Remove one (table, window, part) file, when the window has no rows left at all."""

@@ -82,7 +82,9 @@ def decision_row(
     }
 
 
-def write_decision(store: OutputStore, outcome: WindowOutcome, row: dict[str, Any], *, part: str) -> None:
-    """Replace the window's decision of this SOURCE (``part``) with ``row``."""
+def write_decision(
+    store: OutputStore, outcome: WindowOutcome, row: dict[str, Any], *, part: str, replaces: tuple[str, ...] = ()
+) -> None:
+    """Replace the window's decision of this SOURCE (``part``, and its keys of old, ``replaces``) with ``row``."""
     table = pa.Table.from_pylist([row], schema=DECISIONS_SCHEMA)
-    store.write_partition("decisions", window_label(outcome.window_start), table, part=part)
+    store.write_partition("decisions", window_label(outcome.window_start), table, part=part, replaces=replaces)

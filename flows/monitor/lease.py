@@ -13,6 +13,7 @@ apart (the later write wins, and the earlier writer sees it); two that start fur
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from pipelines.store import OutputStore
 from scoring import GradwatchError
 
 LEASE = "lease"
+_LOG = logging.getLogger("gradwatch.monitor")
 
 
 class MonitorBusyError(GradwatchError):
@@ -53,6 +55,7 @@ class Lease:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._lost = False
+        self._taken_over: dict[str, Any] | None = None
 
     def acquire(self, *, wait: dt.timedelta = dt.timedelta(0)) -> dict[str, Any] | None:
         """Take OUT, waiting up to ``wait`` for a live holder to finish.
@@ -68,7 +71,7 @@ class Lease:
         while True:
             held = self.store.load_state(LEASE)
             if held is not None and held.get("owner") == self.owner:
-                return None  # a retried step of the run that holds it
+                return self._taken_over  # a retried step of the run that holds it
             if held is not None and not _expired(held):
                 if time.monotonic() >= deadline:
                     raise MonitorBusyError(_busy(self.store, held))
@@ -83,7 +86,13 @@ class Lease:
                 raise MonitorBusyError(_busy(self.store, now_held))
         self._renewer = threading.Thread(target=self._renew, name="gradwatch-lease", daemon=True)
         self._renewer.start()
-        return held if held is not None and held.get("owner") != self.owner else None
+        self._taken_over = held
+        return held
+
+    @property
+    def held(self) -> bool:
+        """Whether this run took the lease and has not lost or released it (as far as it knows)."""
+        return self._renewer is not None and not self._stop.is_set() and not self._lost
 
     def record_run(self, mlflow_run_id: str) -> None:
         """Note the MLflow run this holder opened, for the run that takes over if this one is killed."""
@@ -124,11 +133,14 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl.total_seconds() / 3):
-            held = self.store.load_state(LEASE)
-            if held is None or held.get("owner") != self.owner:
-                self._lost = True
-                return
-            self._write()
+            try:
+                held = self.store.load_state(LEASE)
+                if held is None or held.get("owner") != self.owner:
+                    self._lost = True
+                    return
+                self._write()
+            except Exception as error:  # a blip of the store: the next renewal, a third of the lease later, retries
+                _LOG.warning("could not renew the monitor's lease on %s: %s", self.store.url(), error)
 
 
 def _expired(held: dict[str, Any]) -> bool:

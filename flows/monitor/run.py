@@ -137,7 +137,8 @@ class Monitor:
             threshold_version=self.version.version,
             mlflow_run_id=self.report.mlflow_run_id,
         )
-        write_decision(self.store, outcome, row, part=self.source.key)
+        self.lease.check()  # scoring may have outlasted the lease: nothing is written for a run that lost it
+        write_decision(self.store, outcome, row, part=self.source.key, replaces=self.source.former_keys)
         if outcome.status != "no_data":
             # A window nothing of which could be scored is logged as not tested.
             decision = outcome.decision or self.calibration.decide({"": {}})
@@ -160,6 +161,8 @@ class Monitor:
         Returns:
             (alerts delivered by this run so far, alerts still pending).
         """
+        if not self.lease.held:  # the run that holds OUT delivers: two delivering at once pages twice
+            return self.report.alerts_delivered, self.report.alerts_pending
         delivered, self.report.alerts_pending = deliver_pending(self.outbox, self.targets)
         self.report.alerts_delivered += delivered
         return self.report.alerts_delivered, self.report.alerts_pending

@@ -97,7 +97,8 @@ def process_window(
         # Images a run before scored may since have gone: what it wrote would be read as this window's.
         store = OutputStore(config.out)
         for table in SCORED_TABLES:
-            store.remove_partition(table, window_label(window_start), part=source.key)
+            for part in (source.key, *source.former_keys):
+                store.remove_partition(table, window_label(window_start), part=part)
         return WindowOutcome(window_start, window_end, "no_data")
     before = gates.before_scoring(image_metadata(refs), window_start, window_end)
     summary = run_scoring(scoring_run(config, calibration, window_start), loaded=loaded)

@@ -44,6 +44,7 @@ class Source(ABC):
         # One spelling per source: the key names its output files, so ``feed/m.csv`` and ``/data/feed/m.csv``
         # must not score the same images twice.
         self.uri = canonical_uri(uri)
+        self._given_uri = uri
 
     @classmethod
     @abstractmethod
@@ -79,6 +80,13 @@ class Source(ABC):
         """A file-name-safe key naming the source, stable across runs and credentials: its outputs' part files
         carry it."""
         return hashlib.sha256(redact(self.uri).encode()).hexdigest()[:16]
+
+    @property
+    def former_keys(self) -> tuple[str, ...]:
+        """Keys earlier versions of gradwatch named this source's files with (the URI as given, not canonical): a run
+        removes them where it writes, so an upgraded run replaces those rows instead of adding to them."""
+        former = hashlib.sha256(self._given_uri.encode()).hexdigest()[:16]
+        return (former,) if former != self.key else ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

@@ -31,6 +31,8 @@ from pipelines.sources import (
 from pipelines.times import object_mtime, parse_event_time
 
 SUFFIXES = (".csv", ".parquet", ".jsonl")
+# Rows of a JSON-lines manifest looked at for a uri, at check: a bad first row is one rejection, not a refusal.
+_ROWS_CHECKED = 100
 
 
 @register_source
@@ -58,7 +60,11 @@ class ManifestSource(Source):
                 fs, path = fsspec.core.url_to_fs(entry.uri)
                 try:
                     entry = ImageRef(entry.uri, object_mtime(fs.info(path)), entry.segment)
-                except OSError:
+                except OSError as error:
+                    from pipelines.read import is_permanent_read_failure  # read's own classification, not a cycle
+
+                    if not is_permanent_read_failure(error):
+                        raise  # planned without it, its window could look empty, and its outputs be removed
                     continue  # the pipeline rejects it with its reason when the window is scored
             yield entry
 
@@ -95,7 +101,7 @@ def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
             except ValueError as error:
                 problem = ("bad_event_time", f"{where} ({image_identity(uri)}): {error}")
         if problem is None and uri:
-            # 16 bytes a row, so a manifest of millions of rows is checked in a few tens of MB.
+            # 16 bytes of digest a row: about 120 MB a million rows, with the dict's own overhead.
             identity = hashlib.blake2b(image_identity(uri).encode(), digest_size=16).digest()
             if identity in first_row:
                 message = f"{where} names {image_identity(uri)!r} again (row {first_row[identity]}); drop the row"
@@ -131,10 +137,12 @@ def _manifest_rows(manifest: str) -> Iterator[tuple[dict[str, Any], str | None]]
                 for row in batch.to_pylist():
                     yield row, None
         elif manifest.lower().endswith(".csv"):
-            for row in csv.DictReader(io.TextIOWrapper(file, encoding="utf-8", newline="")):
+            # Bytes that are not UTF-8 kept as surrogates, so that the row is rejected by name, not the manifest.
+            text = io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="")
+            for row in csv.DictReader(text):
                 yield row, None
         else:
-            for line in io.TextIOWrapper(file, encoding="utf-8"):
+            for line in io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape"):
                 if not line.strip():
                     continue
                 try:
@@ -153,8 +161,14 @@ def _columns(manifest: str) -> set[str] | None:
             return set(pq.ParquetFile(file).schema_arrow.names)
     if manifest.lower().endswith(".csv"):
         with fs.open(path, "rb") as file:
-            header = next(csv.reader(io.TextIOWrapper(file, encoding="utf-8", newline="")), None)
+            header = next(
+                csv.reader(io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="")), None
+            )
             return set(header) if header else None
-    for row, unreadable in _manifest_rows(manifest):
-        return set(row) if not unreadable else None
-    return None
+    # A JSON-lines manifest has no header: it has a uri column when any of its first rows has one.
+    seen: set[str] = set()
+    for row_number, (row, _) in enumerate(_manifest_rows(manifest)):
+        seen |= set(row)
+        if "uri" in seen or row_number >= _ROWS_CHECKED:
+            break
+    return seen or None

@@ -243,3 +243,9 @@ def test_a_target_can_be_named_by_an_environment_variable_so_no_parameter_holds_
     monkeypatch.delenv("ONCALL_SLACK")
     with pytest.raises(AlertConfigError, match="environment variable ONCALL_SLACK is not set"):
         targets_from([], ["env:ONCALL_SLACK"])
+
+
+def test_a_secret_block_with_no_prefect_api_to_ask_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    with pytest.raises(AlertConfigError, match="cannot load the Prefect Secret block 'oncall'"):
+        targets_from([], ["secret:oncall"])

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from flows.alerts import SECRET_ENV
+from flows.alerts import SECRET_ENV, Alert, Outbox
+from flows.calibrate import calibrate_reference
 from flows.monitor import Monitor, MonitorConfig, run_monitor
 from flows.monitor.lease import Lease, LeaseLostError, MonitorBusyError
 from flows.registry import ThresholdRegistry, segment_key
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring import ScoringSettings
+from scoring.calibration import CalibrationConfig
 from tests.flows.receiver import Receiver
 from tests.flows.test_monitor import HOUR, START, TINY, _approve, _flat, _noise
 from tests.flows.test_monitor import registry as registry  # the fixture, shared
@@ -111,21 +113,33 @@ def test_a_window_whose_images_all_went_keeps_no_stale_rows(tmp_path: Path, regi
     assert [store.read_window(table, START).num_rows for table in ("scores", "windows", "rejected")] == [0, 0, 0]
 
 
-def test_a_second_monitor_on_one_out_exits_saying_who_holds_it(tmp_path: Path, registry: ThresholdRegistry) -> None:
+def test_a_second_monitor_on_one_out_exits_saying_who_holds_it(
+    tmp_path: Path, registry: ThresholdRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
     _approve(registry, tmp_path)
     for index in range(25):
         _noise(tmp_path / "feed" / f"{index}.png", 500 + index, START + dt.timedelta(minutes=index))
-    config = _config(tmp_path, tmp_path / "feed")
-    holder = Lease(OutputStore(config.out), ttl=dt.timedelta(minutes=5), settle_s=0.05)
-    holder.acquire()
+    receiver = Receiver()
     try:
-        with pytest.raises(MonitorBusyError, match=r"another monitor holds .*pid \d+.*lease until"):
-            run_monitor(config, registry=registry, now=NOW)
-        assert OutputStore(config.out).load_state("watermark") is None  # it touched nothing
+        config = _config(tmp_path, tmp_path / "feed", webhooks=(receiver.url,))
+        store = OutputStore(config.out)
+        # An alert the holder has queued and is about to deliver: the refused run must leave it to the holder.
+        Outbox(store).add(Alert("no_data", START, START + HOUR, "", "m@1", "3", "no images"))
+        holder = Lease(store, ttl=dt.timedelta(minutes=5), settle_s=0.05)
+        holder.acquire()
+        try:
+            with pytest.raises(MonitorBusyError, match=r"another monitor holds .*pid \d+.*lease until"):
+                run_monitor(config, registry=registry, now=NOW)
+            assert store.load_state("watermark") is None  # it touched nothing
+            assert receiver.received == []  # and paged nothing
+        finally:
+            holder.release()
+        assert [w.status for w in run_monitor(config, registry=registry, now=NOW).windows] == ["ok", "no_data"]
     finally:
-        holder.release()
-    assert [w.status for w in run_monitor(config, registry=registry, now=NOW).windows] == ["ok", "no_data"]
-    assert OutputStore(config.out).load_state("lease") is None  # given back
+        receiver.close()
+    assert store.load_state("lease") is None  # given back
+    assert "no images" in {post["json"]["summary"] for post in receiver.received}
 
 
 def test_two_leases_started_together_leave_one_holder(tmp_path: Path) -> None:
@@ -253,3 +267,14 @@ def test_the_whole_hostile_corpus_through_the_monitor_reconciles_and_leaks_nothi
     assert all(secret not in post["body"] for post in receiver.received)
     captured = capfd.readouterr()
     assert PASSWORD not in captured.out + captured.err + caplog.text
+
+
+def test_a_reference_of_any_age_calibrates(tmp_path: Path, registry: ThresholdRegistry) -> None:
+    old = dt.datetime(1995, 6, 1, tzinfo=dt.UTC)  # an archive: plausible event times concern monitoring only
+    for index in range(120):
+        _noise(tmp_path / "archive" / f"{index}.png", 2000 + index, old)
+    config = CalibrationConfig(min_window=20, check_windows=20, check_window_sizes=(20,))
+    version, _ = calibrate_reference(
+        str(tmp_path / "archive"), registry=registry, scoring=ScoringSettings(model=TINY), config=config
+    )
+    assert version.version

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import http.server
 import json
+import logging
 import os
 import socket
 import threading
@@ -19,6 +21,7 @@ import pytest
 from pipelines.pipeline import RunSummary, ScoringConfig, run_scoring
 from pipelines.read import ReadImage, TransientReadError
 from pipelines.records import ImageRef
+from pipelines.redaction import redact, redact_logs
 from pipelines.sources import SourceError, open_source
 from pipelines.store import OutputStore
 from pipelines.times import PlausibleTimes, parse_event_time
@@ -207,7 +210,7 @@ def test_a_window_re_run_with_every_image_now_rejected_keeps_no_stale_scores(tmp
 
 
 class _Images(http.server.BaseHTTPRequestHandler):
-    """Serves one image at any path but /missing.png (404) and /busy.png (503)."""
+    """Serves one image at any path but /missing.png (404), /busy.png (503) and /forbidden.png (403)."""
 
     image = b""
 
@@ -218,7 +221,7 @@ class _Images(http.server.BaseHTTPRequestHandler):
         self._answer(body=True)
 
     def _answer(self, *, body: bool) -> None:
-        status = {"/missing.png": 404, "/busy.png": 503}.get(self.path, 200)
+        status = {"/missing.png": 404, "/busy.png": 503, "/forbidden.png": 403}.get(self.path, 200)
         data = self.image if status == 200 else b""
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
@@ -270,3 +273,97 @@ def test_credentials_in_image_uris_are_used_to_read_and_never_stored(image_serve
     stored = Counter(row["uri"] for table in ("scores", "rejected") for row in _rows(tmp_path / "out", table))
     assert stored == {f"http://{image_server}/cam-1.png": 1, f"http://{image_server}/missing.png": 1}
     assert PASSWORD.encode() not in _all_output_bytes(tmp_path / "out")
+
+
+def test_a_rejected_row_of_another_window_leaves_that_windows_tables_alone(tmp_path: Path) -> None:
+    first, second = utc("2026-11-26T13:20:00Z"), utc("2026-11-26T14:20:00Z")
+    for index in range(2):
+        write_image(tmp_path / f"{index}.png", index)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri,event_time\n0.png,{first.isoformat()}\n1.png,{second.isoformat()}\n"
+                        f"1.png,{second.isoformat()}\n")  # fmt: skip
+    out = tmp_path / "out"
+    _run(manifest, out)
+    only_first = _run(manifest, out, since=utc("2026-11-26T13:00:00Z"), until=utc("2026-11-26T14:00:00Z"))
+    assert only_first.reconciled
+    assert (only_first.scored, only_first.rejected.total()) == (1, 0)  # the duplicate is the 14:00 window's
+    assert sorted(Path(row["uri"]).name for row in _rows(out, "scores")) == ["0.png", "1.png"]
+    assert [row["reason"] for row in _rows(out, "rejected")] == ["duplicate"]
+
+
+def test_a_manifest_row_that_is_not_utf8_is_rejected_by_name_and_the_others_go_on(tmp_path: Path) -> None:
+    write_image(tmp_path / "good.png", 1)
+    (tmp_path / "m.csv").write_bytes(f"uri,event_time\ngood.png,{WHEN.isoformat()}\ncaf\xe9.png,{WHEN.isoformat()}\n"
+                                     .encode("latin-1"))  # fmt: skip
+    summary = _run(tmp_path / "m.csv", tmp_path / "out")
+    assert (summary.scored, dict(summary.rejected)) == (1, {"manifest/bad_name": 1})
+    [rejected] = _rows(tmp_path / "out", "rejected")
+    assert rejected["uri"].endswith("caf\\xe9.png")
+
+
+def test_a_json_lines_manifest_whose_first_row_lacks_a_uri_is_one_rejection_not_a_refusal(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.png", 1)
+    _manifest = tmp_path / "m.jsonl"
+    _manifest.write_text(
+        json.dumps({"segment": "x"}) + "\n" + json.dumps({"uri": "a.png", "event_time": WHEN.isoformat()}) + "\n"
+    )
+    open_source(str(_manifest)).check()
+    summary = _run(_manifest, tmp_path / "out")
+    assert (summary.scored, dict(summary.rejected)) == (1, {"manifest/missing_uri": 1})
+
+
+def test_a_forbidden_url_is_a_rejection_not_a_retry_forever(image_server: str) -> None:
+    [forbidden] = _read(f"http://{image_server}/forbidden.png")
+    assert (forbidden.value.reason, "HTTP 403" in forbidden.value.error) == ("unreadable", True)
+
+
+def test_planning_never_drops_an_image_whose_read_failed_for_a_reason_a_retry_cures(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"  # no event_time: planning asks the server for each image's time
+    manifest.write_text(json.dumps({"uri": f"http://127.0.0.1:{_closed_port()}/a.png"}) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"a\.png"):  # fsspec's "not found", raised: the run fails and retries
+        list(open_source(str(manifest)).list())
+
+
+def test_redaction_keeps_no_part_of_a_password_nor_a_signed_urls_signature() -> None:
+    assert redact("https://u:p@ss@host/x") == "https://host/x"  # a password with an "@" in it
+    assert redact("https://host?mail=a@b.io") == "https://host?mail=a@b.io"  # an "@" past the authority stays
+    signed = "https://b.s3.amazonaws.com/a.jpg?X-Amz-Credential=AKIA/x&X-Amz-Signature=abc123&X-Amz-Expires=60"
+    assert (
+        redact(signed) == "https://b.s3.amazonaws.com/a.jpg?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60"
+    )
+    assert redact("https://acct.blob.core.windows.net/c/a.jpg?sv=2022&sig=Zm9v%3D") == (
+        "https://acct.blob.core.windows.net/c/a.jpg?sv=2022&sig=***"
+    )
+
+
+def test_log_redaction_covers_tracebacks_and_never_breaks_the_code_that_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redact_logs()
+    log = logging.getLogger("gradwatch.test")
+    with caplog.at_level(logging.INFO):
+        try:
+            raise FileNotFoundError(f"https://u:{PASSWORD}@host/x.png")
+        except FileNotFoundError:
+            log.exception("fetching failed")
+    assert "fetching failed" in caplog.text
+    assert PASSWORD not in caplog.text
+    quiet = logging.getLogger("gradwatch.test.unhandled")
+    quiet.propagate, quiet.level = False, logging.INFO
+    quiet.info("%(a)s", {"b": 1})  # a format its arguments do not fit: logging's own problem, never the caller's
+
+
+def test_a_run_replaces_what_an_earlier_version_wrote_under_the_sources_spelling_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(2):
+        write_image(tmp_path / "feed" / f"{index}.png", index, mtime=WHEN)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    _run("feed", out)
+    former = hashlib.sha256(b"feed").hexdigest()[:16]  # how gradwatch 0.1 keyed SOURCE "feed"
+    for path in out.rglob("part-*.parquet"):
+        path.rename(path.with_name(f"part-{former}.parquet"))
+    _run("feed", out)
+    assert len(_rows(out, "scores")) == 2
+    assert not list(out.rglob(f"part-{former}.parquet"))
