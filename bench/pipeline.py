@@ -35,14 +35,22 @@ FIT_IMAGES = 300
 
 
 def write_manifest(images: list[Path], repeat: int, path: Path) -> None:
+    """Each image ``repeat`` times, an hour apart; the copies are links of their own, since a manifest naming one
+    image twice has the second row rejected as a duplicate."""
     start = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["uri", "event_time"])
         for copy in range(repeat):
+            folder = path.parent / f"{path.stem}-copy-{copy}"
+            if copy:
+                folder.mkdir(exist_ok=True)
             for index, image in enumerate(images):
+                named = folder / image.name if copy else image
+                if copy:
+                    named.symlink_to(image.resolve())
                 when = start + dt.timedelta(hours=copy, seconds=index)
-                writer.writerow([str(image), when.isoformat()])
+                writer.writerow([str(named), when.isoformat()])
 
 
 def child_pipeline(manifest: str, model: str, fitted_scores: dict | None = None) -> dict:
