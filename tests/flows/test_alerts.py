@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,7 +248,13 @@ def test_a_target_can_be_named_by_an_environment_variable_so_no_parameter_holds_
         targets_from([], ["env:ONCALL_SLACK"])
 
 
-def test_a_secret_block_with_no_prefect_api_to_ask_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
-    with pytest.raises(AlertConfigError, match="cannot load the Prefect Secret block 'oncall'"):
-        targets_from([], ["secret:oncall"])
+def test_a_secret_block_with_no_prefect_api_to_ask_is_a_configuration_error() -> None:
+    # In a process of its own: Prefect keeps the API it was first pointed at for the rest of a process.
+    check = (
+        "from flows.alerts import AlertConfigError, targets_from\n"
+        "try:\n    targets_from([], ['secret:oncall'])\n"
+        "except AlertConfigError as error:\n    print(error)\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
+    assert "cannot load the Prefect Secret block 'oncall'" in result.stdout, result.stderr
