@@ -15,9 +15,11 @@ would read.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import posixpath
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,8 @@ from pipelines.times import LABEL_FORMAT, UNKNOWN_WINDOW, window_label
 AlertState = Literal["outbox", "delivered"]
 # Filesystems without an atomic rename, where an object is written whole instead; every other one renames.
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "memory"}
+# A temporary this old is a killed run's; a writer renames its own within seconds.
+_STALE_TEMPORARY_S = 600
 _STATE_DOCUMENTS = {
     "watermark": "_state/watermark.json",
     "alert_policy": "alerts/state.json",
@@ -221,5 +225,10 @@ class OutputStore:
         with self.fs.open(temporary, "wb") as file:
             file.write(data)
         self.fs.mv(temporary, path)
-        for leftover in self.fs.glob(posixpath.join(folder, f".{name}.*.tmp")):
-            self.fs.rm(leftover)  # from a run killed between writing and renaming
+        # Temporaries a run killed between writing and renaming left; a young one is another writer's, mid-write.
+        stale_before = time.time() - _STALE_TEMPORARY_S
+        for leftover, info in self.fs.glob(posixpath.join(folder, f".{name}.*.tmp"), detail=True).items():
+            modified = info.get("mtime") or info.get("created")
+            if modified is not None and float(modified) < stale_before:
+                with contextlib.suppress(FileNotFoundError):  # another writer swept it first
+                    self.fs.rm(leftover)

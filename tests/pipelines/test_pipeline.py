@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import duckdb
@@ -249,11 +251,17 @@ def test_rerun_is_idempotent_and_repairs_a_killed_run(odd_folder: Path, tmp_path
     scores_partition = next((out / "scores").iterdir())
     stale = scores_partition / f".{next(scores_partition.iterdir()).name}.0123abcd.tmp"
     stale.write_bytes(b"half a parquet file")
+    killed_at = time.time() - 3600
+    os.utime(stale, (killed_at, killed_at))
+    # And a writer of this moment, mid-write: its temporary is not a leftover.
+    writing = scores_partition / f".{next(scores_partition.iterdir()).name}.4567cdef.tmp"
+    writing.write_bytes(b"being written")
     assert ds.dataset(out / "scores", partitioning="hive").count_rows() == 8
 
     _run(odd_folder, out)
     _assert_same_outputs(out, reference)
     assert not stale.exists()
+    assert writing.exists()
 
 
 def test_two_local_worker_processes_give_the_same_outputs(odd_folder: Path, tmp_path: Path) -> None:
