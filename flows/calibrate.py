@@ -32,6 +32,9 @@ from scoring import GradwatchError, ScoringSettings, UnusableReferenceError, dec
 from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
 from scoring.models import model_name
 
+# A reference is not monitored in time: its images' times (copied files, an archive of the nineties) decide nothing.
+ANY_TIME = PlausibleTimes(earliest=dt.datetime(1, 1, 2, tzinfo=dt.UTC), ahead=dt.timedelta(days=365 * 1000))
+
 
 def score_source(
     source: str,
@@ -63,10 +66,6 @@ def score_source(
             f"({dict(summary.rejected)}); {where} for the reasons"
         )
     return table, summary.model_id
-
-
-# A reference is not monitored in time: its images' times (copied files, an archive of the nineties) decide nothing.
-ANY_TIME = PlausibleTimes(earliest=dt.datetime(1, 1, 2, tzinfo=dt.UTC), ahead=dt.timedelta(days=365 * 1000))
 
 
 def fit_scores(reference: str, *, scoring: ScoringSettings, config: CalibrationConfig) -> tuple[dict, set[str]]:

@@ -209,13 +209,10 @@ def _status(error: BaseException) -> int | None:
 def _is_transient(error: FileNotFoundError) -> bool:
     """Whether a "not found" hides a failure a retry can cure: a 5xx, a timeout (408), throttling (429), or an
     error with no HTTP answer at all (a refused connection, a dropped one)."""
-    for cause in _causes(error):
-        status = getattr(cause, "status", None)
-        if isinstance(status, int):
-            return status >= 500 or status in _RETRYABLE_STATUSES
-        if not isinstance(cause, FileNotFoundError):
-            return True
-    return False
+    status = _status(error)
+    if status is not None:
+        return status >= 500 or status in _RETRYABLE_STATUSES
+    return any(not isinstance(cause, FileNotFoundError) for cause in _causes(error))
 
 
 def _cause(error: BaseException) -> str:

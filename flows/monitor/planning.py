@@ -80,9 +80,8 @@ def plan_windows(
             floor_to_window(config.since, config.window), floor_to_window(config.plausible.earliest, config.window)
         )
     else:
-        # A window processed before its images' times were found implausible (a 1970 clock) is not a start.
         known = [parse_window_label(label) for label in watermark.windows]
-        start = min([*(moment for moment in known if moment >= config.plausible.earliest), *images], default=None)
+        start = min([*known, *images], default=None)
     if start is None:
         return []
     planned = []

@@ -100,17 +100,16 @@ def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
                 event_time = parse_event_time(_required(row["event_time"]))
             except ValueError as error:
                 problem = ("bad_event_time", f"{where} ({image_identity(uri)}): {error}")
-        if problem is None and uri:
+        named = image_identity(uri) if uri else where
+        if problem is None:
             # 16 bytes of digest a row: about 120 MB a million rows, with the dict's own overhead.
-            identity = hashlib.blake2b(image_identity(uri).encode(), digest_size=16).digest()
+            identity = hashlib.blake2b(named.encode(), digest_size=16).digest()
             if identity in first_row:
-                message = f"{where} names {image_identity(uri)!r} again (row {first_row[identity]}); drop the row"
-                problem = ("duplicate", message)
+                problem = ("duplicate", f"{where} names {named!r} again (row {first_row[identity]}); drop the row")
             else:
                 first_row[identity] = row_number
         if problem is not None:
             reason, message = problem
-            named = image_identity(uri) if uri else where
             yield Rejected(named, event_time, "manifest", reason, message, _segment(row))
             continue
         yield ImageRef(uri, event_time, _segment(row))

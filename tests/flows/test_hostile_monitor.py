@@ -35,6 +35,15 @@ def _config(tmp_path: Path, source: Path, **fields) -> MonitorConfig:
     return MonitorConfig(source=str(source), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY), **fields)
 
 
+def _approved_feed(registry: ThresholdRegistry, tmp_path: Path, first_seed: int, make=_noise) -> Path:
+    """Approved thresholds, and a feed of 25 images a minute apart in the window at START."""
+    _approve(registry, tmp_path)
+    feed = tmp_path / "feed"
+    for index in range(25):
+        make(feed / f"{index}.png", first_seed + index, START + dt.timedelta(minutes=index))
+    return feed
+
+
 def _manifest(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -99,10 +108,7 @@ def test_epoch_zero_and_other_impossible_times_plan_no_windows_and_leave_none_in
 
 
 def test_a_window_whose_images_all_went_keeps_no_stale_rows(tmp_path: Path, registry: ThresholdRegistry) -> None:
-    _approve(registry, tmp_path)
-    feed = tmp_path / "feed"
-    for index in range(25):
-        _noise(feed / f"{index}.png", 400 + index, START + dt.timedelta(minutes=index))
+    feed = _approved_feed(registry, tmp_path, 400)
     config = _config(tmp_path, feed)
     assert [w.status for w in run_monitor(config, registry=registry, now=START + HOUR + HOUR / 12).windows] == ["ok"]
     for path in feed.iterdir():
@@ -117,12 +123,10 @@ def test_a_second_monitor_on_one_out_exits_saying_who_holds_it(
     tmp_path: Path, registry: ThresholdRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, "s3cret")
-    _approve(registry, tmp_path)
-    for index in range(25):
-        _noise(tmp_path / "feed" / f"{index}.png", 500 + index, START + dt.timedelta(minutes=index))
+    feed = _approved_feed(registry, tmp_path, 500)
     receiver = Receiver()
     try:
-        config = _config(tmp_path, tmp_path / "feed", webhooks=(receiver.url,))
+        config = _config(tmp_path, feed, webhooks=(receiver.url,))
         store = OutputStore(config.out)
         # An alert the holder has queued and is about to deliver: the refused run must leave it to the holder.
         Outbox(store).add(Alert("no_data", START, START + HOUR, "", "m@1", "3", "no images"))
@@ -167,10 +171,8 @@ def test_two_leases_started_together_leave_one_holder(tmp_path: Path) -> None:
 def test_a_killed_run_leaves_out_for_the_next_once_its_lease_expires_and_its_mlflow_run_is_marked_failed(
     tmp_path: Path, registry: ThresholdRegistry
 ) -> None:
-    _approve(registry, tmp_path)
-    for index in range(25):
-        _noise(tmp_path / "feed" / f"{index}.png", 600 + index, START + dt.timedelta(minutes=index))
-    config = _config(tmp_path, tmp_path / "feed", lease_ttl=dt.timedelta(seconds=1))
+    feed = _approved_feed(registry, tmp_path, 600)
+    config = _config(tmp_path, feed, lease_ttl=dt.timedelta(seconds=1))
     killed = Monitor(config, now=NOW)
     killed.load_thresholds(registry)
     assert killed.plan()
@@ -178,7 +180,7 @@ def test_a_killed_run_leaves_out_for_the_next_once_its_lease_expires_and_its_mlf
     killed_run = killed.report.mlflow_run_id
     assert registry.client.get_run(killed_run).info.status == "RUNNING"
 
-    after = run_monitor(_config(tmp_path, tmp_path / "feed", lease_wait=dt.timedelta(seconds=10)), registry=registry,
+    after = run_monitor(_config(tmp_path, feed, lease_wait=dt.timedelta(seconds=10)), registry=registry,
                         now=NOW)  # fmt: skip
     assert [w.status for w in after.windows] == ["ok", "no_data"]
     assert registry.client.get_run(killed_run).info.status == "FAILED"
@@ -190,12 +192,10 @@ def test_pages_leave_as_soon_as_their_window_is_decided(
     tmp_path: Path, registry: ThresholdRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, "s3cret")
-    _approve(registry, tmp_path)
-    for index in range(25):
-        _flat(tmp_path / "feed" / f"{index}.png", index, START + dt.timedelta(minutes=index))
+    feed = _approved_feed(registry, tmp_path, 0, make=_flat)
     receiver = Receiver()
     try:
-        monitor = Monitor(_config(tmp_path, tmp_path / "feed", webhooks=(receiver.url,)), now=NOW)
+        monitor = Monitor(_config(tmp_path, feed, webhooks=(receiver.url,)), now=NOW)
         monitor.load_thresholds(registry)
         first, _ = monitor.plan()
         monitor.process(first)
