@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from scoring.drift import WindowDecision, decide_window
+from scoring.accuracy import CONFIDENCE, AccuracyModel, fit_accuracy
+from scoring.drift import SequentialState, TestRecord, WindowDecision, decide_window
 from scoring.features import FEATURES
 from scoring.properties import registered_properties
 from scoring.references import ScoreReference, Side, ValueKind, score_reference, unbounded_reference
 from scoring.scores import decision_scores, registered_scores
 from scoring.separation import aupr_in, aupr_out, auroc, fpr_at_tpr
+from scoring.sequential import ChartStep, Cusum, fit_cusum, window_evidence
 from scoring.settings import RECORDED_BEFORE
+from scoring.severity import Severity, SeverityPolicy
 from scoring.window_tests import registered_window_tests, window_test
 
 CALIBRATION_FORMAT = "gradwatch.calibration/2"
@@ -63,6 +66,10 @@ class CalibrationConfig:
     # it learned from, and features look closer to the reference on the axes fitted to them.
     fit_share: float = 0.3
     max_fit_images: int = 2_000
+    # Sequential detection: the CUSUM's allowance per window, and the mean healthy windows between its false
+    # signals (1000 hourly windows: six weeks, a tenth more pages than alpha = 1% per window allows).
+    sequential_drift: float = 1.0
+    sequential_run_length: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +83,8 @@ class CalibrationConfig:
             raise ValueError(f"min_window must be at least 1, got {self.min_window}")
         if not 0 < self.fit_share < 1:
             raise ValueError(f"fit_share must be in (0, 1), got {self.fit_share}")
+        if self.sequential_run_length < 10:
+            raise ValueError(f"sequential_run_length must be at least 10 windows, got {self.sequential_run_length}")
 
     def fits_on(self, images: Iterable[str]) -> set[str]:
         """The images fitted scores learn from, of those named (by URI): ``fit_share`` of them, chosen by the hashes
@@ -102,6 +111,16 @@ class FalseAlarmCheck:
     @property
     def rate(self) -> float:
         return self.false_alarms / self.windows
+
+
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """How far the estimated accuracy fell from the true one on labelled held-out healthy windows of one size."""
+
+    window_size: int
+    windows: int
+    mean_absolute_error: float
+    coverage: float  # share of windows whose 95% interval held the true accuracy
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,12 @@ class Calibration:
     scoring: dict[str, Any] = field(default_factory=lambda: dict(RECORDED_BEFORE))
     # What each score fitted on the reference learned there; monitoring computes those scores with it.
     fitted_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Accuracy without labels (None: a calibration made before it, or one without MSP); its held-out check.
+    accuracy: AccuracyModel | None = None
+    accuracy_checks: list[AccuracyCheck] = field(default_factory=list)
+    # The CUSUM across windows (None: a calibration made before it); the severity of drifts.
+    sequential: Cusum | None = None
+    severity: SeverityPolicy = field(default_factory=SeverityPolicy)
 
     @property
     def scores(self) -> list[str]:
@@ -155,8 +180,50 @@ class Calibration:
         return self.reference(score, segment).threshold
 
     def decide(self, window: Mapping[str, Mapping[str, np.ndarray]]) -> WindowDecision:
-        """The drift decision for a window: segment -> score -> per-image scores."""
-        return decide_window(window, self.references, alpha=self.config.alpha, min_window=self.config.min_window)
+        """The drift decision for a window: segment -> score -> per-image scores, with each tested segment's
+        estimated accuracy and each drifted segment's severity."""
+        decision = decide_window(window, self.references, alpha=self.config.alpha, min_window=self.config.min_window)
+        accuracy = {}
+        if self.accuracy is not None:
+            for segment in decision.n:
+                values = window[segment].get(CONFIDENCE)
+                if segment not in decision.insufficient_segments and values is not None and len(values):
+                    accuracy[segment] = self.accuracy.estimate(values)
+        return self._with_severity(replace(decision, accuracy=accuracy))
+
+    def with_sequential(self, decision: WindowDecision, steps: Mapping[str, ChartStep]) -> WindowDecision:
+        """The decision with each segment's CUSUM charts after it: a segment whose chart signalled has drifted
+        (a ``cusum`` record fires for it), even when no test of this window alone did."""
+        if self.sequential is None:
+            return decision
+        limit = self.sequential.limit
+        records = list(decision.tests)
+        states = {}
+        for segment, step in steps.items():
+            states[segment] = SequentialState(step.statistic, limit, step.signalled, step.chart, step.windows)
+            if step.signalled:
+                score, _, test = step.chart.rpartition("/")
+                records.append(
+                    TestRecord(
+                        "cusum", score, segment, step.statistic, float("nan"), limit, True,
+                        f"slow drift: {test} of {score} has run above its healthy level, window after window "
+                        f"(CUSUM {step.statistic:.1f} over its limit {limit:.1f})",
+                    )
+                )  # fmt: skip
+        status = "drift" if any(record.is_drift for record in records) else decision.status
+        return self._with_severity(replace(decision, tests=records, sequential=states, status=status))
+
+    def _with_severity(self, decision: WindowDecision) -> WindowDecision:
+        severity: dict[str, Severity] = {}
+        for segment in decision.n:
+            fired = {test.score for test in decision.fired_in(segment)}
+            if fired:
+                severity[segment] = self.severity.assess(
+                    fired=sorted(fired),
+                    effects=[effect for effect in decision.effects if effect.segment == segment],
+                    accuracy=decision.accuracy.get(segment),
+                )
+        return replace(decision, severity=severity)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -175,7 +242,12 @@ class Calibration:
                 "separation": [asdict(entry) for entry in self.separation],
                 "recommended_score": self.recommended_score,
                 "warnings": self.warnings,
-            }
+                "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+                "accuracy_checks": [asdict(check) for check in self.accuracy_checks],
+                "sequential": self.sequential.to_dict() if self.sequential else None,
+                "severity": self.severity.to_dict(),
+            },
+            allow_nan=True,
         )
 
     @classmethod
@@ -215,6 +287,11 @@ class Calibration:
             warnings=document["warnings"],
             scoring={**RECORDED_BEFORE, **scoring},
             fitted_scores=document.get("fitted_scores", {}),
+            # Documents written before accuracy, sequential detection and severity decide as they did.
+            accuracy=AccuracyModel.from_dict(document["accuracy"]) if document.get("accuracy") else None,
+            accuracy_checks=[AccuracyCheck(**check) for check in document.get("accuracy_checks", [])],
+            sequential=Cusum.from_dict(document["sequential"]) if document.get("sequential") else None,
+            severity=SeverityPolicy.from_dict(document.get("severity")),
         )
 
 
@@ -235,6 +312,8 @@ def calibrate(
     scoring: Mapping[str, Any] | None = None,
     fitted_scores: Mapping[str, dict[str, Any]] | None = None,
     tests: Sequence[str] | None = None,
+    correct: Sequence[float] | np.ndarray | None = None,
+    severity: SeverityPolicy = SeverityPolicy(),
 ) -> Calibration:
     """Calibrate thresholds and references on healthy images, and check the false-alarm rate.
 
@@ -250,6 +329,9 @@ def calibrate(
         fitted_scores: what fitted scores learned on the fit part of the reference, which ``reference`` must not
             include (see :meth:`CalibrationConfig.fits_on`).
         tests: the window tests to fit on every score; default: every registered one.
+        correct: per reference image, 1.0 when the model's prediction matches its label, 0.0 when not, NaN when
+            it has none; None: no labels (accuracy's fall is still estimated, not the accuracy itself).
+        severity: when a drift pages rather than warns.
 
     Returns:
         The calibration, with its false-alarm check and, given validation sets, the separation table.
@@ -269,7 +351,24 @@ def calibrate(
         members = calibration_part[segment_of[calibration_part] == segment]
         if members.size >= config.min_segment_reference:
             references[segment] = _fitted_references(columns, members, tests, config, rng)
-    checks = _false_alarm_checks(columns, held_out, references, config, rng)
+    labels = None if correct is None else np.asarray(correct, np.float64)
+    if labels is not None and labels.shape != (count,):
+        raise ValueError(f"correct has {labels.size} entries for {count} reference images: one per image")
+    accuracy = None
+    if CONFIDENCE in columns:
+        part_labels = None if labels is None else labels[calibration_part]
+        accuracy = fit_accuracy(columns[CONFIDENCE][calibration_part], part_labels, seed=config.seed)
+    checks, null, accuracy_checks = _false_alarm_checks(
+        columns, held_out, references, config, rng, accuracy=accuracy, labels=labels
+    )
+    sequential = None
+    if null.shape[0] >= 2 and null.shape[1]:
+        # The reference's share of a two-sample statistic's variance, at windows of twice the minimum size.
+        share = 2 * config.min_window / (2 * config.min_window + calibration_part.size)
+        sequential = fit_cusum(
+            null, reference_share=share, drift=config.sequential_drift,
+            target_run_length=config.sequential_run_length, seed=config.seed,
+        )  # fmt: skip
     separation = _separation(references[""], validation or {})
     recommended, warnings = _guardrail(separation, primary_score)
     warnings += _check_warnings(checks, config, held_out.size)
@@ -284,6 +383,10 @@ def calibrate(
         warnings=warnings,
         scoring={**RECORDED_BEFORE, **(scoring or {})},
         fitted_scores=dict(fitted_scores or {}),
+        accuracy=accuracy,
+        accuracy_checks=accuracy_checks,
+        sequential=sequential,
+        severity=severity,
     )
 
 
@@ -379,21 +482,41 @@ def _false_alarm_checks(
     references: Mapping[str, Mapping[str, ScoreReference]],
     config: CalibrationConfig,
     rng: np.random.Generator,
-) -> list[FalseAlarmCheck]:
-    checks = []
+    *,
+    accuracy: AccuracyModel | None = None,
+    labels: np.ndarray | None = None,
+) -> tuple[list[FalseAlarmCheck], np.ndarray, list[AccuracyCheck]]:
+    """The decision rule on healthy held-out windows of each size: its false alarms, every window's evidence per
+    test (what the CUSUM's limit is fitted on: (windows, charts), NaN where a test did not apply), and, on labelled
+    held-out images, how far the estimated accuracy was from the true one."""
+    checks, evidence, accuracy_checks = [], [], []
     for size in config.check_window_sizes:
         if size > held_out.size:
             continue  # reported by its absence; calibrate() warns
         alarms = 0
+        errors, covered = [], 0
         for _ in range(config.check_windows):
             # Without replacement: a random subset of an iid sample is an iid sample, as a production window
             # is. Drawing with replacement repeats images, which KS sees as a distribution of its own.
             picked = rng.choice(held_out, size, replace=False)
             window = {"": {name: values[picked] for name, values in columns.items()}}
-            alarms += decide_window(window, {"": references[""]}, alpha=config.alpha, min_window=1).is_drift
+            decision = decide_window(window, {"": references[""]}, alpha=config.alpha, min_window=1)
+            alarms += decision.is_drift
+            evidence.append(window_evidence(decision.tests, ""))
+            if accuracy is not None and accuracy.has_labels and labels is not None:
+                known = np.isfinite(labels[picked])
+                if known.sum() >= config.min_window:
+                    estimate = accuracy.estimate(columns[CONFIDENCE][picked]).atc
+                    truth = float(labels[picked][known].mean())
+                    errors.append(abs(estimate.estimate - truth))
+                    covered += estimate.low <= truth <= estimate.high
         interval = stats.binomtest(alarms, config.check_windows).proportion_ci(method="wilson")
         checks.append(FalseAlarmCheck(size, config.check_windows, alarms, interval.low, interval.high))
-    return checks
+        if errors:
+            accuracy_checks.append(AccuracyCheck(size, len(errors), float(np.mean(errors)), covered / len(errors)))
+    charts = sorted({chart for row in evidence for chart in row})
+    null = np.array([[row.get(chart, np.nan) for chart in charts] for row in evidence], np.float64)
+    return checks, null.reshape(len(evidence), len(charts)), accuracy_checks
 
 
 def _separation(

@@ -15,7 +15,9 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from scoring.accuracy import AccuracyEstimate
 from scoring.references import ScoreReference
+from scoring.severity import Severity
 from scoring.window_tests import window_test
 
 WindowStatus = Literal["drift", "ok", "insufficient_data"]
@@ -84,6 +86,23 @@ class EffectSize:
 
 
 @dataclass(frozen=True)
+class SequentialState:
+    """A segment's CUSUM charts after this window (see :mod:`scoring.sequential`).
+
+    Attributes:
+        statistic: the largest chart's value, ``chart`` its name (``score/test``), ``limit`` where it signals.
+        signalled: whether it crossed the limit in this window (the charts then restart from zero).
+        windows: windows the charts have accumulated over since they last started from zero.
+    """
+
+    statistic: float
+    limit: float
+    signalled: bool
+    chart: str
+    windows: int
+
+
+@dataclass(frozen=True)
 class WindowDecision:
     """The drift decision for one window, across scores, tests and segments.
 
@@ -94,6 +113,9 @@ class WindowDecision:
         tests: every test record, Holm-corrected together.
         effects: effect sizes per score and segment.
         insufficient_segments: segments below the minimum window size, not tested.
+        accuracy: per tested segment, its accuracy estimated without labels (when the calibration can).
+        sequential: per tested segment, its CUSUM charts after this window (in the live monitor).
+        severity: per segment that drifted, ``page`` or ``warn`` by the calibration's policy, and why.
     """
 
     status: WindowStatus
@@ -102,6 +124,9 @@ class WindowDecision:
     tests: list[TestRecord] = field(default_factory=list)
     effects: list[EffectSize] = field(default_factory=list)
     insufficient_segments: list[str] = field(default_factory=list)
+    accuracy: dict[str, AccuracyEstimate] = field(default_factory=dict)
+    sequential: dict[str, SequentialState] = field(default_factory=dict)
+    severity: dict[str, Severity] = field(default_factory=dict)
 
     @property
     def is_drift(self) -> bool:
@@ -120,7 +145,8 @@ class WindowDecision:
         fired = [record for record in self.tests if record.is_drift and segment in (None, record.segment)]
         return [
             f"{record.segment}: {record.summary}" if record.segment and segment is None else record.summary
-            for record in sorted(fired, key=lambda record: record.p_value)
+            # A sequential signal has no p-value of its own: it comes after the window's own tests.
+            for record in sorted(fired, key=lambda record: (not np.isfinite(record.p_value), record.p_value))
         ]
 
     def to_dict(self) -> dict[str, Any]:
