@@ -16,7 +16,9 @@ a model confidently wrong on blurred or noisy images looks as accurate as on hea
 
 Every estimate carries a 95% interval from a two-sample bootstrap: the reference is resampled at calibration (each
 replicate refits the ATC threshold and the reference's accuracy and mean confidence), the window at decision time,
-and replicate b of the window is paired with replicate b of the reference.
+and replicate b of the window is paired with replicate b of the reference. The interval is for the window's own
+accuracy, which varies about its expected value as each image is right or wrong: ATC's replicates count images
+above the threshold, and DoC's draw each image's outcome from its confidence.
 """
 
 from __future__ import annotations
@@ -128,7 +130,10 @@ class AccuracyModel:
             return AccuracyEstimate(values.size, float(values.mean()), self.reference_confidence, drop)
         atc_replicates = (resampled >= reps[:, 2:3]).mean(axis=1)
         atc = _interval(float(np.mean(values >= self.threshold)), atc_replicates)
-        doc = _interval(self.reference_accuracy - drop.estimate, reps[:, 1] - (reps[:, 0] - window_mean))
+        # A window's own accuracy varies about what its confidences say even when they say it right: each image is
+        # right or wrong, so DoC's replicates draw the outcomes a calibrated model's confidences give.
+        outcomes = (rng.random(resampled.shape) < resampled).mean(axis=1)
+        doc = _interval(self.reference_accuracy - drop.estimate, reps[:, 1] - reps[:, 0] + outcomes)
         return AccuracyEstimate(
             values.size, float(values.mean()), self.reference_confidence, drop, self.reference_accuracy, atc, doc
         )
