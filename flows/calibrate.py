@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import io
+import json
+import posixpath
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flows.plots import reference_histograms, validation_plots
-from flows.registry import ThresholdRegistry, ThresholdVersion
+from flows.registry import ThresholdRegistry, ThresholdVersion, registered_model_name
 from flows.scratch import owned_temp_dir
 from pipelines.pipeline import ScoringConfig, run_scoring
 from pipelines.read import PermanentReadError, open_image_file
@@ -27,10 +32,19 @@ from pipelines.redaction import redact
 from pipelines.settings import PipelineSettings
 from pipelines.sources import image_identity, open_source
 from pipelines.store import OutputStore
-from pipelines.times import PlausibleTimes
-from scoring import GradwatchError, ScoringSettings, UnusableReferenceError, decision_scores, load_scorer
+from pipelines.times import UNKNOWN_WINDOW, PlausibleTimes, parse_window_label
+from scoring import (
+    GradwatchError,
+    ScoringSettings,
+    UnusableReferenceError,
+    decision_scores,
+    load_scorer,
+    registered_scores,
+)
 from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
+from scoring.features import FEATURES
 from scoring.models import model_name
+from scoring.settings import SCORE_DEFINING
 
 # A reference is not monitored in time: its images' times (copied files, an archive of the nineties) decide nothing.
 ANY_TIME = PlausibleTimes(earliest=dt.datetime(1, 1, 2, tzinfo=dt.UTC), ahead=dt.timedelta(days=365 * 1000))
@@ -161,18 +175,314 @@ def calibrate_reference(
     return version, calibration
 
 
+@dataclass(frozen=True)
+class ScoredPeriod:
+    """The windows already scored into OUT whose starts lie in [since, until), with what decided each.
+
+    Attributes:
+        scores: their scores tables, with ``window_start`` (a UTC timestamp) as :meth:`OutputStore.read_table` has it.
+        decisions: window start -> its decisions rows (one per SOURCE the monitor decided it for); a window
+            scored by ``gradwatch score`` only has none.
+    """
+
+    out: str
+    since: dt.datetime
+    until: dt.datetime
+    scores: pa.Table
+    decisions: dict[dt.datetime, list[dict[str, Any]]]
+
+    @property
+    def windows(self) -> list[dt.datetime]:
+        """The windows with scored images, in time order."""
+        return sorted(set(self.scores.column("window_start").to_pylist())) if self.scores.num_rows else []
+
+    @property
+    def undecided(self) -> list[dt.datetime]:
+        return [start for start in self.windows if not self.decisions.get(start)]
+
+    def versions(self) -> dict[str, list[dt.datetime]]:
+        """Threshold version -> the windows it decided."""
+        decided: dict[str, list[dt.datetime]] = {}
+        for start in self.windows:
+            for version in sorted({row["threshold_version"] for row in self.decisions.get(start, [])}):
+                decided.setdefault(version, []).append(start)
+        return decided
+
+    def flagged(self) -> dict[str, list[dt.datetime]]:
+        """Windows a reference should not be made of without a look: decided as drift, or failing data quality."""
+        found: dict[str, list[dt.datetime]] = {"drift": [], "data_quality": []}
+        for start in self.windows:
+            rows = self.decisions.get(start, [])
+            if any(row["status"] == "drift" for row in rows):
+                found["drift"].append(start)
+            if any(not row["data_quality_passed"] for row in rows):
+                found["data_quality"].append(start)
+        return found
+
+    def describe(self) -> str:
+        return f"{redact(self.out)} in [{iso_utc(self.since)}, {iso_utc(self.until)})"
+
+
+def read_period(out: str, since: dt.datetime, until: dt.datetime) -> ScoredPeriod:
+    """The windows of OUT that start in [since, until): their scores and decisions, one partition at a time (OUT
+    may hold months).
+
+    Raises:
+        GradwatchError: since is not before until.
+    """
+    if since >= until:
+        raise GradwatchError(f"--since {iso_utc(since)} must be before --until {iso_utc(until)}")
+    store = OutputStore(out)
+    starts = [start for start in scored_windows(store) if since <= start < until]
+    tables, decisions = [], {}
+    for start in starts:
+        rows = store.read_window("scores", start)
+        if rows.num_rows:
+            column = pa.array([start] * rows.num_rows, pa.timestamp("us", tz="UTC"))
+            tables.append(rows.append_column("window_start", column))
+        decided = store.read_window("decisions", start)
+        decisions[start] = decided.select(_DECISION_COLUMNS).to_pylist() if decided.num_rows else []
+    scores = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    return ScoredPeriod(out, since, until, scores, decisions)
+
+
+def scored_windows(store: OutputStore) -> list[dt.datetime]:
+    """The starts of the windows OUT holds scores of, in time order (their partitions' names, nothing read)."""
+    root = store.path("scores")
+    store.fs.invalidate_cache(root)
+    if not store.fs.exists(root):
+        return []
+    labels = (posixpath.basename(path.rstrip("/")) for path in store.fs.ls(root, detail=False))
+    return sorted(
+        parse_window_label(label.removeprefix("window_start="))
+        for label in labels
+        if label.startswith("window_start=") and label != f"window_start={UNKNOWN_WINDOW}"
+    )
+
+
+# What the period's decisions tell about a window; the columns of every decisions file since gradwatch 0.1.
+_DECISION_COLUMNS = ["status", "data_quality_passed", "model_id", "threshold_version"]
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """What the period's values were computed with, as far as its decisions tell."""
+
+    fitted_scores: dict[str, Any]
+    scoring: dict[str, Any]
+    # The threshold versions ("3", "3,4") whose one fitted state the fitted values carry; None: none kept.
+    version: str | None
+    warnings: list[str]
+
+
+def fitted_values() -> set[str]:
+    """The values of a scores table that a fitted state computed: the fitted scores and the projected features."""
+    return {name for name, score in registered_scores().items() if score.fit is not None} | {FEATURES}
+
+
+def fitted_state(
+    period: ScoredPeriod, registry: ThresholdRegistry, *, model: str, scoring: ScoringSettings
+) -> FittedState:
+    """The one fitted state and scoring settings the period's values share.
+
+    A decided window's fitted values were computed with the fitted state of the version that decided it. Windows
+    never decided (``gradwatch score`` only) have no known state: their fitted values, if any, are never guessed,
+    so then only the values that need no fitted state are kept, for the whole period. The scoring settings are the
+    deciding versions' (the monitor scores with those only), or where no version decided any window those the
+    command was given (the scores table does not record them).
+
+    Raises:
+        GradwatchError: the period's versions differ in fitted state or scoring settings, naming the windows.
+    """
+    name = registered_model_name(model_name(model))
+    versions = period.versions()
+    documents = {version: registry.calibration(registry.get(name, version)) for version in versions}
+    states = {version: json.dumps(document.fitted_scores, sort_keys=True) for version, document in documents.items()}
+    settings = {version: document.scoring for version, document in documents.items()}
+    for what, found in (("fitted states", states), ("scoring settings", settings)):
+        if len({json.dumps(value, sort_keys=True) for value in found.values()}) > 1:
+            raise GradwatchError(
+                f"the windows of {period.describe()} were decided by {name} versions with different {what} "
+                f"({_by_version(versions)}), so their values are not comparable; calibrate on the windows of one "
+                "version with a narrower --since/--until"
+            )
+    recorded = next(iter(documents.values())).scoring if documents else scoring.recorded()
+    fitted = next(iter(documents.values())).fitted_scores if documents else {}
+    present = fitted_values() & set(period.scores.column_names)
+    complete = set(fitted) <= present and all(period.scores.column(column).null_count == 0 for column in fitted)
+    if period.undecided or not complete:
+        reason = (
+            f"{len(period.undecided)} window(s) of {period.describe()} were never decided "
+            f"({_listed(period.undecided)}), so the fitted state of their values is unknown"
+            if period.undecided
+            else f"images of {period.describe()} lack the fitted values {sorted(fitted)}"
+        )
+        warning = (
+            f"{reason}: calibrated without fitted scores or features ({', '.join(sorted(present)) or 'none scored'}), "
+            "so these thresholds test neither; a period the monitor decided throughout keeps them"
+        )
+        return FittedState({}, dict(recorded), None, [warning])
+    return FittedState(dict(fitted), dict(recorded), ",".join(sorted(versions, key=_version_order)), [])
+
+
+def calibrate_from_out(
+    out: str,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    registry: ThresholdRegistry,
+    scoring: ScoringSettings = ScoringSettings(),
+    score: str = "gradnorm",
+    config: CalibrationConfig | None = None,
+) -> tuple[ThresholdVersion, Calibration]:
+    """Calibrate on windows already scored into OUT, without scoring anything again, and propose the result.
+
+    The reference is what production sent in [since, until): the windows' scores, image properties, predictions
+    and, when the period's fitted state is known (:func:`fitted_state`), its fitted scores and features, with that
+    state carried into the new calibration so that monitoring goes on computing them alike.
+
+    Args:
+        out: the OUT ``gradwatch score`` or the monitor wrote.
+        since, until: the windows whose starts lie in [since, until).
+        registry: where the calibration run and the proposed version go, and the versions that decided the windows.
+        scoring: the model (its name finds the versions); its precision, decoder and temperature are recorded only
+            for a period no version decided.
+        score: the score the operator leads with.
+        config: as for :func:`calibrate_reference`.
+
+    Returns:
+        The proposed version (alias ``candidate``) and the calibration.
+
+    Raises:
+        GradwatchError: nothing scored in the period, mixed models or fitted states, too few images.
+    """
+    config = config or CalibrationConfig()
+    if score not in decision_scores():
+        raise GradwatchError(f"--score {score!r} is not one of the decision scores {decision_scores()}")
+    period = read_period(out, since, until)
+    if not period.scores.num_rows:
+        raise GradwatchError(
+            f"no scored windows in {period.describe()}; pick a period 'gradwatch score' or the monitor wrote "
+            "(OUT/scores/window_start=... names them)"
+        )
+    model_id = _one_model(period, scoring.model)
+    state = fitted_state(period, registry, model=scoring.model, scoring=scoring)
+    table = period.scores
+    if state.version is None:
+        table = table.drop_columns(sorted(fitted_values() & set(table.column_names)))
+    names = [name for name in decision_sides() if name in table.column_names]
+    try:
+        calibration = calibrate(
+            table_values(table, names),
+            model_id=model_id,
+            segments=table.column("segment").to_pylist(),
+            primary_score=score,
+            config=config,
+            scoring=state.scoring,
+            fitted_scores=state.fitted_scores,
+        )
+    except ValueError as error:
+        raise GradwatchError(f"windows of {period.describe()}: {error}, or widen --since/--until") from None
+    warnings = [*state.warnings, *_flag_warnings(period)]
+    calibration = dataclasses.replace(calibration, warnings=[*warnings, *calibration.warnings])
+    params = {
+        **_params(out, table, scoring, None, score, config, {}, fitted_images=0),
+        **scoring_params(state.scoring),
+        "reference_since": iso_utc(since),
+        "reference_until": iso_utc(until),
+        "reference_windows": len(period.windows),
+        "reference_segments": _segment_counts(table),
+        "fitted_from_version": state.version or "-",
+    }
+    name = model_name(scoring.model)
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    run_name = f"calibrate {name} on production {iso_utc(since)}..{iso_utc(until)} ({table.num_rows} images, {today})"
+    version = registry.propose(
+        calibration, model_name=name, params=params, artifacts=_artifacts(table, calibration, {}), run_name=run_name
+    )
+    return version, calibration
+
+
+def scoring_params(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded scoring settings as run parameters, as ``ScoringSettings.recorded()`` names them."""
+    return {key: recorded[key] for key in SCORE_DEFINING if key in recorded}
+
+
+def _one_model(period: ScoredPeriod, model: str) -> str:
+    """The one model the period was scored with, which must be the one named."""
+    ids = period.scores.column("model_id").to_pylist()
+    windows = period.scores.column("window_start").to_pylist()
+    found: dict[str, set[dt.datetime]] = {}
+    for model_id, start in zip(ids, windows, strict=True):
+        found.setdefault(model_id, set()).add(start)
+    if len(found) > 1:
+        listed = "; ".join(f"{model_id}: {_listed(sorted(starts))}" for model_id, starts in sorted(found.items()))
+        raise GradwatchError(
+            f"the windows of {period.describe()} were scored by different models ({listed}); calibrate on one "
+            "model's windows with a narrower --since/--until"
+        )
+    (model_id,) = found
+    if not model_id.startswith(f"{model_name(model)}@"):
+        raise GradwatchError(
+            f"the windows of {period.describe()} were scored by {model_id}, not by --model {redact(model)}; pass "
+            "the --model they were scored with"
+        )
+    return model_id
+
+
+def _flag_warnings(period: ScoredPeriod) -> list[str]:
+    flagged = period.flagged()
+    reasons = {"drift": "decided as drift", "data_quality": "failed data-quality gates"}
+    return [
+        f"{len(starts)} window(s) of {period.describe()} were {reasons[kind]} "
+        f"({_listed(starts)}); a reference "
+        "should be healthy production: check them, or narrow --since/--until"
+        for kind, starts in flagged.items()
+        if starts
+    ]
+
+
+def _segment_counts(table: pa.Table) -> str:
+    """``segment:count`` for every segment, compact (MLflow params are short); ``-`` for a feed without segments."""
+    counts = Counter(table.column("segment").to_pylist())
+    if set(counts) <= {""}:
+        return "-"
+    return ",".join(f"{segment or '(none)'}:{count}" for segment, count in sorted(counts.items()))
+
+
+def _by_version(versions: Mapping[str, Sequence[dt.datetime]]) -> str:
+    return "; ".join(
+        f"v{version}: {iso_utc(starts[0])}..{iso_utc(starts[-1])} ({len(starts)} windows)"
+        for version, starts in sorted(versions.items(), key=lambda item: _version_order(item[0]))
+    )
+
+
+def _version_order(version: str) -> int:
+    return int(version) if version.isdigit() else 0
+
+
+def _listed(starts: Sequence[dt.datetime], shown: int = 5) -> str:
+    """The first few windows by their starts, for a message that must stay one line."""
+    return ", ".join(iso_utc(start) for start in starts[:shown]) + (" ..." if len(starts) > shown else "")
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    """A time as messages and parameters show it: ``2026-11-26T13:00:00Z``."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _params(
     reference: str,
     table: pa.Table,
     scoring: ScoringSettings,
-    pipeline: PipelineSettings,
+    pipeline: PipelineSettings | None,
     score: str,
     config: CalibrationConfig,
     validation: Mapping[str, Any],
     *,
     fitted_images: int,
 ) -> dict[str, Any]:
-    """What a reviewer sees as the calibration run's parameters."""
+    """What a reviewer sees as the calibration run's parameters; ``pipeline`` None when nothing was scored."""
     image_ids = sorted(table.column("image_id").to_pylist())
     return {
         "model_spec": redact(scoring.model),  # ?weights=https://user:token@... would carry a credential
@@ -181,7 +491,7 @@ def _params(
         "alpha": config.alpha,
         "min_window": config.min_window,
         **scoring.recorded(),
-        **pipeline.described(),
+        **(pipeline.described() if pipeline else {}),
         "reference_source": redact(reference),
         "reference_images": table.num_rows,
         "reference_sha256": hashlib.sha256("\n".join(image_ids).encode()).hexdigest(),

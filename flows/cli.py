@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from flows.cli_options import (
 from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
 
 if TYPE_CHECKING:
+    from flows.registry import ThresholdRegistry
     from pipelines.pipeline import RunSummary, ScoringConfig
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
@@ -180,28 +182,36 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
 
 def _calibrate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, force=True)
-    from flows.calibrate import calibrate_reference
+    from flows.calibrate import calibrate_from_out, calibrate_reference
     from flows.registry import ThresholdRegistry
     from pipelines.redaction import redact
     from scoring.calibration import CalibrationConfig
 
+    period = _calibration_period(args)
     try:
         config = CalibrationConfig(tpr=args.tpr, alpha=args.alpha, min_window=args.min_window)
     except ValueError as error:
         raise GradwatchError(str(error)) from error
     registry = ThresholdRegistry()
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    with console.status(f"scoring {args.reference} and calibrating"):
-        version, calibration = calibrate_reference(
-            args.reference,
-            registry=registry,
-            scoring=scoring_settings(args),
-            pipeline=pipeline_settings(args),
-            score=args.score,
-            config=config,
-            validation_ood=args.validation_ood,
-            work_dir=Path(args.out) if args.out else None,
-        )
+    if period is not None:
+        with console.status(f"calibrating on the windows of {redact(args.from_out)}"):
+            version, calibration = calibrate_from_out(
+                args.from_out, since=period[0], until=period[1], registry=registry, scoring=scoring_settings(args),
+                score=args.score, config=config,
+            )  # fmt: skip
+    else:
+        with console.status(f"scoring {args.reference} and calibrating"):
+            version, calibration = calibrate_reference(
+                args.reference,
+                registry=registry,
+                scoring=scoring_settings(args),
+                pipeline=pipeline_settings(args),
+                score=args.score,
+                config=config,
+                validation_ood=args.validation_ood,
+                work_dir=Path(args.out) if args.out else None,
+            )
     print(f"proposed {version.name} version {version.version} (alias candidate, review_status proposed)")
     print(
         f"model {calibration.model_id}, {calibration.reference_images} reference images, MLflow {redact(registry.uri)}"
@@ -233,12 +243,48 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_period(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime] | None:
+    """[--since, --until) of a calibration from OUT, or None for one from REFERENCE.
+
+    Raises:
+        GradwatchError: both or neither of REFERENCE and --from-out, a period missing or unreadable, or an option
+            that scores images given with --from-out, which scores nothing.
+    """
+    from pipelines.times import parse_event_time
+
+    if (args.reference is None) == (args.from_out is None):
+        raise GradwatchError(
+            "calibrate takes REFERENCE (healthy images, scored now) or --from-out OUT --since T --until T (windows "
+            "already scored), exactly one of them"
+        )
+    if args.from_out is None:
+        if args.since or args.until:
+            raise GradwatchError("--since/--until choose windows of --from-out OUT; REFERENCE is taken whole")
+        return None
+    if args.validation_ood or args.out:
+        raise GradwatchError(
+            "--validation-ood and --out score images, and --from-out scores nothing; calibrate on a REFERENCE "
+            "folder to validate against shifted sets, or drop them"
+        )
+    if not (args.since and args.until):
+        raise GradwatchError(
+            "--from-out needs --since and --until: the period of healthy production windows the reference is made "
+            "of (e.g. --since 2026-11-20 --until 2026-11-27)"
+        )
+    try:
+        return parse_event_time(args.since), parse_event_time(args.until)
+    except ValueError as error:
+        raise GradwatchError(f"--since/--until: {error}") from error
+
+
 def _thresholds(args: argparse.Namespace) -> int:
     from flows.registry import ThresholdRegistry, describe, registered_model_name
     from scoring.models import model_name
 
     registry = ThresholdRegistry()
     name = registered_model_name(model_name(args.model))
+    if args.action == "check":
+        return _check_thresholds(args, registry, name)
     if args.action == "list":
         table = Table(title=name)
         for column in ("version", "status", "aliases", "model_id", "created", "by"):
@@ -259,6 +305,55 @@ def _thresholds(args: argparse.Namespace) -> int:
         result = registry.reject(name, args.version, by=args.by, note=args.note)
     print(json.dumps(describe(result), indent=2))
     return 0
+
+
+# `thresholds check`'s exit status when the reference does not represent production: 2 is an error, this a verdict.
+NOT_REPRESENTATIVE_EXIT = 3
+
+
+def _check_thresholds(args: argparse.Namespace, registry: ThresholdRegistry, name: str) -> int:
+    from flows.calibrate import iso_utc
+    from flows.reference_check import DEFAULT_PERIOD, check_against, last_day
+    from pipelines.redaction import redact
+    from pipelines.store import OutputStore
+    from pipelines.times import parse_event_time
+
+    store = OutputStore(args.against)
+    try:
+        until = parse_event_time(args.until) if args.until else None
+        since = parse_event_time(args.since) if args.since else None
+    except ValueError as error:
+        raise GradwatchError(f"--since/--until: {error}") from error
+    if until is None:
+        latest = last_day(store)
+        if latest is None:
+            raise GradwatchError(f"{redact(args.against)} holds no scored windows; pass the OUT the monitor writes to")
+        until = latest[1]
+    since = since or until - DEFAULT_PERIOD
+    version = registry.get(name, args.version)
+    record = check_against(store, registry, version, since=since, until=until)
+    verdict = "representative" if record.representative else "NOT representative"
+    print(f"{name} v{version.version}: the reference is {verdict} of production")
+    period = f"[{iso_utc(since)}, {iso_utc(until)})"
+    print(f"  production: {record.images} healthy-looking images of {redact(args.against)} in {period}")
+    for rate in record.page_rates:
+        print(
+            f"  pages {rate.rate:.1%} of windows of {rate.window_size} (95% CI {rate.ci_low:.1%}-{rate.ci_high:.1%}; "
+            f"alpha {record.alpha:.1%}, not representative above {2 * record.alpha:.1%})"
+        )
+    shifts = {shift.name: shift for shift in record.values}
+    print("  most off:")
+    for off in record.most_off:
+        shift = shifts[off]
+        print(
+            f"    {off:<14} KS {shift.ks_distance:.2f} (p {shift.ks_p:.2g}), median moved {shift.median_shift:+.2f} "
+            f"IQR, {shift.outside:.0%} outside its bounds against {shift.expected_outside:.0%}"
+        )
+    if record.unchecked:
+        print(f"  not checked (not scored alike in this period): {', '.join(record.unchecked)}")
+    if record.fix:
+        print(f"fix: {record.fix}")
+    return 0 if record.representative else NOT_REPRESENTATIVE_EXIT
 
 
 def _earliest_option(command: argparse.ArgumentParser) -> None:
@@ -455,7 +550,13 @@ def _add_calibrate(commands, scoring: argparse.ArgumentParser, pipeline: argpars
     calibrate = commands.add_parser(
         "calibrate", parents=[scoring, pipeline], help="calibrate thresholds on healthy reference images, for review"
     )
-    calibrate.add_argument("reference", help="healthy images: folder, prefix or manifest")
+    calibrate.add_argument("reference", nargs="?", help="healthy images: folder, prefix or manifest")
+    production = calibrate.add_argument_group("calibrating from production (instead of REFERENCE)")
+    production.add_argument(
+        "--from-out", metavar="OUT", help="take the reference from windows already scored into OUT, not rescored"
+    )
+    production.add_argument("--since", help="with --from-out: the first window start to take (ISO-8601 or epoch)")
+    production.add_argument("--until", help="with --from-out: the window start to stop before")
     calibrate.add_argument("--score", default="gradnorm", help="the score you lead with (all are tested)")
     calibrate.add_argument("--tpr", type=float, default=0.95, help="share of healthy images above each threshold")
     calibrate.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate per window")
@@ -476,10 +577,16 @@ def _add_thresholds(commands) -> None:
     show = actions.add_parser("show", help="one version")
     approve = actions.add_parser("approve", help="make VERSION the production thresholds")
     reject = actions.add_parser("reject", help="mark VERSION rejected")
-    for action in (listing, show, approve, reject):
+    check = actions.add_parser(
+        "check", help="does VERSION's reference represent production? exit 0 when it does, 3 when it does not"
+    )
+    for action in (listing, show, approve, reject, check):
         model_option(action)
-    for action in (show, approve, reject):
+    for action in (show, approve, reject, check):
         action.add_argument("version")
+    check.add_argument("--against", required=True, metavar="OUT", help="the OUT whose scored windows are production")
+    check.add_argument("--since", help="first window start (default: 24 hours before --until)")
+    check.add_argument("--until", help="window start to stop before (default: the end of OUT's latest window)")
     for action in (approve, reject):
         action.add_argument("--by", required=True, type=_reviewer, help="who decides (recorded in the version's tags)")
         action.add_argument("--note", help="why (required to reject)")

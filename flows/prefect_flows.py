@@ -22,12 +22,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.calibrate import calibrate_reference
+from flows.calibrate import calibrate_from_out, calibrate_reference
 from flows.monitor import Monitor, WindowOutcome, monitor_config
 from flows.monitor.lease import LeaseLostError, MonitorBusyError
 from flows.registry import ThresholdRegistry
 from pipelines.settings import PipelineSettings
-from scoring import ScoringSettings
+from pipelines.times import parse_event_time
+from scoring import GradwatchError, ScoringSettings
 from scoring.calibration import CalibrationConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def backfill(
 
 @flow(name="gradwatch-calibrate")
 def calibrate(
-    reference: str,
+    reference: str | None = None,
     score: str = "gradnorm",
     tpr: float = 0.95,
     alpha: float = 0.01,
@@ -145,13 +146,27 @@ def calibrate(
     validation_ood: list[str] | None = None,
     scoring: ScoringSettings = ScoringSettings(),
     pipeline: PipelineSettings = PipelineSettings(),
+    from_out: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> dict[str, str]:
-    """Calibrate on healthy reference images and propose the thresholds for review in MLflow."""
+    """Calibrate on healthy reference images, or on the windows of ``from_out`` in [since, until) without scoring
+    them again, and propose the thresholds for review in MLflow."""
     config = CalibrationConfig(tpr=tpr, alpha=alpha, min_window=min_window)
-    version, calibration = calibrate_reference(
-        reference, registry=ThresholdRegistry(), scoring=scoring, pipeline=pipeline, score=score, config=config,
-        validation_ood=validation_ood or (),
-    )  # fmt: skip
+    if (reference is None) == (from_out is None):
+        raise GradwatchError("pass reference (healthy images) or from_out with since and until, exactly one of them")
+    if from_out is not None:
+        if not (since and until):
+            raise GradwatchError("from_out needs since and until: the period of healthy production windows")
+        version, calibration = calibrate_from_out(
+            from_out, since=parse_event_time(since), until=parse_event_time(until), registry=ThresholdRegistry(),
+            scoring=scoring, score=score, config=config,
+        )  # fmt: skip
+    else:
+        version, calibration = calibrate_reference(
+            reference, registry=ThresholdRegistry(), scoring=scoring, pipeline=pipeline, score=score, config=config,
+            validation_ood=validation_ood or (),
+        )  # fmt: skip
     return {"registered_model": version.name, "version": version.version, "model_id": calibration.model_id}
 
 

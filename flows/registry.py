@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -227,6 +228,19 @@ class ThresholdRegistry:
             self.client.delete_registered_model_alias(name, CANDIDATE)
         return self.get(name, target.version)
 
+    def calibration(self, version: ThresholdVersion) -> Calibration:
+        """The calibration document a version holds, as monitoring loads it."""
+        with tempfile.TemporaryDirectory() as scratch:
+            path = self.client.download_artifacts(version.run_id, CALIBRATION_ARTIFACT, scratch)
+            return Calibration.from_json(Path(path).read_text())
+
+    def tag(self, name: str, version: str, tags: Mapping[str, str]) -> ThresholdVersion:
+        """Set tags on a version (a check's verdict beside its review), leaving its review status as it is."""
+        target = self.get(name, version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, target.version, key, str(value)[:_TAG_VALUE_LIMIT])
+        return self.get(name, target.version)
+
     # -- monitoring ------------------------------------------------------------------------------------
 
     def load_production(
@@ -253,9 +267,7 @@ class ThresholdRegistry:
                 f"'{PRODUCTION}' alias of {name} in the MLflow UI)"
             )
         version = self.get(name, production)
-        with tempfile.TemporaryDirectory() as scratch:
-            path = self.client.download_artifacts(version.run_id, CALIBRATION_ARTIFACT, scratch)
-            calibration = Calibration.from_json(Path(path).read_text())
+        calibration = self.calibration(version)
         if calibration.model_id != model_id:
             raise ThresholdModelMismatchError(
                 f"approved thresholds {name} v{version.version} were calibrated for {calibration.model_id}, but the "
@@ -291,7 +303,20 @@ class ThresholdRegistry:
         for segment, count in decision.n.items():
             metrics[_key(segment_key(segment), "n")] = float(count)
         for record in decision.tests:
-            metrics[_key(segment_key(record.segment), record.score, f"{record.test}_p")] = record.p_value
+            if math.isfinite(record.p_value):  # a CUSUM signal has no p-value: its chart is logged below
+                metrics[_key(segment_key(record.segment), record.score, f"{record.test}_p")] = record.p_value
+        for segment, state in decision.sequential.items():
+            metrics[_key(segment_key(segment), "cusum")] = state.statistic
+            metrics[_key(segment_key(segment), "cusum_limit")] = state.limit
+        for segment, estimate in decision.accuracy.items():
+            metrics[_key(segment_key(segment), "confidence_drop")] = estimate.drop.estimate
+            if estimate.atc is not None:
+                metrics[_key(segment_key(segment), "accuracy_atc")] = estimate.atc.estimate
+                metrics[_key(segment_key(segment), "accuracy_atc_low")] = estimate.atc.low
+                metrics[_key(segment_key(segment), "accuracy_atc_high")] = estimate.atc.high
+                metrics[_key(segment_key(segment), "accuracy_doc")] = estimate.doc.estimate
+        for segment, severity in decision.severity.items():
+            metrics[_key(segment_key(segment), "severity_page")] = float(severity.level == "page")
         for effect in decision.effects:
             for field_name in _EFFECT_METRICS:
                 metrics[_key(segment_key(effect.segment), effect.score, field_name)] = getattr(effect, field_name)
