@@ -144,7 +144,9 @@ def check_reference(
         for size in sizes
     )
     shifts = tuple(_shift(calibration, name, columns[name]) for name in columns if name in calibration.scalar_scores)
-    most_off = tuple(shift.name for shift in sorted(shifts, key=lambda shift: -shift.ks_distance)[:MOST_OFF])
+    # KS saturates at 1 when production and reference do not overlap at all; the median shift orders those.
+    ordered = sorted(shifts, key=lambda shift: (-shift.ks_distance, -abs(shift.median_shift)))
+    most_off = tuple(shift.name for shift in ordered[:MOST_OFF])
     # Not representative when even the interval's low end pages more than twice alpha: the rate of a representative
     # reference varies from one reference to another (README: 1.5% [0.3, 2.7] at alpha 1% over random halves of
     # production), so alpha itself would condemn sound references, while at twice alpha the paging budget is spent
