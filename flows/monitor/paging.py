@@ -1,4 +1,5 @@
-"""What a window's outcome pages: drift once per episode and segment, reminders, recovery, data quality, no data.
+"""What a window's outcome pages: drift and silence (no data), once per episode, with reminders and recovery; data
+quality.
 
 The episode state of every segment is kept with the outputs (``OUT/alerts/state.json``), so the policy holds
 across runs; alerts go to the outbox, which never queues the same alert twice.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ log = logging.getLogger("gradwatch.monitor")
 
 # The score whose most extreme images an alert shows when no test fired (recovery): MSP reads as a confidence.
 _FALLBACK_SCORE = "msp"
+# The state document's layout since no-data episodes: {"version": 2, "drift": {...}, "no_data": {...}}. Before, it
+# was the drift episodes by segment alone, which is still read.
+_STATE_VERSION = 2
 
 
 @dataclass
@@ -38,15 +42,44 @@ class EpisodeState:
     reminders: int = 0
 
 
-class AlertPolicy:
-    """Cooldown: a drift pages once, then reminds every ``reminder_every``, and ``recovered`` ends it."""
+@dataclass
+class SilenceState:
+    """A no-data episode of the feed or of a segment: its first silent window, the window that paged last and the
+    time that page went out (the paging run's now), and how many reminders went out."""
 
-    def __init__(self, store: OutputStore, *, reminder_every: dt.timedelta) -> None:
+    silent_since: str
+    last_paged: str
+    paged_at: str
+    reminders: int = 0
+
+
+class AlertPolicy:
+    """Episodes, so that what lasts pages once, reminds every ``reminder_every`` and ``recovered`` ends it: a drift
+    per segment, and a silence (no images) of the whole feed or of one segment.
+
+    Args:
+        store: where the episode state is kept between runs.
+        reminder_every: how long an episode goes without a reminder.
+        now: the run's now, which paces no-data reminders (see :meth:`on_silence`); the clock when not given.
+    """
+
+    def __init__(self, store: OutputStore, *, reminder_every: dt.timedelta, now: dt.datetime | None = None) -> None:
         self.store = store
         self.reminder_every = reminder_every
-        self.states = {
-            segment: EpisodeState(**state) for segment, state in (store.load_state("alert_policy") or {}).items()
+        self.now = now or dt.datetime.now(dt.UTC)
+        document = store.load_state("alert_policy") or {}
+        if document.get("version") != _STATE_VERSION:
+            # As versions before no-data episodes wrote it (segment -> drift episode); a segment named "version"
+            # there maps to a drift episode, never to this number.
+            document = {"drift": document}
+        self.states = {segment: EpisodeState(**state) for segment, state in document["drift"].items()}
+        silences = document.get("no_data", {})
+        # The feed's silence is None: a segment named "" is a camera of its own, not the whole feed.
+        self.silences: dict[str | None, SilenceState] = {
+            segment: SilenceState(**state) for segment, state in silences.get("segments", {}).items()
         }
+        if silences.get("feed"):
+            self.silences[None] = SilenceState(**silences["feed"])
 
     def on_decision(self, segment: str, window_start: dt.datetime, is_drift: bool) -> tuple[str | None, int]:
         """What to send for this window: ``("drift", reminder)``, ``("recovered", 0)`` or ``(None, 0)``."""
@@ -66,8 +99,56 @@ class AlertPolicy:
             return "recovered", 0
         return None, 0
 
+    def on_silence(self, segment: str | None, window_start: dt.datetime, window_end: dt.datetime) -> int | None:
+        """A window in which the feed (``segment`` None) or a segment sent no images: the reminder number to page
+        with (0 opens the episode), or None to page nothing.
+
+        A reminder says that the silence goes on now, so it is paced by the runs' clocks, as a pager's repeat
+        interval is, not by the windows' times: it is due when ``reminder_every`` has gone by since the episode
+        last paged by the run's now, and goes with a window of the run's present (one that ends within
+        ``reminder_every``, or a window if that is longer, of now). One run thus pages a silence at most once
+        however many windows it covers: a one-off run over a feed that ended long ago, or a catch-up across an
+        outage, pages it once instead of every ``reminder_every`` of window time, while a live feed that goes
+        dark is reminded of every ``reminder_every`` as the scheduled runs go by. Only a window after the one
+        that paged last reminds, so re-processing older windows pages nothing new.
+        """
+        state = self.silences.get(segment)
+        label = window_start.isoformat()
+        if state is None:
+            self.silences[segment] = SilenceState(label, label, self.now.isoformat())
+            return 0
+        due = self.now - dt.datetime.fromisoformat(state.paged_at) >= self.reminder_every
+        present = window_end >= self.now - max(self.reminder_every, window_end - window_start)
+        if due and present and window_start > dt.datetime.fromisoformat(state.last_paged):
+            state.last_paged, state.paged_at = label, self.now.isoformat()
+            state.reminders += 1
+            return state.reminders
+        return None
+
+    def on_images(self, segment: str | None, window_start: dt.datetime) -> SilenceState | None:
+        """A window in which the feed (``segment`` None) or a segment sent images: the silence this ends, if any."""
+        state = self.silences.get(segment)
+        # The window that opened the silence, re-processed with late images, does not end it.
+        if state is None or window_start <= dt.datetime.fromisoformat(state.silent_since):
+            return None
+        del self.silences[segment]
+        return state
+
+    def silent_segments(self) -> set[str]:
+        """The segments (not the feed) whose silence goes on."""
+        return {segment for segment in self.silences if segment is not None}
+
     def save(self) -> None:
-        self.store.save_state("alert_policy", {segment: asdict(state) for segment, state in self.states.items()})
+        feed = self.silences.get(None)
+        segments = {segment: asdict(self.silences[segment]) for segment in self.silent_segments()}
+        self.store.save_state(
+            "alert_policy",
+            {
+                "version": _STATE_VERSION,
+                "drift": {segment: asdict(state) for segment, state in self.states.items()},
+                "no_data": {"feed": asdict(feed) if feed else None, "segments": segments},
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -99,21 +180,81 @@ def alerts_for(
         "links": dict(context.links),
     }
     if outcome.status == "no_data":
-        log.warning("window %s has no images", window_label(start))
-        summary = f"no images arrived in {window_label(start)}: is the feed down?"
-        return [Alert("no_data", start, end, "", summary=summary, **common)]
+        # The feed's silence stands for its segments': theirs neither page nor remind while it lasts.
+        reminder = policy.on_silence(None, start, end)
+        # Warned of when it pages: a run over a feed that ended would warn of every empty window after it.
+        log.log(logging.INFO if reminder is None else logging.WARNING, "window %s has no images", window_label(start))
+        return [] if reminder is None else [_silence_alert(outcome, None, policy, reminder, common)]
     alerts = []
     if outcome.failed_gates:
         summary = "; ".join(gate.summary() for gate in outcome.failed_gates)
         failed = {"failed_expectations": outcome.failed_expectations}
         alerts.append(Alert("data_quality", start, end, "", summary=summary, decision=failed, **common))
+    # By the alert's segment, as drift's recoveries are: the feed's is "", as an unsegmented feed's drift is.
+    ended = {
+        segment: state
+        for segment in sorted(policy.silent_segments() & outcome.segments)
+        if (state := policy.on_images(segment, start)) is not None
+    }
+    if (feed := policy.on_images(None, start)) is not None:
+        ended[""] = feed
     if outcome.decision is not None:
-        alerts += _episode_alerts(outcome, outcome.decision, policy, context, common)
-    # A camera that stops while the others go on: a segment of the window before that sent nothing now.
-    for segment in sorted(previous_segments - outcome.segments):
-        summary = f"segment {segment!r} sent no images in {window_label(start)} (it did in the window before)"
-        alerts.append(Alert("no_data", start, end, segment, summary=summary, **common))
+        for alert in _episode_alerts(outcome, outcome.decision, policy, context, common):
+            if alert.kind == "recovered" and alert.segment in ended:
+                # One page when a segment is back in both ways: two would share an id and one would be lost.
+                silence = ended.pop(alert.segment)
+                alert = replace(
+                    alert,
+                    summary=f"{alert.summary}; {_images_again(alert.segment, start, silence)}",
+                    decision={**alert.decision, "recovers": ["drift", "no_data"], "silent_since": silence.silent_since},
+                )
+            alerts.append(alert)
+    for segment, silence in ended.items():
+        back = {"recovers": ["no_data"], "silent_since": silence.silent_since}
+        summary = _images_again(segment, start, silence)
+        alerts.append(Alert("recovered", start, end, segment, summary=summary, decision=back, **common))
+    # A camera that stops while the others go on: it sent images in the window before, or has sent none since.
+    for segment in sorted((previous_segments | policy.silent_segments()) - outcome.segments):
+        reminder = policy.on_silence(segment, start, end)
+        if reminder is not None:
+            alerts.append(_silence_alert(outcome, segment, policy, reminder, common))
     return alerts
+
+
+def _silence_alert(
+    outcome: WindowOutcome, segment: str | None, policy: AlertPolicy, reminder: int, common: Mapping[str, Any]
+) -> Alert:
+    """The page (reminder 0) or reminder of the feed's silence (``segment`` None) or a segment's."""
+    silence = policy.silences[segment]
+    label, since = window_label(outcome.window_start), window_label(dt.datetime.fromisoformat(silence.silent_since))
+    if segment is None:
+        summary = (
+            f"no images arrived in {label}: is the feed down?"
+            if reminder == 0
+            else f"still no images in {label}: the feed has sent none since {since} (reminder {reminder})"
+        )
+    else:
+        summary = (
+            f"segment {segment!r} sent no images in {label} (it did in the window before)"
+            if reminder == 0
+            else f"segment {segment!r} still sends no images in {label}: none since {since} (reminder {reminder})"
+        )
+    return Alert(
+        "no_data",
+        outcome.window_start,
+        outcome.window_end,
+        segment or "",
+        summary=summary,
+        decision={"silent_since": silence.silent_since},
+        reminder=reminder,
+        **common,
+    )
+
+
+def _images_again(segment: str, window_start: dt.datetime, silence: SilenceState) -> str:
+    where = f"segment {segment!r}" if segment else "the feed"
+    since = window_label(dt.datetime.fromisoformat(silence.silent_since))
+    return f"images arrive again in {where} in window {window_label(window_start)}: no data since {since}"
 
 
 def _episode_alerts(
@@ -134,6 +275,8 @@ def _episode_alerts(
             continue
         rows = [row for row in outcome.scores.to_pylist() if row["segment"] == segment]
         _, extreme = most_out_of_distribution(rows, fired, context.images_per_alert, context.calibration, segment)
+        # What a recovery ends, so that a receiver tells it from the end of a silence without reading its summary.
+        ends = {"recovers": ["drift"]} if kind == "recovered" else {}
         alerts.append(
             Alert(
                 kind,
@@ -141,7 +284,7 @@ def _episode_alerts(
                 outcome.window_end,
                 segment,
                 summary=_summary(kind, segment, fired, outcome.window_start),
-                decision=decision.to_dict(),
+                decision={**decision.to_dict(), **ends},
                 most_out_of_distribution=[row["uri"] for row in extreme],
                 what_moved=decision.what_moved(segment),
                 reminder=reminder,

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flows.monitor.config import MonitorConfig
 from pipelines.records import ImageRef
+from pipelines.redaction import redact
 from pipelines.sources import Source
 from pipelines.store import OutputStore
 from pipelines.times import PlausibleTimes, floor_to_window, parse_window_label, window_label
+
+log = logging.getLogger("gradwatch.monitor")
 
 
 class Watermark:
@@ -91,4 +95,32 @@ def plan_windows(
         if config.reprocess or not current:
             planned.append(moment)
         moment += config.window
+    _warn_of_a_feed_that_ended(config, images, planned)
     return planned
+
+
+def _warn_of_a_feed_that_ended(
+    config: MonitorConfig, images: Mapping[dt.datetime, list[ImageRef]], planned: Sequence[dt.datetime]
+) -> None:
+    """Once per run: the run goes on for ``reminder_every`` or more past SOURCE's last image, as a one-off run over a
+    historical feed does up to now. Its silence pages once (the policy paces reminders by the runs' clocks), but
+    the run still records every empty window, and ``--until`` stops it where the feed stopped. A scheduled run
+    over a live feed that goes dark plans one window at a time, and is not told to stop."""
+    last = max((ref.event_time for refs in images.values() for ref in refs), default=None)
+    if last is None:
+        return
+    after = [start for start in planned if start > last]
+    if len(after) < 2 or after[-1] + config.window - after[0] < config.reminder_every:
+        return
+    # --until is floored to a window: the end of the last image's window keeps that window in.
+    until = floor_to_window(last, config.window) + config.window
+    log.warning(
+        "the last image in %s is from %s: this run processes %d windows after it (%s to %s), with no images; "
+        "this run pages that silence once at most. If the feed has ended, pass --until %s to stop there",
+        redact(config.source),
+        last.isoformat(),
+        len(after),
+        window_label(after[0]),
+        window_label(after[-1]),
+        until.isoformat(),
+    )

@@ -129,7 +129,7 @@ class Monitor:
         )
         previous = self.watermark.segments(window_start - self.config.window)
         # As the last window left it: a retry after a failure below must page what the failed attempt would have.
-        policy = AlertPolicy(self.store, reminder_every=self.config.reminder_every)
+        policy = AlertPolicy(self.store, reminder_every=self.config.reminder_every, now=self.now)
         alerts = alerts_for(outcome, previous_segments=previous, policy=policy, context=context)
         row = decision_row(
             outcome,
