@@ -7,6 +7,7 @@ order, for the CLI and the tests.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from flows.monitor.decisions import decision_row, write_decision
 from flows.monitor.lease import Lease
 from flows.monitor.paging import AlertContext, AlertPolicy, alerts_for
 from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windows
+from flows.monitor.sequential import SequentialCharts
 from flows.monitor.window import WindowOutcome, process_window
 from flows.quality import Gates
 from flows.registry import ThresholdRegistry
@@ -87,6 +89,8 @@ class Monitor:
             self.registry.fail_if_running(killed["mlflow_run_id"])
         self.watermark = Watermark(self.store)
         self.watermark.forget_before(self.config.plausible.earliest)
+        cusum = self.calibration.sequential
+        self.charts = SequentialCharts(self.store, cusum, self.version.version) if cusum else None
         self.images = inventory(self.source, self.config.window, self.config.plausible)
         planned = plan_windows(self.config, self.images, self.watermark, self.now)
         if planned:
@@ -124,6 +128,13 @@ class Monitor:
             loaded=self.loaded,
             source=self.source,
         )
+        if self.charts is not None and outcome.decision is not None:
+            # Across windows: what no window alone shows, a CUSUM per test may (the charts saved by window).
+            decision = self.calibration.with_sequential(
+                outcome.decision, self.charts.update(window_start, outcome.decision)
+            )
+            status = decision.status if outcome.status in ("ok", "drift") else outcome.status
+            outcome = dataclasses.replace(outcome, decision=decision, status=status)
         context = AlertContext(
             self.calibration.model_id, self.version.version, self.calibration, self.links, self.config.images_per_alert
         )
