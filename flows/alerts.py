@@ -41,6 +41,9 @@ class AlertConfigError(GradwatchError):
     """Alert targets are misconfigured; found at start, before any window is processed."""
 
 
+_DEFAULT_SEVERITY = {"drift": "page", "no_data": "page", "data_quality": "warn", "recovered": "info"}
+
+
 @dataclass(frozen=True)
 class Alert:
     """One alert, as it is stored in the outbox and posted (see README for the schema)."""
@@ -59,6 +62,16 @@ class Alert:
     what_moved: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
     reminder: int = 0  # 0 for the first page of an episode, n for the n-th reminder
+    # How urgent, for receivers to route on: a drift's by the calibration's policy ("page" or "warn", with its
+    # reasons); a feed gone dark pages; a failed gate warns; a recovery informs.
+    severity: str = ""
+    severity_reasons: list[str] = field(default_factory=list)
+    # The segment's accuracy estimated without labels (scoring.accuracy.AccuracyEstimate as a dict), when known.
+    estimated_accuracy: dict[str, Any] | None = None
+
+    @property
+    def level(self) -> str:
+        return self.severity or _DEFAULT_SEVERITY[self.kind]
 
     @property
     def alert_id(self) -> str:
@@ -77,6 +90,8 @@ class Alert:
             "summary": self.summary,
             "what_moved": self.what_moved,
             "reminder": self.reminder,
+            "severity": {"level": self.level, "reasons": self.severity_reasons},
+            "estimated_accuracy": self.estimated_accuracy,
             "decision": self.decision,
             "most_out_of_distribution_images": self.most_out_of_distribution,
             "links": self.links,
@@ -93,8 +108,10 @@ class Target:
     def body(self, payload: Mapping[str, Any]) -> bytes:
         """What is posted for an alert's payload (as :meth:`Alert.payload` makes it and the outbox keeps it)."""
         if self.kind == "slack":
-            icon = {"drift": ":rotating_light:", "recovered": ":white_check_mark:"}.get(payload["kind"], ":warning:")
-            text = f"{icon} *gradwatch {payload['kind']}* {payload['summary']}"
+            # Outboxes written before alerts had a severity page on drift as they always did.
+            level = (payload.get("severity") or {}).get("level") or _DEFAULT_SEVERITY.get(payload["kind"], "warn")
+            icon = {"page": ":rotating_light:", "info": ":white_check_mark:"}.get(level, ":warning:")
+            text = f"{icon} *gradwatch {payload['kind']}* ({level}) {payload['summary']}"
             # Outboxes written before alerts said what moved have no such list.
             text += "".join(f"\n• {moved}" for moved in payload.get("what_moved", []))
             return json.dumps({"text": text, "gradwatch": payload}, sort_keys=True).encode()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import math
 import os
 import re
 import tempfile
@@ -303,8 +302,7 @@ class ThresholdRegistry:
         for segment, count in decision.n.items():
             metrics[_key(segment_key(segment), "n")] = float(count)
         for record in decision.tests:
-            if math.isfinite(record.p_value):  # a CUSUM signal has no p-value: its chart is logged below
-                metrics[_key(segment_key(record.segment), record.score, f"{record.test}_p")] = record.p_value
+            metrics[_key(segment_key(record.segment), record.score, f"{record.test}_p")] = record.p_value
         for segment, state in decision.sequential.items():
             metrics[_key(segment_key(segment), "cusum")] = state.statistic
             metrics[_key(segment_key(segment), "cusum_limit")] = state.limit

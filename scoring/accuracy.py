@@ -83,9 +83,12 @@ class AccuracyEstimate:
         """In words, for an alert: "estimated accuracy 0.61 (0.55-0.67) against 0.83"."""
         if self.atc is not None and self.reference is not None:
             return f"estimated accuracy {self.atc.describe()} against {self.reference:.2f}"
+        confidence = f"mean confidence {self.confidence:.2f} against {self.reference_confidence:.2f}"
+        if self.drop.estimate <= 0:
+            return f"{confidence}: confidence shows no loss of accuracy"
         return (
-            f"mean confidence {self.confidence:.2f} against {self.reference_confidence:.2f}: accuracy down by about "
-            f"{100 * self.drop.estimate:.0f} points ({100 * self.drop.low:.0f} to {100 * self.drop.high:.0f})"
+            f"{confidence}: accuracy down by about {100 * self.drop.estimate:.0f} points "
+            f"({100 * self.drop.low:.0f} to {100 * self.drop.high:.0f})"
         )
 
 

@@ -203,9 +203,11 @@ class Calibration:
             states[segment] = SequentialState(step.statistic, limit, step.signalled, step.chart, step.windows)
             if step.signalled:
                 score, _, test = step.chart.rpartition("/")
+                # A chart has no p-value of its own; what stands for one is its rate of false signals per healthy
+                # window, and the threshold its statistic crossed is the limit.
                 records.append(
                     TestRecord(
-                        "cusum", score, segment, step.statistic, float("nan"), limit, True,
+                        "cusum", score, segment, step.statistic, 1 / self.sequential.run_length, limit, True,
                         f"slow drift: {test} of {score} has run above its healthy level, window after window "
                         f"(CUSUM {step.statistic:.1f} over its limit {limit:.1f})",
                     )

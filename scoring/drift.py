@@ -145,8 +145,7 @@ class WindowDecision:
         fired = [record for record in self.tests if record.is_drift and segment in (None, record.segment)]
         return [
             f"{record.segment}: {record.summary}" if record.segment and segment is None else record.summary
-            # A sequential signal has no p-value of its own: it comes after the window's own tests.
-            for record in sorted(fired, key=lambda record: (not np.isfinite(record.p_value), record.p_value))
+            for record in sorted(fired, key=lambda record: record.p_value)
         ]
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ across runs; alerts go to the outbox, which never queues the same alert twice.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
@@ -277,17 +278,22 @@ def _episode_alerts(
         _, extreme = most_out_of_distribution(rows, fired, context.images_per_alert, context.calibration, segment)
         # What a recovery ends, so that a receiver tells it from the end of a silence without reading its summary.
         ends = {"recovers": ["drift"]} if kind == "recovered" else {}
+        severity = decision.severity.get(segment) if kind == "drift" else None
+        estimate = decision.accuracy.get(segment)
         alerts.append(
             Alert(
                 kind,
                 outcome.window_start,
                 outcome.window_end,
                 segment,
-                summary=_summary(kind, segment, fired, outcome.window_start),
+                summary=_summary(kind, segment, outcome.window_start, decision, context.calibration),
                 decision={**decision.to_dict(), **ends},
                 most_out_of_distribution=[row["uri"] for row in extreme],
                 what_moved=decision.what_moved(segment),
                 reminder=reminder,
+                severity=severity.level if severity else "",
+                severity_reasons=list(severity.reasons) if severity else [],
+                estimated_accuracy=dataclasses.asdict(estimate) if estimate else None,
                 **common,
             )
         )
@@ -319,8 +325,57 @@ def most_out_of_distribution(
     return score, [rows[index] for index in order[:k]]
 
 
-def _summary(kind: str, segment: str, fired: Sequence[FiredTest], window_start: dt.datetime) -> str:
+def _summary(
+    kind: str,
+    segment: str,
+    window_start: dt.datetime,
+    decision: WindowDecision,
+    calibration: Calibration,
+) -> str:
     where = f"segment {segment!r}" if segment else "the feed"
     if kind == "recovered":
         return f"{where} is back to the reference distribution in window {window_label(window_start)}"
-    return f"drift in {where}, window {window_label(window_start)}: {', '.join(test.label for test in fired)}"
+    severity = decision.severity.get(segment)
+    level = f" ({severity.level})" if severity else ""
+    return f"drift in {where}, window {window_label(window_start)}{level}: " + drift_sentence(
+        decision, segment, calibration
+    )
+
+
+def drift_sentence(decision: WindowDecision, segment: str, calibration: Calibration, *, most: int = 3) -> str:
+    """What a person reads first: how far the values that fired moved, then what it likely costs.
+
+    "48% of images below msp's threshold against 5% expected; sharpness fell 2.1 IQR; estimated accuracy 0.61
+    (0.55-0.67) against 0.83". A score is told by its outlier rate (what its threshold means), an image property by
+    how far its median moved (its bounds are two-sided), the features, predictions and a CUSUM by their tests' own
+    summaries.
+    """
+    effects = {effect.score: effect for effect in decision.effects if effect.segment == segment}
+    parts: list[str] = []
+    fired = sorted(
+        (record for record in decision.tests if record.is_drift and record.segment == segment),
+        key=lambda record: record.p_value,
+    )
+    told: set[str] = set()
+    for record in fired:
+        if record.score in told:
+            continue
+        told.add(record.score)
+        effect = effects.get(record.score)
+        side = calibration.reference(record.score, segment).side if record.score in calibration.scores else "none"
+        if record.test != "cusum" and effect is not None and side in ("low", "high"):
+            where = "below" if side == "low" else "above"
+            parts.append(
+                f"{effect.ood_rate:.0%} of images {where} {record.score}'s threshold against "
+                f"{effect.expected_ood_rate:.0%} expected"
+            )
+        elif record.test != "cusum" and effect is not None and side == "both":
+            moved = "rose" if effect.median_shift > 0 else "fell"
+            parts.append(f"{record.score} {moved} {abs(effect.median_shift):.1f} IQR")
+        else:
+            parts.append(record.summary)
+    shown = parts[:most] + ([f"{len(parts) - most} more"] if len(parts) > most else [])
+    estimate = decision.accuracy.get(segment)
+    if estimate is not None:
+        shown.append(estimate.describe())
+    return "; ".join(shown)

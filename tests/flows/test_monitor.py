@@ -91,6 +91,18 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
         assert drift["json"]["what_moved"] == [t["summary"] for t in sorted(fired, key=lambda t: t["p_value"])]
         assert any("IQR" in line and "the reference median" in line for line in drift["json"]["what_moved"])
         assert drift["json"]["links"]["mlflow_run_id"] == report.mlflow_run_id
+        # Said in a sentence, with how urgent it is and what it likely costs (no labels: the fall in confidence).
+        severity = drift["json"]["severity"]
+        assert severity["level"] in ("page", "warn")
+        assert severity["reasons"]
+        assert f"({severity['level']}): " in drift["json"]["summary"]
+        drop = drift["json"]["estimated_accuracy"]["drop"]
+        assert drop["low"] <= drop["estimate"] <= drop["high"]
+        assert drift["json"]["summary"].endswith(("points)", "confidence shows no loss of accuracy"))
+        assert "mean confidence" in drift["json"]["summary"]
+        assert {post["json"]["kind"]: post["json"]["severity"]["level"] for post in receiver.received} == {
+            "drift": severity["level"], "data_quality": "warn", "no_data": "page", "recovered": "info",
+        }  # fmt: skip
 
         again = run_monitor(config, registry=registry, now=START + 5 * HOUR + dt.timedelta(minutes=7))
         assert again.windows == []
@@ -111,6 +123,11 @@ def test_monitor_pages_drift_no_data_and_recovery_once(tmp_path: Path, registry,
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.0, 0.0, 1.0, 0.0]
     drifted = next(row for row in decisions if row["status"] == "drift")
     assert json.loads(drifted["decision"])["what_moved"] == drift["json"]["what_moved"]
+    # Every tested window carries its CUSUM charts and its estimated accuracy, in the table and in MLflow.
+    tested = [json.loads(row["decision"]) for row in decisions if row["status"] in ("ok", "drift")]
+    assert all(set(d["sequential"]) == set(d["accuracy"]) == {""} for d in tested)
+    metrics = registry.client.get_run(report.mlflow_run_id).data.metrics
+    assert {"cusum", "cusum_limit", "confidence_drop"} <= set(metrics)
 
 
 def test_monitor_refuses_to_run_without_approved_thresholds(tmp_path: Path, registry) -> None:
