@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime as dt
 import hashlib
@@ -120,6 +121,7 @@ def calibrate_reference(
     config: CalibrationConfig | None = None,
     validation_ood: Sequence[str] = (),
     work_dir: Path | None = None,
+    labels: str | None = None,
 ) -> tuple[ThresholdVersion, Calibration]:
     """Score the reference (and validation sets), calibrate, and propose the result for review.
 
@@ -133,6 +135,7 @@ def calibrate_reference(
         validation_ood: folders of known-shifted images for the guardrail's separation table.
         work_dir: where the pipeline writes its outputs (default: a temporary folder, removed when it returns or
             raises).
+        labels: a CSV of the reference's classes (see :func:`label_correctness`), for the reference's accuracy.
 
     Returns:
         The proposed version (alias ``candidate``) and the calibration.
@@ -154,6 +157,7 @@ def calibrate_reference(
             label = open_source(folder).name
             shifted, _ = score_source(folder, work / "validation" / label, **run)
             validation[label] = table_values(shifted, names)
+        correct = label_correctness(labels, table) if labels else None
         calibration = calibrate(
             table_values(table, names),
             model_id=model_id,
@@ -163,8 +167,12 @@ def calibrate_reference(
             config=config,
             scoring=scoring.recorded(),
             fitted_scores=fitted,
+            correct=correct,
         )
-        params = _params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris))
+        params = {
+            **_params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris)),
+            **_label_params(correct),
+        }
         name = model_name(scoring.model)
         today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
         run_name = f"calibrate {name} on {open_source(reference).name} ({table.num_rows} images, {today})"
@@ -334,6 +342,7 @@ def calibrate_from_out(
     scoring: ScoringSettings = ScoringSettings(),
     score: str = "gradnorm",
     config: CalibrationConfig | None = None,
+    labels: str | None = None,
 ) -> tuple[ThresholdVersion, Calibration]:
     """Calibrate on windows already scored into OUT, without scoring anything again, and propose the result.
 
@@ -348,7 +357,7 @@ def calibrate_from_out(
         scoring: the model (its name finds the versions); its precision, decoder and temperature are recorded only
             for a period no version decided.
         score: the score the operator leads with.
-        config: as for :func:`calibrate_reference`.
+        config, labels: as for :func:`calibrate_reference`.
 
     Returns:
         The proposed version (alias ``candidate``) and the calibration.
@@ -371,6 +380,7 @@ def calibrate_from_out(
     if state.version is None:
         table = table.drop_columns(sorted(fitted_values() & set(table.column_names)))
     names = [name for name in decision_sides() if name in table.column_names]
+    correct = label_correctness(labels, table) if labels else None
     try:
         calibration = calibrate(
             table_values(table, names),
@@ -380,6 +390,7 @@ def calibrate_from_out(
             config=config,
             scoring=state.scoring,
             fitted_scores=state.fitted_scores,
+            correct=correct,
         )
     except ValueError as error:
         raise GradwatchError(f"windows of {period.describe()}: {error}, or widen --since/--until") from None
@@ -393,6 +404,7 @@ def calibrate_from_out(
         "reference_windows": len(period.windows),
         "reference_segments": _segment_counts(table),
         "fitted_from_version": state.version or "-",
+        **_label_params(correct),
     }
     name = model_name(scoring.model)
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
@@ -469,6 +481,71 @@ def _listed(starts: Sequence[dt.datetime], shown: int = 5) -> str:
 def iso_utc(moment: dt.datetime) -> str:
     """A time as messages and parameters show it: ``2026-11-26T13:00:00Z``."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def label_correctness(labels: str, table: pa.Table) -> np.ndarray:
+    """Per row of a scores table, 1.0 where its prediction (``pred``) is the image's label, 0.0 where it is not,
+    NaN where the image has none.
+
+    ``labels`` is a CSV with columns ``file`` and ``class_index``. A row names an image by its path relative to the
+    CSV's folder (``cam-1/0007.jpg``), else by its file name alone (``0007.jpg``) when no other row has that name.
+
+    Raises:
+        GradwatchError: the file cannot be read, lacks a column, holds a class index that is not an integer or one
+            file with two classes, or names none of the images; each names the file and the fix.
+    """
+    shown = redact(labels)
+    try:
+        with fsspec.open(labels, "r", encoding="utf-8", newline="") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError) as error:
+        raise GradwatchError(f"--labels {shown} cannot be read ({error}); pass a UTF-8 CSV file") from None
+    missing = {"file", "class_index"} - set(rows[0] if rows else {})
+    if missing:
+        raise GradwatchError(
+            f"--labels {shown} lacks the column(s) {sorted(missing)}; it needs a header 'file,class_index' (the "
+            "image's path relative to the CSV's folder, and its class index)"
+        )
+    by_path: dict[str, int] = {}
+    for number, row in enumerate(rows, start=2):
+        name, text = (row["file"] or "").strip(), (row["class_index"] or "").strip()
+        try:
+            index = int(text)
+        except ValueError:
+            raise GradwatchError(
+                f"--labels {shown} line {number}: class_index {text!r} of {name!r} is not an integer; write the "
+                "class's index in the model's output"
+            ) from None
+        if by_path.setdefault(name, index) != index:
+            raise GradwatchError(
+                f"--labels {shown} gives {name!r} two classes ({by_path[name]} and {index}); keep one row per file"
+            )
+    # A file name two rows share (cam-1/0.jpg, cam-2/0.jpg) names no image by itself.
+    shared = Counter(posixpath.basename(name) for name in by_path)
+    by_name = {
+        posixpath.basename(name): index for name, index in by_path.items() if shared[posixpath.basename(name)] == 1
+    }
+    folder = posixpath.dirname(image_identity(labels)) + "/"
+    predictions = table.column("pred").to_pylist()
+    correct = np.full(table.num_rows, np.nan)
+    for row, (uri, pred) in enumerate(zip(table.column("uri").to_pylist(), predictions, strict=True)):
+        label = by_path.get(uri[len(folder) :]) if uri.startswith(folder) else None
+        label = by_name.get(posixpath.basename(uri)) if label is None else label
+        if label is not None:
+            correct[row] = float(pred == label)
+    if np.isnan(correct).all():
+        raise GradwatchError(
+            f"--labels {shown} names none of the {table.num_rows} reference images (by path relative to "
+            f"{redact(folder)}, or by file name); put the CSV in the images' folder, or name them as they are there"
+        )
+    return correct
+
+
+def _label_params(correct: np.ndarray | None) -> dict[str, Any]:
+    if correct is None:
+        return {}
+    labelled = correct[np.isfinite(correct)]
+    return {"labelled_images": labelled.size, "reference_accuracy": round(float(labelled.mean()), 4)}
 
 
 def _params(

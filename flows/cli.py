@@ -198,7 +198,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         with console.status(f"calibrating on the windows of {redact(args.from_out)}"):
             version, calibration = calibrate_from_out(
                 args.from_out, since=period[0], until=period[1], registry=registry, scoring=scoring_settings(args),
-                score=args.score, config=config,
+                score=args.score, config=config, labels=args.labels,
             )  # fmt: skip
     else:
         with console.status(f"scoring {args.reference} and calibrating"):
@@ -211,6 +211,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                 config=config,
                 validation_ood=args.validation_ood,
                 work_dir=Path(args.out) if args.out else None,
+                labels=args.labels,
             )
     print(f"proposed {version.name} version {version.version} (alias candidate, review_status proposed)")
     print(
@@ -566,6 +567,9 @@ def _add_calibrate(commands, scoring: argparse.ArgumentParser, pipeline: argpars
     )
     calibrate.add_argument(
         "--out", help="where the pipeline's outputs go (default: a temporary folder, removed at the end)"
+    )
+    calibrate.add_argument(
+        "--labels", metavar="FILE", help="CSV file,class_index of reference images, for the reference's accuracy"
     )
     calibrate.set_defaults(run=_calibrate)
 

@@ -149,6 +149,7 @@ def calibrate(
     from_out: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    labels: str | None = None,
 ) -> dict[str, str]:
     """Calibrate on healthy reference images, or on the windows of ``from_out`` in [since, until) without scoring
     them again, and propose the thresholds for review in MLflow."""
@@ -160,12 +161,12 @@ def calibrate(
             raise GradwatchError("from_out needs since and until: the period of healthy production windows")
         version, calibration = calibrate_from_out(
             from_out, since=parse_event_time(since), until=parse_event_time(until), registry=ThresholdRegistry(),
-            scoring=scoring, score=score, config=config,
+            scoring=scoring, score=score, config=config, labels=labels,
         )  # fmt: skip
     else:
         version, calibration = calibrate_reference(
             reference, registry=ThresholdRegistry(), scoring=scoring, pipeline=pipeline, score=score, config=config,
-            validation_ood=validation_ood or (),
+            validation_ood=validation_ood or (), labels=labels,
         )  # fmt: skip
     return {"registered_model": version.name, "version": version.version, "model_id": calibration.model_id}
 

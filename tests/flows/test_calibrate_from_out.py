@@ -17,6 +17,7 @@ from flows.calibrate import calibrate_from_out, calibrate_reference
 from flows.monitor import MonitorConfig, run_monitor
 from flows.registry import ThresholdRegistry
 from pipelines.pipeline import ScoringConfig, run_scoring
+from pipelines.store import OutputStore
 from scoring import GradwatchError, ScoringSettings
 from scoring.calibration import CalibrationConfig
 
@@ -196,3 +197,34 @@ def test_the_command_line_calibrates_from_out(tmp_path: Path, mlflow_server: str
     no_period = _gradwatch("calibrate", "--from-out", str(tmp_path / "out"), "--since", "2026-11-26T10:00:00Z")
     assert no_period.returncode == 2
     assert "--from-out needs --since and --until" in no_period.stderr
+
+
+def test_labels_give_the_reference_accuracy_and_bad_ones_are_refused(tmp_path: Path, registry) -> None:
+    feed = _feed(tmp_path / "feed", range(2))
+    _score(feed, tmp_path / "out")
+    rows = OutputStore(str(tmp_path / "out")).read_table("scores").to_pylist()
+    pred = {Path(row["uri"]).name: row["pred"] for row in rows}
+    # 60 right and 20 wrong, by path relative to the CSV's folder.
+    lines = [f"{name},{pred[name] if index < 60 else (pred[name] + 1) % 5}" for index, name in enumerate(sorted(pred))]
+    (feed / "labels.csv").write_text("file,class_index\n" + "\n".join(lines) + "\n")
+    kwargs = {"since": START, "until": START + 2 * HOUR, "registry": registry, "scoring": ScoringSettings(model=TINY)}
+    version, _ = calibrate_from_out(str(tmp_path / "out"), config=CONFIG, labels=str(feed / "labels.csv"), **kwargs)
+    params = registry.client.get_run(version.run_id).data.params
+    assert (params["labelled_images"], params["reference_accuracy"]) == ("80", "0.75")
+    # Elsewhere, a CSV names images by file name; a name rows share (h0-0.png, three times here) names none.
+    elsewhere = tmp_path / "labels" / "labels.csv"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("file,class_index\na/h0-0.png,0\nb/h0-0.png,1\n" + "\n".join(lines) + "\n")
+    version, _ = calibrate_from_out(str(tmp_path / "out"), config=CONFIG, labels=str(elsewhere), **kwargs)
+    assert registry.client.get_run(version.run_id).data.params["labelled_images"] == "79"
+
+    bad = tmp_path / "bad.csv"
+    for text, message in (
+        ("name,class\nh0-0.png,1\n", r"lacks the column\(s\) \['class_index', 'file'\]"),
+        ("file,class_index\nh0-0.png,tench\n", "line 2: class_index 'tench' of 'h0-0.png' is not an integer"),
+        ("file,class_index\nother.png,1\n", "names none of the 80 reference images"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(GradwatchError, match=message) as refused:
+            calibrate_from_out(str(tmp_path / "out"), config=CONFIG, labels=str(bad), **kwargs)
+        assert str(bad) in str(refused.value)
