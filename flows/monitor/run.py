@@ -21,12 +21,14 @@ from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windo
 from flows.monitor.sequential import SequentialCharts
 from flows.monitor.window import WindowOutcome, process_window
 from flows.quality import Gates
+from flows.reference_check import check_on_start
 from flows.registry import ThresholdRegistry
 from pipelines.redaction import redact, redact_logs
 from pipelines.sources import open_source
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring import load_model
+from scoring.reference_check import ReferenceCheck
 
 
 @dataclass
@@ -38,6 +40,8 @@ class MonitorReport:
     alerts_delivered: int = 0
     alerts_pending: int = 0
     mlflow_run_id: str = ""
+    # Whether the thresholds' reference represents this feed, checked once per threshold version (None: not this run).
+    reference_check: ReferenceCheck | None = None
 
 
 class Monitor:
@@ -89,6 +93,11 @@ class Monitor:
             self.registry.fail_if_running(killed["mlflow_run_id"])
         self.watermark = Watermark(self.store)
         self.watermark.forget_before(self.config.plausible.earliest)
+        # A reference that is not a sample of this feed pages healthy windows: said before they page, when OUT
+        # already holds a day of scored windows (else at the end of the run, from the windows it scored).
+        self.report.reference_check = check_on_start(
+            self.store, self.registry, self.calibration, self.version, self.now
+        )
         cusum = self.calibration.sequential
         self.charts = SequentialCharts(self.store, cusum, self.version.version) if cusum else None
         self.images = inventory(self.source, self.config.window, self.config.plausible)
@@ -163,6 +172,10 @@ class Monitor:
         return outcome
 
     def finish(self, *, failed: bool) -> None:
+        if not failed and self.report.reference_check is None and self.report.windows:
+            self.report.reference_check = check_on_start(
+                self.store, self.registry, self.calibration, self.version, self.now
+            )
         if self.report.mlflow_run_id:
             self.registry.end_run(self.report.mlflow_run_id, failed=failed)
 
