@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -44,6 +44,7 @@ from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
 if TYPE_CHECKING:
     from flows.registry import ThresholdRegistry
     from pipelines.pipeline import RunSummary, ScoringConfig
+    from scoring.calibration import Calibration
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
 
@@ -298,7 +299,9 @@ def _thresholds(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         result = registry.get(name, args.version)
-    elif args.action == "approve":
+        print(json.dumps({**describe(result), "decision": decision_policy(registry.calibration(result))}, indent=2))
+        return 0
+    if args.action == "approve":
         result = registry.approve(name, args.version, by=args.by, note=args.note)
     else:
         if not args.note:
@@ -365,8 +368,38 @@ def _earliest_option(command: argparse.ArgumentParser) -> None:
     )
 
 
+# A calibration without a CUSUM: made before sequential detection, or on too few images for a held-out window.
+_NO_SEQUENTIAL = "none: no held-out window to fit its limit on (calibrate on more images, or with this version)"
+
+
+def decision_policy(calibration: Calibration) -> dict[str, Any]:
+    """What a reviewer approves beside the thresholds: how windows are decided, paged and costed."""
+    accuracy, sequential = calibration.accuracy, calibration.sequential
+    return {
+        "alpha": calibration.config.alpha,
+        "min_window": calibration.config.min_window,
+        "false_alarm_checks": [
+            f"n={check.window_size}: {check.false_alarms}/{check.windows} healthy windows paged "
+            f"(95% {check.ci_low:.3f}-{check.ci_high:.3f})"
+            for check in calibration.false_alarm_checks
+        ],
+        "severity": calibration.severity.describe(),
+        "accuracy": accuracy.describe() if accuracy else "not estimated (calibrated before this version)",
+        "accuracy_checks": [
+            f"n={check.window_size}: mean absolute error {check.mean_absolute_error:.3f}, interval held the truth in "
+            f"{check.coverage:.0%} of {check.windows} held-out windows"
+            for check in calibration.accuracy_checks
+        ],
+        "sequential": sequential.describe() if sequential else _NO_SEQUENTIAL,
+        "warnings": calibration.warnings,
+    }
+
+
 def _monitor(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
+    # gradwatch's own warnings (a feed that ended, a reference unlike the feed) always show; Beam's only with -v.
+    for name in ("gradwatch", "flows"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from flows.monitor import monitor_config, run_monitor
     from flows.registry import ThresholdRegistry
 
@@ -382,14 +415,22 @@ def _monitor(args: argparse.Namespace) -> int:
     for window in report.windows:
         fired = ", ".join(test.label for test in window.fired) or "-"
         quality = "" if window.data_quality_passed else "  data quality FAILED"
+        decision = window.decision
+        levels = sorted({severity.level for severity in decision.severity.values()}) if decision else []
+        severity = f" ({'/'.join(levels)})" if levels else ""
         print(
-            f"{window.window_start:%Y-%m-%d %H:%M}  {window.status:<17} n={window.scored:<5} "
+            f"{window.window_start:%Y-%m-%d %H:%M}  {window.status + severity:<17} n={window.scored:<5} "
             f"rejected={window.rejected:<4} fired: {fired}{quality}"
         )
+        for segment, estimate in decision.accuracy.items() if decision and window.is_drift else []:
+            print(f"{'':18}{segment or 'feed'}: {estimate.describe()}")
     print(
         f"{len(report.windows)} window(s) processed; alerts queued {report.alerts_queued}, "
         f"delivered {report.alerts_delivered}, pending {report.alerts_pending}"
     )
+    check = report.reference_check
+    if check is not None and not check.representative:
+        print(f"WARNING: the thresholds' reference does not represent this feed: {check.summary()}", file=sys.stderr)
     return 0
 
 

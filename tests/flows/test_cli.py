@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -129,6 +130,17 @@ def test_calibrate_then_review_in_mlflow(tmp_path: Path, mlflow_server: str, mon
     assert "gradwatch thresholds approve" in result.stdout
     assert "vs shifted: AUROC" in result.stdout
     version = result.stdout.split("version ")[1].split()[0]
+
+    shown = _gradwatch("thresholds", "show", version, "--model", TINY)
+    assert shown.returncode == 0, shown.stderr
+    policy = json.loads(shown.stdout)["decision"]
+    # What a reviewer approves besides thresholds: when a drift pages, how accuracy is estimated, the CUSUM's limit.
+    assert policy["severity"].startswith("page when the estimated accuracy drop is at least 3 points")
+    assert policy["accuracy"].startswith("no labels")
+    # 60 images hold out 20, too few for a window of the check: the CUSUM's limit cannot be fitted, and it says so.
+    assert policy["sequential"].startswith("none: no held-out window")
+    assert policy["false_alarm_checks"] == []
+    assert any("were not checked" in warning for warning in policy["warnings"])
 
     listing = _gradwatch("thresholds", "list", "--model", TINY)
     assert listing.returncode == 0

@@ -34,6 +34,7 @@ def test_calibration_fits_accuracy_and_the_cusum_and_reads_them_back(calibrated)
     calibration, _ = calibrated
     assert calibration.accuracy.has_labels
     assert calibration.sequential.run_length >= 200
+    assert "a false signal every" in calibration.sequential.describe()
     assert [check.window_size for check in calibration.accuracy_checks] == [50, 100]
     assert all(check.mean_absolute_error < 0.1 for check in calibration.accuracy_checks)
     again = Calibration.from_json(calibration.to_json())
