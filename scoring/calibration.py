@@ -70,6 +70,8 @@ class CalibrationConfig:
     # signals (1000 hourly windows: six weeks, a tenth more pages than alpha = 1% per window allows).
     sequential_drift: float = 1.0
     sequential_run_length: int = 1000
+    # Windows that set each chart's baseline before it accumulates: a day of hourly windows.
+    sequential_burn_in: int = 24
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -200,7 +202,9 @@ class Calibration:
         records = list(decision.tests)
         states = {}
         for segment, step in steps.items():
-            states[segment] = SequentialState(step.statistic, limit, step.signalled, step.chart, step.windows)
+            states[segment] = SequentialState(
+                step.statistic, limit, step.signalled, step.chart, step.windows, step.burning_in
+            )
             if step.signalled:
                 score, _, test = step.chart.rpartition("/")
                 # A chart has no p-value of its own; what stands for one is its rate of false signals per healthy
@@ -365,10 +369,8 @@ def calibrate(
     )
     sequential = None
     if null.shape[0] >= 2 and null.shape[1]:
-        # The reference's share of a two-sample statistic's variance, at windows of twice the minimum size.
-        share = 2 * config.min_window / (2 * config.min_window + calibration_part.size)
         sequential = fit_cusum(
-            null, reference_share=share, drift=config.sequential_drift,
+            null, drift=config.sequential_drift, burn_in=config.sequential_burn_in,
             target_run_length=config.sequential_run_length, seed=config.seed,
         )  # fmt: skip
     separation = _separation(references[""], validation or {})

@@ -93,6 +93,7 @@ class SequentialState:
         statistic: the largest chart's value, ``chart`` its name (``score/test``), ``limit`` where it signals.
         signalled: whether it crossed the limit in this window (the charts then restart from zero).
         windows: windows the charts have accumulated over since they last started from zero.
+        burning_in: whether the charts were still setting their baselines (nothing accumulates meanwhile).
     """
 
     statistic: float
@@ -100,6 +101,7 @@ class SequentialState:
     signalled: bool
     chart: str
     windows: int
+    burning_in: bool = False
 
 
 @dataclass(frozen=True)

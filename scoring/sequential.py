@@ -4,23 +4,30 @@ A window decision holds each window to alpha on its own, so a shift that moves e
 window's images blurred) can go unseen for ever. Page's CUSUM (Page, Biometrika 1954) accumulates the evidence:
 every test of every value in a segment keeps a chart
 
-    S_t = max(0, S_{t-1} + z_t - drift),   z_t = Φ⁻¹(1 - p_t)
+    S_t = max(0, S_{t-1} + (z_t - baseline) - drift),   z_t = Φ⁻¹(1 - p_t)
 
-where p_t is the test's p-value in window t (z is standard normal for a healthy window, large for a shifted one),
-and the segment signals when any chart exceeds ``limit``. With ``drift`` = 1 a per-window evidence of z ≈ 3.5 (an
-OOD count a quarter above the reference's in windows of 100) crosses a limit of about 5 within 2 to 3 windows.
+where p_t is the test's p-value in window t (z is standard normal for a window drawn from the reference, large for
+a shifted one), and the segment signals when any chart exceeds ``limit``.
+
+The baseline is each chart's mean evidence over the first ``burn_in`` windows a threshold version monitors (the
+charts accumulate nothing meanwhile): a reference is a finite sample, and its chance departure from the production
+distribution is shared by every window, so against the reference alone a chart of a sound reference drifts upward
+for ever. On ImageNet samples, with a reference of 245 images and windows of 100, that offset held the limit a
+mean run length of 1000 windows needs above 20 (nothing slow could be caught); centred on the burn-in, the charts
+test what they should: whether the feed moved since monitoring began. A shift present from the first window is the
+window decision's to catch, and a reference unlike the feed is the reference check's (:mod:`scoring.reference_check`).
 
 The limit is fitted at calibration by simulation: healthy sequences of windows whose evidence has the correlation
-across charts that the held-out false-alarm check's windows show (a blur moves sharpness and noise together), plus
-the offset a finite reference shares with every window, and the limit is the smallest whose mean run length to a
-false signal reaches ``target_run_length``.
+across charts that the held-out false-alarm check's windows show (a blur moves sharpness and noise together), each
+centred on its own burn-in as the monitor centres them, and the limit is the smallest whose mean run length to a
+false signal after the burn-in reaches ``target_run_length``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,21 +50,52 @@ def evidence(p_value: float) -> float:
 
 
 @dataclass(frozen=True)
+class ChartState:
+    """A segment's charts between windows.
+
+    Attributes:
+        statistics: chart name -> S.
+        baseline: chart name -> (sum of its evidence, windows) over the burn-in.
+        seen: windows the charts have seen since the threshold version began (the burn-in among them).
+        windows: windows accumulated since the charts last started from zero.
+    """
+
+    statistics: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, tuple[float, int]] = field(default_factory=dict)
+    seen: int = 0
+    windows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "baseline": {name: list(entry) for name, entry in self.baseline.items()}}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any] | None) -> ChartState:
+        if not entry:
+            return cls()
+        baseline = {name: (float(total), int(count)) for name, (total, count) in entry.get("baseline", {}).items()}
+        return cls(dict(entry.get("statistics", {})), baseline, int(entry.get("seen", 0)), int(entry.get("windows", 0)))
+
+
+@dataclass(frozen=True)
 class ChartStep:
     """A segment's charts after one window.
 
     Attributes:
-        statistics: chart name -> S after this window (0 for every chart after a signal: the charts restart).
+        state: the charts after this window (all at 0 after a signal: the charts restart).
         statistic: the largest S before any restart, and ``chart`` the chart that holds it.
         signalled: whether a chart crossed the limit in this window.
-        windows: windows since the charts last started from zero (the run the statistic accumulated over).
+        burning_in: whether this window was one of the burn-in's (nothing accumulates, nothing signals).
     """
 
-    statistics: dict[str, float]
+    state: ChartState
     statistic: float
     chart: str
     signalled: bool
-    windows: int
+    burning_in: bool = False
+
+    @property
+    def windows(self) -> int:
+        return self.state.windows
 
 
 @dataclass(frozen=True)
@@ -67,39 +105,50 @@ class Cusum:
     Attributes:
         drift: the allowance subtracted per window (k).
         limit: the signal limit (h).
+        burn_in: windows whose evidence sets each chart's baseline before it accumulates.
         target_run_length: the mean healthy windows between false signals asked for.
         run_length: the mean measured by simulation at ``limit`` (censored sequences counted at their length, so
             it is a lower bound).
-        simulated: healthy sequences simulated, each ``simulated_windows`` long.
+        simulated: healthy sequences simulated, each ``simulated_windows`` long after its burn-in.
     """
 
     drift: float
     limit: float
+    burn_in: int
     target_run_length: int
     run_length: float
     simulated: int
     simulated_windows: int
 
-    def step(self, previous: Mapping[str, float], window: Mapping[str, float], windows: int = 0) -> ChartStep:
-        """Every chart of a segment after one window: ``previous`` S per chart (missing: 0), ``window`` evidence per
-        chart (NaN or missing: the chart did not test this window and keeps its S), ``windows`` the run so far."""
-        names = sorted(set(previous) | set(window))
-        updated = {}
-        for name in names:
-            before = previous.get(name, 0.0)
-            z = window.get(name, math.nan)
-            updated[name] = before if not math.isfinite(z) else max(0.0, before + z - self.drift)
+    def step(self, state: ChartState, window: Mapping[str, float]) -> ChartStep:
+        """Every chart of a segment after one window: ``window`` is the evidence per chart (NaN or missing: the
+        chart did not test this window and stays as it was)."""
+        evidence = {name: z for name, z in window.items() if math.isfinite(z)}
+        if state.seen < self.burn_in:
+            baseline = dict(state.baseline)
+            for name, z in evidence.items():
+                total, count = baseline.get(name, (0.0, 0))
+                baseline[name] = (total + z, count + 1)
+            burnt = ChartState(dict.fromkeys(baseline, 0.0), baseline, state.seen + 1, 0)
+            return ChartStep(burnt, 0.0, "", False, burning_in=True)
+        updated = dict(state.statistics)
+        for name, z in evidence.items():
+            total, count = state.baseline.get(name, (0.0, 0))
+            centre = total / count if count else 0.0
+            updated[name] = max(0.0, updated.get(name, 0.0) + z - centre - self.drift)
         chart = max(updated, key=updated.get, default="")
         statistic = updated.get(chart, 0.0)
         signalled = statistic > self.limit
         if signalled:
             updated = dict.fromkeys(updated, 0.0)
-        return ChartStep(updated, statistic, chart, signalled, 0 if signalled else windows + 1)
+        after = ChartState(updated, state.baseline, state.seen + 1, 0 if signalled else state.windows + 1)
+        return ChartStep(after, statistic, chart, signalled)
 
     def describe(self) -> str:
         return (
-            f"CUSUM per test, allowance {self.drift:g} per window, limit {self.limit:.2f}: a false signal every "
-            f"{self.run_length:.0f} healthy windows on average (simulated; asked for {self.target_run_length})"
+            f"CUSUM per test, centred on the first {self.burn_in} windows monitored, allowance {self.drift:g} per "
+            f"window, limit {self.limit:.2f}: a false signal every {self.run_length:.0f} healthy windows on "
+            f"average (simulated; asked for {self.target_run_length})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,29 +180,30 @@ def run_lengths(
     limits: Sequence[float],
     *,
     drift: float,
-    reference_share: float,
+    burn_in: int,
     sequences: int,
     length: int,
     seed: int,
 ) -> np.ndarray:
-    """Simulated run lengths to the first false signal, per limit (rows) and sequence (columns).
+    """Simulated run lengths to the first false signal after the burn-in, per limit (rows) and sequence (columns).
 
-    Each healthy window's evidence is drawn standard normal with the charts' ``correlation``, plus an offset
-    shared by every window of a sequence: a finite reference is itself a sample, and its chance departure from
-    the production distribution is seen by every window alike. Its share of the evidence's unit variance is
-    ``reference_share`` (a window's size over the two together: the reference's part of a two-sample statistic's
-    variance; 0.125 for windows of 100 against a reference of 700). A sequence that never signals counts as
-    ``length``.
+    Each healthy window's evidence is drawn standard normal with the charts' ``correlation``; each sequence's charts
+    are centred on the mean of its own first ``burn_in`` windows, as the monitor centres them. A shared offset (a
+    finite reference's departure from production) would cancel in that centring, so none is drawn. A sequence that
+    never signals counts as ``length``.
     """
     rng = np.random.default_rng(seed)
     values, vectors = np.linalg.eigh(correlation)
     root = vectors * np.sqrt(np.clip(values, 0.0, None))  # root @ root.T == correlation, for any PSD matrix
+
+    def draw() -> np.ndarray:
+        return rng.standard_normal((sequences, root.shape[1])) @ root.T
+
+    centre = sum(draw() for _ in range(burn_in)) / burn_in if burn_in else 0.0
     charts = np.zeros((sequences, correlation.shape[0]))
-    offset = np.sqrt(reference_share) * rng.standard_normal((sequences, root.shape[1])) @ root.T
     highest = np.empty((length, sequences))
     for t in range(length):
-        z = np.sqrt(1.0 - reference_share) * rng.standard_normal((sequences, root.shape[1])) @ root.T + offset
-        charts = np.maximum(0.0, charts + z - drift)
+        charts = np.maximum(0.0, charts + draw() - centre - drift)
         highest[t] = charts.max(axis=1)
     running = np.maximum.accumulate(highest, axis=0)
     # Running maxima only rise: the first window over a limit is where the limit would be inserted.
@@ -165,8 +215,8 @@ def run_lengths(
 def fit_cusum(
     null: np.ndarray,
     *,
-    reference_share: float,
     drift: float = 1.0,
+    burn_in: int = 24,
     target_run_length: int = 1000,
     sequences: int = 100,
     seed: int = 0,
@@ -176,26 +226,26 @@ def fit_cusum(
     Args:
         null: (windows, charts) evidence of healthy windows, NaN where a chart did not test a window: the charts'
             correlation is read from it (:func:`null_model`).
-        reference_share: a typical window's size over itself plus the reference's (see :func:`run_lengths`).
         drift: the allowance per window; 1 suits per-window evidence of z 2 to 4, the shifts a window alone misses.
+        burn_in: windows each chart's baseline is the mean of (24: a day of hourly windows, whose mean evidence is
+            known to ±0.2).
         target_run_length: mean healthy windows between false signals (1000: six weeks of hourly windows, which
             adds a tenth to the pages a per-window alpha of 1% allows).
-        sequences: simulated healthy sequences, each three times the target long.
+        sequences: simulated healthy sequences, each three times the target long after the burn-in.
     """
-    if not 0 <= reference_share < 1:
-        raise ValueError(f"reference_share must be in [0, 1), got {reference_share}")
     if null.ndim != 2 or null.shape[0] < 2:
         raise ValueError("the null evidence must be a (windows, charts) array with at least two windows")
+    if burn_in < 1:
+        raise ValueError(f"burn_in must be at least one window, got {burn_in}")
     length = 3 * target_run_length
     limits = np.round(np.arange(0.5, 40.0, 0.05), 2)
     lengths = run_lengths(
-        null_model(null), limits, drift=drift, reference_share=reference_share, sequences=sequences,
-        length=length, seed=seed,
-    )  # fmt: skip
+        null_model(null), limits, drift=drift, burn_in=burn_in, sequences=sequences, length=length, seed=seed
+    )
     means = lengths.mean(axis=1)
     reached = np.flatnonzero(means >= target_run_length)
     index = int(reached[0]) if reached.size else limits.size - 1
-    return Cusum(drift, float(limits[index]), target_run_length, float(means[index]), sequences, length)
+    return Cusum(drift, float(limits[index]), burn_in, target_run_length, float(means[index]), sequences, length)
 
 
 def window_evidence(records: Iterable[Any], segment: str) -> dict[str, float]:

@@ -3,11 +3,13 @@
 Each window's evidence per chart is stored with the charts' values after it, by window, so that deciding a window
 again (a retry, late images, ``--reprocess``) starts from the window before it and carries the change through the
 windows after it: evidence is never counted twice. Charts belong to one threshold version: the evidence of another
-version's references says nothing about this one's, so a new version starts them from zero.
+version's references says nothing about this one's, so a new version starts them from zero, with a burn-in of its
+own (see :mod:`scoring.sequential`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -16,7 +18,7 @@ from typing import Any
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring.drift import WindowDecision
-from scoring.sequential import ChartStep, Cusum, window_evidence
+from scoring.sequential import ChartState, ChartStep, Cusum, window_evidence
 
 log = logging.getLogger("gradwatch.monitor")
 
@@ -58,20 +60,19 @@ class SequentialCharts:
         returns the steps of ``label``."""
         labels = sorted(self.windows)
         start = labels.index(label)
-        last: dict[str, Mapping[str, Any]] = {}
+        last: dict[str, ChartState] = {}
         for earlier in labels[:start]:
             for segment, entry in self.windows[earlier].items():
-                last[segment] = entry
+                last[segment] = ChartState.from_dict(entry.get("state"))
         steps = {}
         for current in labels[start:]:
             for segment, entry in self.windows[current].items():
-                before = last.get(segment, {})
-                step = self.cusum.step(before.get("statistics", {}), entry["evidence"], before.get("windows", 0))
+                step = self.cusum.step(last.get(segment, ChartState()), entry["evidence"])
+                state = dataclasses.replace(step.state, statistics=_rounded(step.state.statistics))
                 entry.update(
-                    statistics=_rounded(step.statistics), statistic=step.statistic, chart=step.chart,
-                    signalled=step.signalled, windows=step.windows,
-                )  # fmt: skip
-                last[segment] = entry
+                    state=state.to_dict(), statistic=step.statistic, chart=step.chart, signalled=step.signalled
+                )
+                last[segment] = state
                 if current == label:
                     steps[segment] = step
         return steps

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scoring.calibration import Calibration, CalibrationConfig, calibrate
-from scoring.sequential import ChartStep
+from scoring.sequential import ChartState, ChartStep
 
 CONFIG = CalibrationConfig(check_windows=100, check_window_sizes=(50, 100), sequential_run_length=200)
 
@@ -74,7 +74,7 @@ def test_a_cusum_signal_drifts_a_window_no_test_of_which_fired(calibrated) -> No
     rng = np.random.default_rng(3)
     decision = calibration.decide({"": reference(rng, 100)})
     assert decision.status == "ok"
-    step = ChartStep({"brightness/ks": 0.0}, calibration.sequential.limit + 1, "brightness/ks", True, 0)
+    step = ChartStep(ChartState({"brightness/ks": 0.0}), calibration.sequential.limit + 1, "brightness/ks", True)
     drifted = calibration.with_sequential(decision, {"": step})
     assert drifted.status == "drift"
     assert [(f.test, f.score) for f in drifted.fired] == [("cusum", "brightness")]
@@ -82,7 +82,7 @@ def test_a_cusum_signal_drifts_a_window_no_test_of_which_fired(calibrated) -> No
     assert drifted.sequential[""].signalled
     assert drifted.severity[""].level == "warn", drifted.severity
     assert "slow drift" in drifted.what_moved("")[0]
-    quiet = ChartStep({"brightness/ks": 1.0}, 1.0, "brightness/ks", False, 3)
+    quiet = ChartStep(ChartState({"brightness/ks": 1.0}, windows=3), 1.0, "brightness/ks", False)
     assert calibration.with_sequential(decision, {"": quiet}).status == "ok"
 
 
