@@ -593,4 +593,16 @@ def calibration_summary(calibration: Calibration) -> dict[str, Any]:
     for entry in calibration.separation:
         metrics[f"auroc_{entry.score}_{entry.dataset}"] = entry.auroc
         metrics[f"fpr95_{entry.score}_{entry.dataset}"] = entry.fpr95
+    if calibration.accuracy is not None:
+        metrics["reference_confidence"] = calibration.accuracy.reference_confidence
+        if calibration.accuracy.has_labels:
+            metrics["reference_accuracy"] = calibration.accuracy.reference_accuracy
+            if np.isfinite(calibration.accuracy.threshold):  # -inf when every labelled image was right
+                metrics["atc_threshold"] = calibration.accuracy.threshold
+    for check in calibration.accuracy_checks:
+        metrics[f"accuracy_mae_n{check.window_size}"] = check.mean_absolute_error
+        metrics[f"accuracy_coverage_n{check.window_size}"] = check.coverage
+    if calibration.sequential is not None:
+        metrics["cusum_limit"] = calibration.sequential.limit
+        metrics["cusum_run_length"] = calibration.sequential.run_length
     return metrics

@@ -70,13 +70,20 @@ class SeverityPolicy:
                     f"accuracy likely down {100 * lost.estimate:.0f} points (at least {100 * lost.low:.0f}; "
                     f"pages from {100 * self.page_accuracy_drop:.0f})"
                 )
-        for effect in effects:
-            expected = max(effect.expected_ood_rate, 1e-9)
-            if effect.score in fired and effect.ood_rate >= self.page_ood_ratio * expected:
-                reasons.append(
-                    f"{effect.ood_rate:.0%} of images outside {effect.score}'s healthy bounds, "
-                    f"{effect.ood_rate / expected:.1f}x the {effect.expected_ood_rate:.0%} of healthy windows"
-                )
+        outliers = sorted(
+            (effect for effect in effects if effect.score in fired and effect.ood_rate > 0),
+            key=lambda effect: effect.ood_rate / max(effect.expected_ood_rate, 1e-9),
+            reverse=True,
+        )
+        for effect in outliers:
+            expected = effect.expected_ood_rate
+            if effect.ood_rate < self.page_ood_ratio * expected:
+                continue
+            # A value every reference image shared (one aspect ratio) has no healthy outliers to be a multiple of.
+            against = f"{effect.ood_rate / expected:.1f}x the {expected:.0%} of healthy windows" if expected else (
+                "where healthy windows have none"
+            )
+            reasons.append(f"{effect.ood_rate:.0%} of images outside {effect.score}'s healthy bounds, {against}")
         if reasons:
             return Severity("page", reasons)
         return Severity("warn", ["no estimated loss of accuracy or outlier rate reaches the paging policy"])

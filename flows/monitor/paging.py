@@ -343,38 +343,44 @@ def _summary(
 
 
 def drift_sentence(decision: WindowDecision, segment: str, calibration: Calibration, *, most: int = 3) -> str:
-    """What a person reads first: how far the values that fired moved, then what it likely costs.
+    """What a person reads first: how far what fired moved, then what it likely costs.
 
-    "48% of images below msp's threshold against 5% expected; sharpness fell 2.1 IQR; estimated accuracy 0.61
-    (0.55-0.67) against 0.83". A score is told by its outlier rate (what its threshold means), an image property by
-    how far its median moved (its bounds are two-sided), the features, predictions and a CUSUM by their tests' own
-    summaries.
+    "38% of images below msp's threshold against 5% expected; sharpness fell 2.1 IQR; estimated accuracy 0.61
+    (0.55-0.67) against 0.83". One phrase per family, for its most significant value: a score by its outlier rate
+    (what its threshold means), an image property by how far its median moved (its bounds are two-sided), the
+    features, the predictions and a CUSUM by their tests' own summaries; the values left out are counted.
     """
     effects = {effect.score: effect for effect in decision.effects if effect.segment == segment}
-    parts: list[str] = []
     fired = sorted(
         (record for record in decision.tests if record.is_drift and record.segment == segment),
         key=lambda record: record.p_value,
     )
-    told: set[str] = set()
+    parts: dict[str, str] = {}
+    values: set[str] = set()
     for record in fired:
-        if record.score in told:
-            continue
-        told.add(record.score)
-        effect = effects.get(record.score)
+        values.add(record.score)
         side = calibration.reference(record.score, segment).side if record.score in calibration.scores else "none"
-        if record.test != "cusum" and effect is not None and side in ("low", "high"):
+        effect = effects.get(record.score)
+        family = "cusum" if record.test == "cusum" else {"low": "score", "high": "score", "both": "property"}.get(
+            side, record.score
+        )
+        if family in parts:
+            continue
+        if family == "score" and effect is not None:
             where = "below" if side == "low" else "above"
-            parts.append(
+            parts[family] = (
                 f"{effect.ood_rate:.0%} of images {where} {record.score}'s threshold against "
                 f"{effect.expected_ood_rate:.0%} expected"
             )
-        elif record.test != "cusum" and effect is not None and side == "both":
+        elif family == "property" and effect is not None:
             moved = "rose" if effect.median_shift > 0 else "fell"
-            parts.append(f"{record.score} {moved} {abs(effect.median_shift):.1f} IQR")
+            parts[family] = f"{record.score} {moved} {abs(effect.median_shift):.1f} IQR"
         else:
-            parts.append(record.summary)
-    shown = parts[:most] + ([f"{len(parts) - most} more"] if len(parts) > most else [])
+            parts[family] = record.summary
+    shown = list(parts.values())[:most]
+    others = len(values) - min(len(parts), most)
+    if others > 0:
+        shown.append(f"{others} more value{'s' if others > 1 else ''} moved")
     estimate = decision.accuracy.get(segment)
     if estimate is not None:
         shown.append(estimate.describe())
