@@ -80,8 +80,10 @@ class SeverityPolicy:
             if effect.ood_rate < self.page_ood_ratio * expected:
                 continue
             # A value every reference image shared (one aspect ratio) has no healthy outliers to be a multiple of.
-            against = f"{effect.ood_rate / expected:.1f}x the {expected:.0%} of healthy windows" if expected else (
-                "where healthy windows have none"
+            against = (
+                f"{effect.ood_rate / expected:.1f}x the {expected:.0%} of healthy windows"
+                if expected
+                else "where healthy windows have none"
             )
             reasons.append(f"{effect.ood_rate:.0%} of images outside {effect.score}'s healthy bounds, {against}")
         if reasons:

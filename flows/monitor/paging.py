@@ -361,8 +361,10 @@ def drift_sentence(decision: WindowDecision, segment: str, calibration: Calibrat
         values.add(record.score)
         side = calibration.reference(record.score, segment).side if record.score in calibration.scores else "none"
         effect = effects.get(record.score)
-        family = "cusum" if record.test == "cusum" else {"low": "score", "high": "score", "both": "property"}.get(
-            side, record.score
+        family = (
+            "cusum"
+            if record.test == "cusum"
+            else {"low": "score", "high": "score", "both": "property"}.get(side, record.score)
         )
         if family in parts:
             continue
