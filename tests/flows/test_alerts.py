@@ -88,7 +88,8 @@ def test_slack_and_webhook_targets_together(tmp_path: Path, receiver: Receiver) 
         outbox.add(_alert("no_data", segment="dock"))
         assert deliver_pending(outbox, targets_from([receiver.url], [slack.url])) == (1, 0)
         (message,) = slack.received
-        assert message["json"]["text"].startswith(":warning: *gradwatch no_data*")
+        # A feed gone dark pages: the icon and the level say so before the summary.
+        assert message["json"]["text"].startswith(":rotating_light: *gradwatch no_data* (page) ")
         assert "X-Gradwatch-Signature" not in message["headers"]
         assert receiver.received[0]["json"]["kind"] == "no_data"
     finally:

@@ -40,3 +40,10 @@ def test_a_policy_that_could_not_mean_anything_is_refused() -> None:
         SeverityPolicy(page_ood_ratio=0.5)
     assert SeverityPolicy.from_dict(None) == SeverityPolicy()
     assert "3 points" in SeverityPolicy().describe()
+
+
+def test_by_default_the_outlier_rate_of_a_chance_alarm_warns_and_that_of_a_shifted_quarter_pages() -> None:
+    # At windows of 100 the OOD-rate test fires by chance at about 15 images outside of 5 expected: 3x.
+    policy = SeverityPolicy()
+    assert policy.assess(fired=["noise"], effects=[effect("noise", 0.16)], accuracy=None).level == "warn"
+    assert policy.assess(fired=["noise"], effects=[effect("noise", 0.28)], accuracy=None).level == "page"
