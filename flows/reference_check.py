@@ -40,7 +40,9 @@ def last_day(store: OutputStore, now: dt.datetime | None = None) -> tuple[dt.dat
     starts = [start for start in scored_windows(store) if now is None or start < now]
     if not starts:
         return None
-    ends = store.read_window("windows", starts[-1]).column("window_end").to_pylist() or [starts[-1]]
+    latest = store.read_window("windows", starts[-1])
+    # A window whose images all went since keeps an empty partition, with no columns to read.
+    ends = (latest.column("window_end").to_pylist() if "window_end" in latest.column_names else []) or [starts[-1]]
     until = max(ends) if now is None else min(max(ends), now)
     return until - DEFAULT_PERIOD, until
 

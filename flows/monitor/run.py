@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ from pipelines.store import OutputStore
 from pipelines.times import window_label
 from scoring import load_model
 from scoring.reference_check import ReferenceCheck
+
+log = logging.getLogger("gradwatch.monitor")
 
 
 @dataclass
@@ -95,9 +98,7 @@ class Monitor:
         self.watermark.forget_before(self.config.plausible.earliest)
         # A reference that is not a sample of this feed pages healthy windows: said before they page, when OUT
         # already holds a day of scored windows (else at the end of the run, from the windows it scored).
-        self.report.reference_check = check_on_start(
-            self.store, self.registry, self.calibration, self.version, self.now
-        )
+        self.report.reference_check = self._check_reference()
         cusum = self.calibration.sequential
         self.charts = SequentialCharts(self.store, cusum, self.version.version) if cusum else None
         self.images = inventory(self.source, self.config.window, self.config.plausible)
@@ -171,11 +172,22 @@ class Monitor:
         self.deliver()
         return outcome
 
+    def _check_reference(self) -> ReferenceCheck | None:
+        """The reference check, once per threshold version: advice to the ML owner, so a failure of its own is a
+        warning naming the command that runs it again, never a failed monitoring run that pages nothing."""
+        try:
+            return check_on_start(self.store, self.registry, self.calibration, self.version, self.now)
+        except Exception as error:
+            log.warning(
+                "the reference check of threshold version %s failed (%s); run it with 'gradwatch thresholds check "
+                "%s --against %s'", self.version.version, redact(str(error)), self.version.version,
+                redact(self.config.out),
+            )  # fmt: skip
+            return None
+
     def finish(self, *, failed: bool) -> None:
         if not failed and self.report.reference_check is None and self.report.windows:
-            self.report.reference_check = check_on_start(
-                self.store, self.registry, self.calibration, self.version, self.now
-            )
+            self.report.reference_check = self._check_reference()
         if self.report.mlflow_run_id:
             self.registry.end_run(self.report.mlflow_run_id, failed=failed)
 
