@@ -104,6 +104,12 @@ def check_against(
     return _check_and_record(period, values, segments, registry, calibration, version)
 
 
+# Resampled windows per size when a monitor checks on its own, inside a scheduled run: enough to tell a rate whose
+# interval's low end clears twice alpha (a mismatched reference pages tens of percent of windows, 65% on the bench)
+# for a fifth of the calibration's 500 decisions a size; `thresholds check` runs the calibration's full count.
+ON_START_WINDOWS = 100
+
+
 def check_on_start(
     store: OutputStore,
     registry: ThresholdRegistry,
@@ -129,7 +135,8 @@ def check_on_start(
     values, segments = healthy_production(period, registry, calibration, version)
     if len(segments) < 2 * calibration.config.min_window:
         return None
-    record = _check_and_record(period, values, segments, registry, calibration, version)
+    windows = min(ON_START_WINDOWS, calibration.config.check_windows)
+    record = _check_and_record(period, values, segments, registry, calibration, version, windows=windows)
     state[key] = {
         "checked_at": now.isoformat(timespec="seconds"),
         "since": iso_utc(period.since),
@@ -152,6 +159,8 @@ def _check_and_record(
     registry: ThresholdRegistry,
     calibration: Calibration,
     version: ThresholdVersion,
+    *,
+    windows: int | None = None,
 ) -> ReferenceCheck:
     if not values:
         raise GradwatchError(
@@ -163,7 +172,7 @@ def _check_and_record(
         f"--until {iso_utc(period.until)}"
     )
     try:
-        record = check_reference(calibration, values, segments=segments, fix_command=fix)
+        record = check_reference(calibration, values, segments=segments, windows=windows, fix_command=fix)
     except ValueError as error:
         raise GradwatchError(f"{period.describe()}: {error} (--since/--until)") from None
     registry.tag(
