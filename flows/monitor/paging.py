@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -52,6 +52,8 @@ class SilenceState:
     last_paged: str
     paged_at: str
     reminders: int = 0
+    # The feed's: the segments of the last window that had images, each of which must send again once the feed does.
+    segments_before: list[str] = field(default_factory=list)
 
 
 class AlertPolicy:
@@ -100,7 +102,13 @@ class AlertPolicy:
             return "recovered", 0
         return None, 0
 
-    def on_silence(self, segment: str | None, window_start: dt.datetime, window_end: dt.datetime) -> int | None:
+    def on_silence(
+        self,
+        segment: str | None,
+        window_start: dt.datetime,
+        window_end: dt.datetime,
+        segments_before: Iterable[str] = (),
+    ) -> int | None:
         """A window in which the feed (``segment`` None) or a segment sent no images: the reminder number to page
         with (0 opens the episode), or None to page nothing.
 
@@ -116,7 +124,7 @@ class AlertPolicy:
         state = self.silences.get(segment)
         label = window_start.isoformat()
         if state is None:
-            self.silences[segment] = SilenceState(label, label, self.now.isoformat())
+            self.silences[segment] = SilenceState(label, label, self.now.isoformat(), 0, sorted(segments_before))
             return 0
         due = self.now - dt.datetime.fromisoformat(state.paged_at) >= self.reminder_every
         present = window_end >= self.now - max(self.reminder_every, window_end - window_start)
@@ -182,7 +190,7 @@ def alerts_for(
     }
     if outcome.status == "no_data":
         # The feed's silence stands for its segments': theirs neither page nor remind while it lasts.
-        reminder = policy.on_silence(None, start, end)
+        reminder = policy.on_silence(None, start, end, previous_segments)
         # Warned of when it pages: a run over a feed that ended would warn of every empty window after it.
         log.log(logging.INFO if reminder is None else logging.WARNING, "window %s has no images", window_label(start))
         return [] if reminder is None else [_silence_alert(outcome, None, policy, reminder, common)]
@@ -199,6 +207,8 @@ def alerts_for(
     }
     if (feed := policy.on_images(None, start)) is not None:
         ended[""] = feed
+        # A camera that was live before the whole feed went dark and has not come back is silent on its own now.
+        previous_segments = previous_segments | set(feed.segments_before)
     if outcome.decision is not None:
         for alert in _episode_alerts(outcome, outcome.decision, policy, context, common):
             if alert.kind == "recovered" and alert.segment in ended:

@@ -194,3 +194,23 @@ def test_a_state_document_of_an_older_version_is_read_and_its_drift_episode_is_n
     assert state["drift"]["version"] == episode  # the segment named "version" is still a drift episode
     assert state["drift"][""]["drifting_since"] is None
     assert state["no_data"] == {"feed": None, "segments": {}}
+
+
+def test_a_camera_that_stays_dark_after_the_whole_feed_comes_back_is_paged(tmp_path: Path) -> None:
+    from flows.monitor.paging import AlertContext, AlertPolicy, alerts_for
+    from flows.monitor.window import WindowOutcome
+
+    store = OutputStore(str(tmp_path))
+    context = AlertContext("m", "1", calibration=None)  # no decision below: the calibration is never read
+
+    def window(hour: int, status: str, segments: set[str], previous: set[str]) -> list[tuple[str, str]]:
+        policy = AlertPolicy(store, reminder_every=6 * HOUR, now=START + (hour + 1) * HOUR + RUN_AFTER)
+        outcome = WindowOutcome(START + hour * HOUR, START + (hour + 1) * HOUR, status, segments=frozenset(segments))
+        alerts = alerts_for(outcome, previous_segments=previous, policy=policy, context=context)
+        policy.save()
+        return [(alert.kind, alert.segment) for alert in alerts]
+
+    assert window(0, "insufficient_data", {"cam-a", "cam-b"}, set()) == []
+    assert window(1, "no_data", set(), {"cam-a", "cam-b"}) == [("no_data", "")]
+    # The window before this one had no segments at all; cam-b's silence is known from before the feed's.
+    assert window(2, "insufficient_data", {"cam-a"}, set()) == [("recovered", ""), ("no_data", "cam-b")]
