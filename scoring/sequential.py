@@ -55,7 +55,7 @@ class ChartState:
 
     Attributes:
         statistics: chart name -> S.
-        baseline: chart name -> (sum of its evidence, windows) over the burn-in.
+        baseline: chart name -> (sum of its evidence, windows) over its burn-in.
         seen: windows the charts have seen since the threshold version began (the burn-in among them).
         windows: windows accumulated since the charts last started from zero.
     """
@@ -84,7 +84,7 @@ class ChartStep:
         state: the charts after this window (all at 0 after a signal: the charts restart).
         statistic: the largest S before any restart, and ``chart`` the chart that holds it.
         signalled: whether a chart crossed the limit in this window.
-        burning_in: whether this window was one of the burn-in's (nothing accumulates, nothing signals).
+        burning_in: whether no chart has finished its burn-in yet (nothing accumulates, nothing signals).
     """
 
     state: ChartState
@@ -122,27 +122,33 @@ class Cusum:
 
     def step(self, state: ChartState, window: Mapping[str, float]) -> ChartStep:
         """Every chart of a segment after one window: ``window`` is the evidence per chart (NaN or missing: the
-        chart did not test this window and stays as it was)."""
+        chart did not test this window and stays as it was).
+
+        Each chart burns in on its own first ``burn_in`` windows of evidence: one that starts testing later (JPEG
+        quality once JPEGs arrive) would otherwise be centred on nothing, and drift upward with the reference's
+        offset that the centring is there to remove.
+        """
         evidence = {name: z for name, z in window.items() if math.isfinite(z)}
-        if state.seen < self.burn_in:
-            baseline = dict(state.baseline)
-            for name, z in evidence.items():
-                total, count = baseline.get(name, (0.0, 0))
-                baseline[name] = (total + z, count + 1)
-            burnt = ChartState(dict.fromkeys(baseline, 0.0), baseline, state.seen + 1, 0)
-            return ChartStep(burnt, 0.0, "", False, burning_in=True)
+        baseline = dict(state.baseline)
         updated = dict(state.statistics)
         for name, z in evidence.items():
-            total, count = state.baseline.get(name, (0.0, 0))
-            centre = total / count if count else 0.0
-            updated[name] = max(0.0, updated.get(name, 0.0) + z - centre - self.drift)
+            total, count = baseline.get(name, (0.0, 0))
+            if count < self.burn_in:
+                baseline[name] = (total + z, count + 1)
+                updated.setdefault(name, 0.0)
+            else:
+                updated[name] = max(0.0, updated.get(name, 0.0) + z - total / count - self.drift)
+        # Burning in: no chart had finished its burn-in before this window, so nothing could accumulate in it.
+        burning_in = not any(count >= self.burn_in for _, count in state.baseline.values())
         chart = max(updated, key=updated.get, default="")
         statistic = updated.get(chart, 0.0)
         signalled = statistic > self.limit
         if signalled:
             updated = dict.fromkeys(updated, 0.0)
-        after = ChartState(updated, state.baseline, state.seen + 1, 0 if signalled else state.windows + 1)
-        return ChartStep(after, statistic, chart, signalled)
+        windows = 0 if signalled or burning_in else state.windows + 1
+        return ChartStep(
+            ChartState(updated, baseline, state.seen + 1, windows), statistic, chart, signalled, burning_in
+        )
 
     def describe(self) -> str:
         return (

@@ -88,3 +88,17 @@ def test_the_null_must_hold_windows() -> None:
         fit_cusum(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="burn_in"):
         fit_cusum(np.zeros((5, 3)), burn_in=0)
+
+
+def test_a_chart_that_starts_testing_after_the_others_burns_in_on_its_own_windows() -> None:
+    charts = cusum(burn_in=2)
+    state = ChartState()
+    for _ in range(2):
+        state = charts.step(state, {"msp/ks": 3.0}).state
+    # JPEG quality starts being tested (JPEGs arrive) at its steady level, 3: its own two windows set its baseline.
+    for _ in range(4):
+        step = charts.step(state, {"msp/ks": 3.0, "jpeg_quality/ks": 3.0})
+        state = step.state
+    assert state.baseline["jpeg_quality/ks"] == (6.0, 2)
+    assert state.statistics == {"msp/ks": 0.0, "jpeg_quality/ks": 0.0}
+    assert not step.signalled
