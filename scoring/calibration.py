@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from scoring.accuracy import CONFIDENCE, AccuracyModel, fit_accuracy
+from scoring.accuracy import CONFIDENCE, MIN_LABELLED, AccuracyModel, fit_accuracy
 from scoring.drift import SequentialState, TestRecord, WindowDecision, decide_window
 from scoring.features import FEATURES
 from scoring.properties import registered_properties
@@ -156,6 +156,8 @@ class Calibration:
     # Accuracy without labels (None: a calibration made before it, or one without MSP); its held-out check.
     accuracy: AccuracyModel | None = None
     accuracy_checks: list[AccuracyCheck] = field(default_factory=list)
+    # The segments with references of their own, each with its own accuracy model.
+    segment_accuracy: dict[str, AccuracyModel] = field(default_factory=dict)
     # The CUSUM across windows (None: a calibration made before it); the severity of drifts.
     sequential: Cusum | None = None
     severity: SeverityPolicy = field(default_factory=SeverityPolicy)
@@ -186,11 +188,14 @@ class Calibration:
         estimated accuracy and each drifted segment's severity."""
         decision = decide_window(window, self.references, alpha=self.config.alpha, min_window=self.config.min_window)
         accuracy = {}
-        if self.accuracy is not None:
-            for segment in decision.n:
-                values = window[segment].get(CONFIDENCE)
-                if segment not in decision.insufficient_segments and values is not None and len(values):
-                    accuracy[segment] = self.accuracy.estimate(values)
+        for segment in decision.n:
+            # A segment with a reference of its own has its own confidence and accuracy: against the feed's, a
+            # night camera's healthy windows would read as a standing loss.
+            model = self.segment_accuracy.get(segment, self.accuracy)
+            values = window[segment].get(CONFIDENCE)
+            tested = segment not in decision.insufficient_segments
+            if model is not None and tested and values is not None and len(values):
+                accuracy[segment] = model.estimate(values)
         return self._with_severity(replace(decision, accuracy=accuracy))
 
     def with_sequential(self, decision: WindowDecision, steps: Mapping[str, ChartStep]) -> WindowDecision:
@@ -249,6 +254,7 @@ class Calibration:
                 "recommended_score": self.recommended_score,
                 "warnings": self.warnings,
                 "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+                "segment_accuracy": {segment: model.to_dict() for segment, model in self.segment_accuracy.items()},
                 "accuracy_checks": [asdict(check) for check in self.accuracy_checks],
                 "sequential": self.sequential.to_dict() if self.sequential else None,
                 "severity": self.severity.to_dict(),
@@ -295,6 +301,10 @@ class Calibration:
             fitted_scores=document.get("fitted_scores", {}),
             # Documents written before accuracy, sequential detection and severity decide as they did.
             accuracy=AccuracyModel.from_dict(document["accuracy"]) if document.get("accuracy") else None,
+            segment_accuracy={
+                segment: AccuracyModel.from_dict(entry)
+                for segment, entry in (document.get("segment_accuracy") or {}).items()
+            },
             accuracy_checks=[AccuracyCheck(**check) for check in document.get("accuracy_checks", [])],
             sequential=Cusum.from_dict(document["sequential"]) if document.get("sequential") else None,
             severity=SeverityPolicy.from_dict(document.get("severity")),
@@ -360,10 +370,16 @@ def calibrate(
     labels = None if correct is None else np.asarray(correct, np.float64)
     if labels is not None and labels.shape != (count,):
         raise ValueError(f"correct has {labels.size} entries for {count} reference images: one per image")
-    accuracy = None
+    accuracy, segment_accuracy = None, {}
     if CONFIDENCE in columns:
         part_labels = None if labels is None else labels[calibration_part]
         accuracy = fit_accuracy(columns[CONFIDENCE][calibration_part], part_labels, seed=config.seed)
+        for segment in set(references) - {""}:
+            members = calibration_part[segment_of[calibration_part] == segment]
+            known = None if labels is None else labels[members]
+            if known is not None and np.isfinite(known).sum() < MIN_LABELLED:
+                known = None  # too few of its images labelled: its fall in confidence is still its own
+            segment_accuracy[segment] = fit_accuracy(columns[CONFIDENCE][members], known, seed=config.seed)
     checks, null, accuracy_checks = _false_alarm_checks(
         columns, held_out, references, config, rng, accuracy=accuracy, labels=labels
     )
@@ -389,6 +405,7 @@ def calibrate(
         fitted_scores=dict(fitted_scores or {}),
         accuracy=accuracy,
         accuracy_checks=accuracy_checks,
+        segment_accuracy=segment_accuracy,
         sequential=sequential,
         severity=severity,
     )

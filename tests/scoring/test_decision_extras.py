@@ -101,3 +101,21 @@ def test_a_document_from_before_these_decides_as_it_did(calibrated) -> None:
     assert [record.p_value for record in decision.tests] == [
         record.p_value for record in calibration.decide(window).tests
     ]
+
+
+def test_a_segment_with_a_reference_of_its_own_is_costed_against_its_own_confidence() -> None:
+    rng = np.random.default_rng(5)
+    day, night = reference(rng, 400), reference(rng, 400)
+    night["msp"] = night["msp"] * 0.8  # a night camera: healthy, less confident
+    values = {name: np.concatenate([day[name], night[name]]) for name in day}
+    segments = ["day"] * 400 + ["night"] * 400
+    calibration = calibrate(values, model_id="m", config=CONFIG, segments=segments)
+    assert set(calibration.segment_accuracy) == {"day", "night"}
+    again = Calibration.from_json(calibration.to_json())
+    # Compared as stored: without labels the replicates hold NaN, which equals nothing.
+    stored = {segment: json.dumps(model.to_dict()) for segment, model in again.segment_accuracy.items()}
+    assert stored == {segment: json.dumps(model.to_dict()) for segment, model in calibration.segment_accuracy.items()}
+    healthy_night = {name: column[:150] for name, column in reference(rng, 150).items()}
+    healthy_night["msp"] = healthy_night["msp"] * 0.8
+    drop = again.decide({"night": healthy_night}).accuracy["night"].drop
+    assert drop.low < 0 < drop.high  # no standing loss against the feed's more confident reference
