@@ -463,15 +463,16 @@ def _percent_interval(entry: Mapping[str, Any]) -> str:
 
 
 def _accuracy_cell(document: Mapping[str, Any]) -> str:
-    """Per segment, the accuracy estimated without labels (ATC where the monitor had it, else DOC) and its drop."""
+    """Per segment, the accuracy estimated without labels (ATC, with a labelled reference) and the fall in confidence
+    (all a calibration without labels estimates, and what its severity reads)."""
     lines = []
     for segment, entry in sorted((document.get("accuracy") or {}).items()):
-        method = next((name for name in ("atc", "doc") if entry.get(name)), None)
-        if method is None:
-            continue
-        line = f"{_segment_name(segment)}: {method.upper()} {_percent_interval(entry[method])}"
+        parts = [f"ATC {_percent_interval(entry['atc'])}"] if entry.get("atc") else []
         if entry.get("drop"):
-            line += f", drop {_percent_interval(entry['drop'])}"
+            parts.append(f"drop {_percent_interval(entry['drop'])}")
+        if not parts:
+            continue
+        line = f"{_segment_name(segment)}: {', '.join(parts)}"
         if entry.get("reference") is not None:
             line += f" (reference {entry['reference']:.1%})"
         lines.append(line)

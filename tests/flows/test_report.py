@@ -56,6 +56,7 @@ ACCURACY = {
     "reference_confidence": 0.95,
     "drop": {"estimate": 0.218, "low": 0.16, "high": 0.28},
 }
+UNLABELLED = {**ACCURACY, "reference": None, "atc": None, "doc": None}
 SEQUENTIAL = {"statistic": 7.5, "limit": 5.0, "signalled": True, "chart": "msp/beta_binomial", "windows": 3}
 SEVERITY = {"level": "page", "reasons": ["estimated accuracy fell 21.8 points", "msp drifted for 3 windows"]}
 
@@ -150,7 +151,8 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
     _decide(
         store,
         WindowOutcome(LAST, LAST + HOUR, "ok", healthy, scored=60),
-        accuracy={"dock": later},
+        # yard's calibration had no labels: only its fall in confidence is estimated, and shown.
+        accuracy={"dock": later, "yard": {**UNLABELLED, "drop": {"estimate": 0.05, "low": 0.01, "high": 0.09}}},
         sequential={"dock": {**SEQUENTIAL, "statistic": 1.2, "signalled": False, "windows": 4}},
     )
     rejected = [
@@ -249,7 +251,7 @@ def test_accuracy_sequential_and_severity_shown_where_the_decision_has_them(page
     assert [row[severity] for row in cells] == ["-", "-", '<span class="sev-page">page</span> dock', "-"]
     assert [row[accuracy] for row in cells] == [
         "-", "-", "dock: ATC 71.2% [65.0%, 77.0%], drop 21.8% [16.0%, 28.0%] (reference 93.0%)",
-        "dock: ATC 90.0% [86.0%, 94.0%], drop 21.8% [16.0%, 28.0%] (reference 93.0%)",
+        "dock: ATC 90.0% [86.0%, 94.0%], drop 21.8% [16.0%, 28.0%] (reference 93.0%)<br>yard: drop 5.0% [1.0%, 9.0%]",
     ]  # fmt: skip
 
 
