@@ -158,17 +158,20 @@ def calibrate_reference(
             shifted, _ = score_source(folder, work / "validation" / label, **run)
             validation[label] = table_values(shifted, names)
         correct = label_correctness(labels, table) if labels else None
-        calibration = calibrate(
-            table_values(table, names),
-            model_id=model_id,
-            segments=table.column("segment").to_pylist(),
-            validation=validation,
-            primary_score=score,
-            config=config,
-            scoring=scoring.recorded(),
-            fitted_scores=fitted,
-            correct=correct,
-        )
+        try:
+            calibration = calibrate(
+                table_values(table, names),
+                model_id=model_id,
+                segments=table.column("segment").to_pylist(),
+                validation=validation,
+                primary_score=score,
+                config=config,
+                scoring=scoring.recorded(),
+                fitted_scores=fitted,
+                correct=correct,
+            )
+        except ValueError as error:  # too few images, or too few of them labelled: the reference's to fix
+            raise GradwatchError(f"reference {redact(reference)}: {error}") from None
         params = {
             **_params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris)),
             **_label_params(correct),

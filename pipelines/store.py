@@ -42,7 +42,6 @@ _STATE_DOCUMENTS = {
     "watermark": "_state/watermark.json",
     "alert_policy": "alerts/state.json",
     "lease": "_state/lease.json",
-    "reference_check": "_state/reference_check.json",
     "sequential": "_state/sequential.json",
 }
 

@@ -389,9 +389,16 @@ def calibrate(
             null, drift=config.sequential_drift, burn_in=config.sequential_burn_in,
             target_run_length=config.sequential_run_length, seed=config.seed,
         )  # fmt: skip
+    if sequential is not None and sequential.run_length < sequential.target_run_length:
+        warnings_sequential = [
+            f"the CUSUM reaches a mean run length of {sequential.run_length:.0f} windows at most, not the "
+            f"{sequential.target_run_length} asked for: it will signal falsely more often; lower sequential_run_length"
+        ]
+    else:
+        warnings_sequential = []
     separation = _separation(references[""], validation or {})
     recommended, warnings = _guardrail(separation, primary_score)
-    warnings += _check_warnings(checks, config, held_out.size)
+    warnings += _check_warnings(checks, config, held_out.size) + warnings_sequential
     return Calibration(
         model_id=model_id,
         config=config,

@@ -151,10 +151,11 @@ class Cusum:
         )
 
     def describe(self) -> str:
+        reached = "" if self.run_length >= self.target_run_length else " NOT reached: the largest limit tried"
         return (
             f"CUSUM per test, centred on the first {self.burn_in} windows monitored, allowance {self.drift:g} per "
-            f"window, limit {self.limit:.2f}: a false signal every {self.run_length:.0f} healthy windows on "
-            f"average (simulated; asked for {self.target_run_length})"
+            f"window, limit {self.limit:.2f}: a false signal every {self.run_length:.0f} healthy windows of a "
+            f"segment on average (simulated; asked for {self.target_run_length}{reached})"
         )
 
     def to_dict(self) -> dict[str, Any]:

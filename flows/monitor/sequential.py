@@ -2,7 +2,9 @@
 
 Each window's evidence per chart is stored with the charts' values after it, by window, so that deciding a window
 again (a retry, late images, ``--reprocess``) starts from the window before it and carries the change through the
-windows after it: evidence is never counted twice. Charts belong to one threshold version: the evidence of another
+windows after it: evidence is never counted twice. It carries the charts' state only: a signal the change would add
+to or remove from a later window is not paged or withdrawn, and that window's decision row stays as decided (the
+next window reads the corrected charts). Charts belong to one threshold version: the evidence of another
 version's references says nothing about this one's, so a new version starts them from zero, with a burn-in of its
 own (see :mod:`scoring.sequential`).
 """
