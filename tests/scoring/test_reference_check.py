@@ -74,10 +74,12 @@ def test_segments_are_decided_against_their_own_references() -> None:
     segments = ["day"] * 450 + ["night"] * 450
     reference["brightness"][450:] -= 0.2
     calibration = calibrate(reference, model_id="m@1", segments=segments, config=CONFIG)
+    # Production is mostly night: against the feed's pooled reference it is darker, against each segment's not.
     production = _images(400, 5)
-    production["brightness"][200:] -= 0.2
-    record = check_reference(calibration, production, segments=["day"] * 200 + ["night"] * 200)
-    assert record.representative
+    production["brightness"][40:] -= 0.2
+    split = ["day"] * 40 + ["night"] * 360
+    assert check_reference(calibration, production, segments=split).representative
+    assert not check_reference(calibration, production).representative
 
 
 def test_too_few_production_images_is_a_clear_error(calibration) -> None:
