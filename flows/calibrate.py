@@ -158,20 +158,10 @@ def calibrate_reference(
             shifted, _ = score_source(folder, work / "validation" / label, **run)
             validation[label] = table_values(shifted, names)
         correct = label_correctness(labels, table) if labels else None
-        try:
-            calibration = calibrate(
-                table_values(table, names),
-                model_id=model_id,
-                segments=table.column("segment").to_pylist(),
-                validation=validation,
-                primary_score=score,
-                config=config,
-                scoring=scoring.recorded(),
-                fitted_scores=fitted,
-                correct=correct,
-            )
-        except ValueError as error:  # too few images, or too few of them labelled: the reference's to fix
-            raise GradwatchError(f"reference {redact(reference)}: {error}") from None
+        calibration = _calibrate_table(
+            table, correct, f"reference {redact(reference)}: {{}}", model_id=model_id, validation=validation,
+            primary_score=score, config=config, scoring=scoring.recorded(), fitted_scores=fitted,
+        )  # fmt: skip
         params = {
             **_params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris)),
             **_label_params(correct),
@@ -382,21 +372,11 @@ def calibrate_from_out(
     table = period.scores
     if state.version is None:
         table = table.drop_columns(sorted(fitted_values() & set(table.column_names)))
-    names = [name for name in decision_sides() if name in table.column_names]
     correct = label_correctness(labels, table) if labels else None
-    try:
-        calibration = calibrate(
-            table_values(table, names),
-            model_id=model_id,
-            segments=table.column("segment").to_pylist(),
-            primary_score=score,
-            config=config,
-            scoring=state.scoring,
-            fitted_scores=state.fitted_scores,
-            correct=correct,
-        )
-    except ValueError as error:
-        raise GradwatchError(f"windows of {period.describe()}: {error}, or widen --since/--until") from None
+    calibration = _calibrate_table(
+        table, correct, f"windows of {period.describe()}: {{}}, or widen --since/--until", model_id=model_id,
+        primary_score=score, config=config, scoring=state.scoring, fitted_scores=state.fitted_scores,
+    )  # fmt: skip
     warnings = [*state.warnings, *_flag_warnings(period)]
     calibration = dataclasses.replace(calibration, warnings=[*warnings, *calibration.warnings])
     params = {
@@ -549,6 +529,18 @@ def _label_params(correct: np.ndarray | None) -> dict[str, Any]:
         return {}
     labelled = correct[np.isfinite(correct)]
     return {"labelled_images": labelled.size, "reference_accuracy": round(float(labelled.mean()), 4)}
+
+
+def _calibrate_table(table: pa.Table, correct: np.ndarray | None, refusal: str, **options: Any) -> Calibration:
+    """Calibrate on a scores table's decision values and segments; ``refusal`` ("... {} ...") says whose images were
+    too few (or too few labelled) when calibrate refuses them."""
+    names = [name for name in decision_sides() if name in table.column_names]
+    try:
+        return calibrate(
+            table_values(table, names), segments=table.column("segment").to_pylist(), correct=correct, **options
+        )
+    except ValueError as error:
+        raise GradwatchError(refusal.format(error)) from None
 
 
 def _params(
