@@ -38,12 +38,14 @@ from flows.cli_options import (
     positive_int,
     scoring_parent,
     scoring_settings,
+    time_range,
 )
-from scoring import GradwatchError, ImageDecodeError, Scorer, load_scorer
+from scoring.errors import GradwatchError, ImageDecodeError
 
 if TYPE_CHECKING:
     from flows.registry import ThresholdRegistry
     from pipelines.pipeline import RunSummary, ScoringConfig
+    from scoring import Scorer
     from scoring.calibration import Calibration
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
@@ -95,6 +97,8 @@ def _score_images(args: argparse.Namespace) -> int:
         raise GradwatchError(f"DIR {str(folder)!r} is not a folder; pass a folder of images")
     errors = Console(stderr=True, soft_wrap=True)
     settings = scoring_settings(args)
+    from scoring import load_scorer
+
     scorer = load_scorer(settings)
     total = len(list_files(folder))
     rows: list[ImageRow] = []
@@ -120,12 +124,12 @@ def _score_images(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     # Beam takes seconds to import and logs import-time warnings: only commands that run a pipeline pay.
-    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
     from flows.scratch import owned_temp_dir
     from pipelines.pipeline import ScoringConfig
-    from pipelines.times import parse_event_time, parse_plausible, parse_window
+    from pipelines.times import parse_plausible, parse_window
 
     pipeline = pipeline_settings(args)
+    since, until = time_range(args.since, args.until)
     # Workers tick off each image in a local folder, which only local workers share with this process.
     with owned_temp_dir("progress") if pipeline.is_local else contextlib.nullcontext() as progress_dir:
         try:
@@ -133,8 +137,8 @@ def _score(args: argparse.Namespace) -> int:
                 source=args.source,
                 out=args.out,
                 window=parse_window(args.window),
-                since=parse_event_time(args.since) if args.since else None,
-                until=parse_event_time(args.until) if args.until else None,
+                since=since,
+                until=until,
                 scoring=scoring_settings(args),
                 pipeline=pipeline,
                 progress_dir=str(progress_dir) if progress_dir else None,
@@ -182,7 +186,6 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.ERROR, force=True)
     from flows.calibrate import calibrate_from_out, calibrate_reference
     from flows.registry import ThresholdRegistry
     from pipelines.redaction import redact
@@ -252,8 +255,6 @@ def _calibration_period(args: argparse.Namespace) -> tuple[dt.datetime, dt.datet
         GradwatchError: both or neither of REFERENCE and --from-out, a period missing or unreadable, or an option
             that scores images given with --from-out, which scores nothing.
     """
-    from pipelines.times import parse_event_time
-
     if (args.reference is None) == (args.from_out is None):
         raise GradwatchError(
             "calibrate takes REFERENCE (healthy images, scored now) or --from-out OUT --since T --until T (windows "
@@ -273,10 +274,7 @@ def _calibration_period(args: argparse.Namespace) -> tuple[dt.datetime, dt.datet
             "--from-out needs --since and --until: the period of healthy production windows the reference is made "
             "of (e.g. --since 2026-11-20 --until 2026-11-27)"
         )
-    try:
-        return parse_event_time(args.since), parse_event_time(args.until)
-    except ValueError as error:
-        raise GradwatchError(f"--since/--until: {error}") from error
+    return time_range(args.since, args.until)
 
 
 def _thresholds(args: argparse.Namespace) -> int:
@@ -320,14 +318,9 @@ def _check_thresholds(args: argparse.Namespace, registry: ThresholdRegistry, nam
     from flows.reference_check import DEFAULT_PERIOD, check_against, last_day
     from pipelines.redaction import redact
     from pipelines.store import OutputStore
-    from pipelines.times import parse_event_time
 
     store = OutputStore(args.against)
-    try:
-        until = parse_event_time(args.until) if args.until else None
-        since = parse_event_time(args.since) if args.since else None
-    except ValueError as error:
-        raise GradwatchError(f"--since/--until: {error}") from error
+    since, until = time_range(args.since, args.until)
     if until is None:
         latest = last_day(store)
         if latest is None:
@@ -396,16 +389,13 @@ def decision_policy(calibration: Calibration) -> dict[str, Any]:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, force=True)
-    # gradwatch's own warnings (a feed that ended, a reference unlike the feed) always show; Beam's only with -v.
-    for name in ("gradwatch", "flows"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     from flows.monitor import monitor_config, run_monitor
     from flows.registry import ThresholdRegistry
 
+    since, until = time_range(args.since, args.until)
     try:
         config = monitor_config(
-            args.source, args.out, window=args.window, since=args.since, until=args.until, webhooks=args.webhook,
+            args.source, args.out, window=args.window, since=since, until=until, webhooks=args.webhook,
             slack_webhooks=args.slack_webhook, reprocess=args.reprocess, scoring=scoring_settings(args),
             pipeline=pipeline_settings(args), earliest_event_time=args.earliest_event_time,
         )  # fmt: skip
@@ -492,7 +482,6 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.ERROR, force=True)
     from flows.demo import DemoConfig, run_demo
     from flows.registry import ThresholdRegistry
     from flows.report import write_report
@@ -555,15 +544,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradwatch", description="Drift monitor for image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="print the installed version").set_defaults(run=_version)
-    scoring, pipeline = scoring_parent(), pipeline_parent()
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="show the warnings of Beam, MLflow and Great Expectations"
+    )
+    scoring, pipeline = scoring_parent(parents=[verbosity]), pipeline_parent()
     _add_score_images(commands, scoring)
     _add_score(commands, scoring, pipeline)
     _add_calibrate(commands, scoring, pipeline)
-    _add_thresholds(commands)
+    _add_thresholds(commands, verbosity)
     _add_monitor(commands, scoring, pipeline)
     _add_scheduled(commands, scoring, pipeline)
-    _add_report(commands)
-    _add_demo(commands)
+    _add_report(commands, verbosity)
+    _add_demo(commands, verbosity)
     return parser
 
 
@@ -584,7 +577,6 @@ def _add_score(commands, scoring: argparse.ArgumentParser, pipeline: argparse.Ar
     command.add_argument("--since", help="first event time to score (ISO-8601 or epoch), widened to its window")
     command.add_argument("--until", help="event time to stop before, widened to its window's end")
     _earliest_option(command)
-    command.add_argument("-v", "--verbose", action="store_true", help="show Beam's warnings")
     command.set_defaults(run=_score)
 
 
@@ -615,15 +607,17 @@ def _add_calibrate(commands, scoring: argparse.ArgumentParser, pipeline: argpars
     calibrate.set_defaults(run=_calibrate)
 
 
-def _add_thresholds(commands) -> None:
+def _add_thresholds(commands, verbosity: argparse.ArgumentParser) -> None:
     thresholds = commands.add_parser("thresholds", help="review thresholds in MLflow: list, show, approve, reject")
     actions = thresholds.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="every version with its review status")
-    show = actions.add_parser("show", help="one version")
-    approve = actions.add_parser("approve", help="make VERSION the production thresholds")
-    reject = actions.add_parser("reject", help="mark VERSION rejected")
+    listing = actions.add_parser("list", parents=[verbosity], help="every version with its review status")
+    show = actions.add_parser("show", parents=[verbosity], help="one version")
+    approve = actions.add_parser("approve", parents=[verbosity], help="make VERSION the production thresholds")
+    reject = actions.add_parser("reject", parents=[verbosity], help="mark VERSION rejected")
     check = actions.add_parser(
-        "check", help="does VERSION's reference represent production? exit 0 when it does, 3 when it does not"
+        "check",
+        parents=[verbosity],
+        help="does VERSION's reference represent production? exit 0 when it does, 3 when it does not",
     )
     for action in (listing, show, approve, reject, check):
         model_option(action)
@@ -653,7 +647,6 @@ def _add_monitor(commands, scoring: argparse.ArgumentParser, pipeline: argparse.
     monitor.add_argument("--until", help="stop before this time (default: the last complete window)")
     monitor.add_argument("--reprocess", action="store_true", help="re-process windows already processed")
     _earliest_option(monitor)
-    monitor.add_argument("-v", "--verbose", action="store_true", help="show warnings")
     monitor.set_defaults(run=_monitor)
 
 
@@ -681,15 +674,19 @@ def _add_feed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slack-webhook", action="append", default=[], metavar="URL", help="Slack incoming webhook")
 
 
-def _add_report(commands) -> None:
-    report = commands.add_parser("report", help="render OUT's drift report as one self-contained HTML page")
+def _add_report(commands, verbosity: argparse.ArgumentParser) -> None:
+    report = commands.add_parser(
+        "report", parents=[verbosity], help="render OUT's drift report as one self-contained HTML page"
+    )
     report.add_argument("out", help="the OUT the monitor writes to")
     report.add_argument("--output", help="where the page goes (default: OUT/report.html)")
     report.set_defaults(run=_report)
 
 
-def _add_demo(commands) -> None:
-    demo = commands.add_parser("demo", help="the whole loop, offline, on a simulated day with injected drift")
+def _add_demo(commands, verbosity: argparse.ArgumentParser) -> None:
+    demo = commands.add_parser(
+        "demo", parents=[verbosity], help="the whole loop, offline, on a simulated day with injected drift"
+    )
     demo.add_argument("--source", help="your own healthy images instead of scikit-image's sample photographs")
     demo.add_argument("--workdir", default=".demo", help="where everything goes (default: %(default)s)")
     demo.add_argument("--hours", type=positive_int, default=24, help="hourly windows to simulate")
@@ -702,9 +699,25 @@ def _version(_args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_logging(*, verbose: bool) -> None:
+    """gradwatch's own warnings always show; the libraries' chatter only with -v.
+
+    Beam warns on the root logger at import (``apitools not found``), MLflow logs each database migration at INFO
+    and Great Expectations logs its context set-up: none of it is for an operator.
+    """
+    logging.basicConfig(level=logging.WARNING if verbose else logging.ERROR, force=True)
+    for name in ("gradwatch", "flows", "pipelines", "scoring"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow sets its loggers' level from this variable when it is first imported, after this runs.
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
+    for name in ("great_expectations", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradwatch`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    configure_logging(verbose=getattr(args, "verbose", False))
     # Python started with -m or -c (Beam's local worker processes are) puts the working directory first on
     # sys.path, where a stray datasketches.py would shadow the real one. A factory spec's module is still found
     # there: scoring.models searches the working directory for that one import.

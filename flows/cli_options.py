@@ -8,8 +8,11 @@ every command that runs the pipeline the same ``--runner/--beam-option/...`` fro
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+from collections.abc import Sequence
 
 from pipelines.settings import LOCAL_RUNNER, PipelineSettings, read_options_file
+from pipelines.times import parse_event_time
 from scoring import DECODERS, DEFAULT_MODEL, PRECISIONS, GradwatchError, ScoringSettings
 
 
@@ -24,9 +27,9 @@ def model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: %(default)s)")
 
 
-def scoring_parent() -> argparse.ArgumentParser:
-    """``--model --device --precision --decoder --batch-size --temperature --compile``."""
-    parent = argparse.ArgumentParser(add_help=False)
+def scoring_parent(parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """``--model --device --precision --decoder --batch-size --temperature --compile``, after ``parents``' options."""
+    parent = argparse.ArgumentParser(add_help=False, parents=list(parents))
     group = parent.add_argument_group("scoring (thresholds hold for the precision, decoder and temperature they were "
                                       "calibrated with)")  # fmt: skip
     model_option(group)
@@ -104,3 +107,28 @@ def pipeline_settings(args: argparse.Namespace) -> PipelineSettings:
         )
     except ValueError as error:
         raise GradwatchError(str(error)) from error
+
+
+def time_range(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """``--since`` and ``--until`` read as times, each error naming its flag.
+
+    Raises:
+        GradwatchError: a value that is not a time, or a range that holds no time (it would process nothing and
+            exit 0, which reads as success).
+    """
+    parsed: list[dt.datetime | None] = []
+    for flag, text in (("--since", since), ("--until", until)):
+        try:
+            parsed.append(parse_event_time(text) if text else None)
+        except ValueError:
+            raise GradwatchError(
+                f"{flag} {text!r} is not a time: give ISO-8601 (2026-11-26, 2026-11-26T13:00Z; a time without a "
+                "zone is UTC) or epoch seconds"
+            ) from None
+    start, end = parsed
+    if start is not None and end is not None and start >= end:
+        raise GradwatchError(
+            f"--since {start.isoformat()} is not before --until {end.isoformat()}: the range holds nothing; "
+            "swap them or widen it"
+        )
+    return start, end

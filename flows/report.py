@@ -38,10 +38,13 @@ from flows.monitor.paging import most_out_of_distribution
 from flows.plots import format_time, plt, png, staircase, time_axis
 from pipelines.records import QUANTILES, REJECTED
 from pipelines.store import OutputStore
-from scoring import decision_scores
+from scoring import GradwatchError, decision_scores
 from scoring.calibration import Calibration
 from scoring.drift import FiredTest
 from scoring.features import FEATURES
+
+# What a scoring or monitoring run writes under OUT; a report needs at least one of them.
+OUTPUT_TABLES = ("scores", "windows", "rejected", "decisions")
 
 BAND_COLOUR, REFERENCE_COLOUR, ALERT_COLOUR = "#4c72b0", "#55a868", "#c44e52"
 EMPTY_COLOUR, SECOND_COLOUR = "#8c8c8c", "#8172b2"
@@ -611,6 +614,12 @@ def write_report(out: str, destination: str | None = None, *, registry=None, log
     from flows.registry import RegistryError
 
     store = OutputStore(out)
+    if not any(store.fs.exists(store.path(table)) for table in OUTPUT_TABLES):
+        # A mistyped OUT would otherwise be created and get an empty page, which reads as "no drift".
+        raise GradwatchError(
+            f"OUT {out!r} holds none of gradwatch's outputs ({', '.join(f'{table}/' for table in OUTPUT_TABLES)}): "
+            f"check the path, or run `gradwatch monitor SOURCE --out {out}` first"
+        )
     decisions = read_decisions(store)
     calibration = None
     latest = max(decisions.to_pylist(), key=lambda row: row["window_start"]) if decisions.num_rows else None

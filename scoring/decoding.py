@@ -15,7 +15,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Literal, get_args
 
 import torch
 
@@ -23,9 +22,6 @@ from scoring.errors import DecoderUnavailableError
 from scoring.images import TORCH_INTERPOLATIONS, Preprocessing
 from scoring.jpeg import RGB_IDENTIFIERS, read_jpeg_header
 from scoring.properties import NativeImage, native_properties
-
-Decoder = Literal["host", "device"]
-DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 
 _LOG = logging.getLogger(__name__)
 # Device memory one run of frames resampled together may take: its padded frames as uint8 and float32 (5 bytes a

