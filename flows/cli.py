@@ -437,15 +437,46 @@ def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:
             "would store and show as a parameter; set it in the worker's environment (AWS_SECRET_ACCESS_KEY, "
             "AZURE_STORAGE_CONNECTION_STRING...) or a Prefect Secret block instead"
         )
+    from flows.registry import tracking_uri
+
     return {
-        "source": args.source,
-        "out": args.out,
+        # A worker runs the flow from its own working directory: relative paths would name other files there.
+        "source": _absolute_location(args.source),
+        "out": _absolute_location(args.out),
+        "mlflow_uri": _deployable_tracking_uri(tracking_uri()),
         "window": args.window,
         "webhooks": args.webhook,
         "slack_webhooks": args.slack_webhook,
         "scoring": dataclasses.asdict(scoring_settings(args)),
         "pipeline": dataclasses.asdict(pipeline),
     }
+
+
+def _absolute_location(location: str) -> str:
+    """A local path made absolute; a URL (s3://, gs://, file://...) as given."""
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
+def _deployable_tracking_uri(uri: str) -> str:
+    """The tracking store this command reads, as a worker elsewhere can reach it.
+
+    Raises:
+        GradwatchError: the URI carries a credential, which a deployment would store and show as a parameter.
+    """
+    from pipelines.redaction import redact
+
+    if redact(uri) != uri:
+        raise GradwatchError(
+            f"the MLflow tracking URI {redact(uri)!r} carries a credential, which a deployment would store and show "
+            "as a parameter; give it without one and set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or "
+            "MLFLOW_TRACKING_TOKEN) in the worker's environment"
+        )
+    sqlite = "sqlite:///"
+    if uri.startswith(sqlite) and not uri.startswith(sqlite + "/"):
+        return sqlite + str(Path(uri.removeprefix(sqlite)).resolve())
+    if "://" not in uri:  # a local folder store
+        return str(Path(uri).expanduser().resolve())
+    return uri
 
 
 def _deploy(args: argparse.Namespace) -> int:
