@@ -31,8 +31,12 @@ class MonitorConfig:
     images_per_alert: int = 5
     # How images are scored: the approved thresholds must have been calibrated with the same score-defining ones.
     scoring: ScoringSettings = ScoringSettings()
-    # Where the scoring pipeline of each window runs.
+    # Where the scoring pipeline runs.
     pipeline: PipelineSettings = PipelineSettings()
+    # Consecutive windows are scored in one pipeline run of up to this many images: a run's fixed cost (Beam's
+    # start-up, the model's load on each worker) is seconds, while 5,000 images are a couple of minutes on 2 CPU
+    # cores. The bound keeps what the local runner holds between stages, and what a failed run repeats, small.
+    images_per_scoring_run: int = 5_000
     # Event times an image can have: images outside are rejected, and no window outside is ever planned.
     plausible: PlausibleTimes = PlausibleTimes()
     # One monitor per OUT: a run killed with kill -9 blocks the next for this long at most (renewed every third).

@@ -124,3 +124,32 @@ def _warn_of_a_feed_that_ended(
         window_label(after[-1]),
         until.isoformat(),
     )
+
+
+def scoring_runs(
+    planned: Sequence[dt.datetime], images: Mapping[dt.datetime, list[ImageRef]], config: MonitorConfig
+) -> list[list[dt.datetime]]:
+    """The planned windows with images, in runs of consecutive planned windows that one pipeline run scores.
+
+    A run never spans a window that is not planned (its outputs are current and stay as they are); an empty
+    planned window has nothing to score and does not break one. A run stops before
+    ``config.images_per_scoring_run`` images.
+    """
+    runs: list[list[dt.datetime]] = []
+    images_in_run = 0
+    extendable = False
+    previous: dt.datetime | None = None
+    for start in planned:
+        extendable = extendable and previous is not None and start - previous == config.window
+        previous = start
+        count = len(images.get(start, []))
+        if not count:
+            continue
+        if extendable and images_in_run + count <= config.images_per_scoring_run:
+            runs[-1].append(start)
+            images_in_run += count
+        else:
+            runs.append([start])
+            images_in_run = count
+            extendable = True
+    return runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from flows.alerts import Outbox, deliver_pending, targets_from
@@ -18,9 +18,9 @@ from flows.monitor.config import MonitorConfig
 from flows.monitor.decisions import decision_row, write_decision
 from flows.monitor.lease import Lease
 from flows.monitor.paging import AlertContext, AlertPolicy, alerts_for
-from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windows
+from flows.monitor.planning import Watermark, fingerprint, inventory, plan_windows, scoring_runs
 from flows.monitor.sequential import SequentialCharts
-from flows.monitor.window import WindowOutcome, process_window
+from flows.monitor.window import WindowOutcome, process_window, score_windows
 from flows.quality import Gates
 from flows.reference_check import check_on_start
 from flows.registry import ThresholdRegistry
@@ -103,6 +103,8 @@ class Monitor:
         self.charts = SequentialCharts(self.store, cusum, self.version.version) if cusum else None
         self.images = inventory(self.source, self.config.window, self.config.plausible)
         planned = plan_windows(self.config, self.images, self.watermark, self.now)
+        self.scoring_runs = scoring_runs(planned, self.images, self.config)
+        self.scored: set[dt.datetime] = set()
         if planned:
             self.gates = Gates()
             self.report.mlflow_run_id = self.registry.start_monitoring_run(
@@ -129,13 +131,18 @@ class Monitor:
         """
         self.lease.check()
         refs = self.images.get(window_start, [])
+        if refs and window_start not in self.scored:
+            # The rest of this window's run: a retry of a window whose run failed scores from that window on.
+            run = next(run for run in self.scoring_runs if window_start in run)
+            rest = run[run.index(window_start) :]
+            score_windows(rest, config=self.config, calibration=self.calibration, loaded=self.loaded)
+            self.scored.update(rest)
         outcome = process_window(
             window_start,
             refs,
             config=self.config,
             calibration=self.calibration,
             gates=self.gates,
-            loaded=self.loaded,
             source=self.source,
         )
         if self.charts is not None and outcome.decision is not None:
@@ -214,8 +221,13 @@ def run_monitor(
     registry: ThresholdRegistry,
     now: dt.datetime | None = None,
     links: Mapping[str, str] | None = None,
+    on_planned: Callable[[Sequence[dt.datetime]], None] | None = None,
+    on_window: Callable[[WindowOutcome], None] | None = None,
 ) -> MonitorReport:
     """Process every complete window not yet processed, then deliver pending alerts.
+
+    ``on_planned`` is told the windows the run will process and ``on_window`` each outcome as it is decided, for
+    progress: a run over a day of windows takes minutes.
 
     Raises:
         AlertConfigError, SourceError, RunnerError, ModelSpecError: bad configuration, before any window is touched.
@@ -226,8 +238,13 @@ def run_monitor(
     monitor.load_thresholds(registry)
     failed = True
     try:
-        for window_start in monitor.plan():
-            monitor.process(window_start)
+        planned = monitor.plan()
+        if on_planned is not None:
+            on_planned(planned)
+        for window_start in planned:
+            outcome = monitor.process(window_start)
+            if on_window is not None:
+                on_window(outcome)
         failed = False
     finally:
         try:

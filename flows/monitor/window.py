@@ -16,7 +16,7 @@ import pyarrow as pa
 from flows.monitor.config import MonitorConfig
 from flows.quality import GateResult, Gates, image_metadata
 from pipelines.pipeline import ScoringConfig, run_scoring
-from pipelines.records import SCORED_TABLES, ImageRef, table_values
+from pipelines.records import REJECTED, SCORED_TABLES, ImageRef, table_values
 from pipelines.sources import Source
 from pipelines.store import OutputStore
 from pipelines.times import window_label
@@ -66,19 +66,33 @@ class WindowOutcome:
         return [failure for gate in self.failed_gates for failure in gate.failed]
 
 
-def scoring_run(config: MonitorConfig, calibration: Calibration, window_start: dt.datetime) -> ScoringConfig:
-    """The pipeline run that scores one window: the monitor's settings, the calibration's fitted scores."""
+def scoring_run(
+    config: MonitorConfig, calibration: Calibration, since: dt.datetime, until: dt.datetime
+) -> ScoringConfig:
+    """The pipeline run that scores the windows in [since, until): the monitor's settings, the calibration's fitted
+    scores."""
     return ScoringConfig(
         source=config.source,
         out=config.out,
         window=config.window,
-        since=window_start,
-        until=window_start + config.window,
+        since=since,
+        until=until,
         scoring=config.scoring,
         pipeline=config.pipeline,
         fitted_scores=calibration.fitted_scores,
         plausible=config.plausible,
     )
+
+
+def score_windows(
+    starts: Sequence[dt.datetime], *, config: MonitorConfig, calibration: Calibration, loaded: LoadedModel
+) -> None:
+    """Score consecutive windows in one pipeline run; each window's outputs replace what an earlier run wrote.
+
+    One run per window paid Beam's start-up, the model's load on its workers and the run's reconciliation every
+    window: 13 hourly windows of 100 images took 69 s where one run over their 1,300 images took 35 s.
+    """
+    run_scoring(scoring_run(config, calibration, starts[0], starts[-1] + config.window), loaded=loaded)
 
 
 def process_window(
@@ -88,10 +102,9 @@ def process_window(
     config: MonitorConfig,
     calibration: Calibration,
     gates: Gates,
-    loaded: LoadedModel,
     source: Source,
 ) -> WindowOutcome:
-    """Gate, score and decide one window; safe to retry (the pipeline replaces the window's outputs)."""
+    """Gate and decide one window that :func:`score_windows` has scored; safe to retry."""
     window_end = window_start + config.window
     if not refs:
         # Images a run before scored may since have gone: what it wrote would be read as this window's.
@@ -101,10 +114,10 @@ def process_window(
                 store.remove_partition(table, window_label(window_start), part=part)
         return WindowOutcome(window_start, window_end, "no_data")
     before = gates.before_scoring(image_metadata(refs), window_start, window_end)
-    summary = run_scoring(scoring_run(config, calibration, window_start), loaded=loaded)
     store = OutputStore(config.out)
     scores = store.read_window("scores", window_start, part=source.key)
     windows = store.read_window("windows", window_start, part=source.key)
+    rejected = store.read_window(REJECTED, window_start, part=source.key)
     # Scores must be finite; an image property is NaN where it does not apply (a PNG's JPEG quality).
     scored = [name for name in calibration.scalar_scores if calibration.reference(name).side != "both"]
     after = gates.after_scoring(
@@ -117,7 +130,7 @@ def process_window(
         decision.status if decision else "insufficient_data",
         decision,
         scores.num_rows,
-        summary.rejected.total(),
+        rejected.num_rows,
         [gate for gate in (before, after) if not gate.success],
         frozenset(ref.segment for ref in refs),
         scores,

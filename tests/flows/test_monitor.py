@@ -194,7 +194,7 @@ def test_each_window_is_scored_as_configured_with_what_the_calibration_fitted() 
     pipeline = PipelineSettings(runner="FlinkRunner", beam_options=("flink_master=jobmanager:8081",))
     scoring = ScoringSettings(model=TINY, precision="fp16")
     config = MonitorConfig(source="s3://feed/", out="s3://out", scoring=scoring, pipeline=pipeline)
-    run = scoring_run(config, calibration, START)
+    run = scoring_run(config, calibration, START, START + HOUR)
     assert (run.scoring, run.pipeline) == (scoring, pipeline)
     assert (run.since, run.until, run.window) == (START, START + HOUR, HOUR)
     assert run.fitted_scores == {"feature_distance": {"mean": [0.5]}}
@@ -223,3 +223,69 @@ def test_a_window_retried_after_a_failure_still_pages(tmp_path: Path, registry, 
         monitor.process(window)
     assert monitor.process(window).status == "drift"  # the orchestrator's retry
     assert "drift" in {entry["alert"]["kind"] for _, entry in monitor.outbox.pending()}
+
+
+def test_consecutive_planned_windows_share_a_scoring_run() -> None:
+    from flows.monitor.planning import scoring_runs
+    from pipelines.records import ImageRef
+
+    def refs(count: int) -> list[ImageRef]:
+        return [ImageRef(uri=f"file:///{index}.png", event_time=START, segment="") for index in range(count)]
+
+    hours = [START + hour * HOUR for hour in range(8)]
+    images = {hours[0]: refs(3), hours[1]: refs(3), hours[3]: refs(2), hours[4]: refs(4), hours[6]: refs(1)}
+    config = MonitorConfig(source="feed", out="out", images_per_scoring_run=6)
+    # Hour 2 is planned and empty (it does not break the run); hour 5 is not planned (current), so a run stops there;
+    # hours 3 and 4 hold 6 images, which the cap of 6 keeps together, as it splits 3 + 3 from 2.
+    planned = [hours[0], hours[1], hours[2], hours[3], hours[4], hours[6], hours[7]]
+    assert scoring_runs(planned, images, config) == [[hours[0], hours[1]], [hours[3], hours[4]], [hours[6]]]
+    one_run = MonitorConfig(source="feed", out="out")
+    assert scoring_runs(planned[:5], images, one_run) == [[hours[0], hours[1], hours[3], hours[4]]]
+
+
+def test_windows_scored_in_one_run_decide_as_windows_scored_alone(tmp_path: Path, registry, monkeypatch) -> None:
+    import flows.monitor.window as window_module
+
+    _approve(registry, tmp_path)
+    feed = tmp_path / "feed"
+    for hour, make in ((0, _noise), (1, _flat), (3, _noise)):
+        for index in range(25):
+            make(feed / f"h{hour}-{index}.png", 100 * hour + index, START + hour * HOUR + dt.timedelta(minutes=index))
+    (feed / "h0-broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    os.utime(feed / "h0-broken.jpg", (START.timestamp() + 60, START.timestamp() + 60))
+    runs: list[tuple[dt.datetime, dt.datetime]] = []
+    run_scoring = window_module.run_scoring
+
+    def counted(config, **kwargs):
+        runs.append((config.since, config.until))
+        return run_scoring(config, **kwargs)
+
+    monkeypatch.setattr(window_module, "run_scoring", counted)
+    now = START + 4 * HOUR + dt.timedelta(minutes=7)
+    outcomes = {}
+    for name, per_run in (("together", 5_000), ("alone", 1)):
+        config = MonitorConfig(
+            source=str(feed),
+            out=str(tmp_path / name),
+            scoring=ScoringSettings(model=TINY),
+            images_per_scoring_run=per_run,
+        )
+        outcomes[name] = run_monitor(config, registry=registry, now=now).windows
+    assert runs[0] == (START, START + 4 * HOUR)  # hour 2 is empty and planned: one run over all four
+    assert len(runs) == 1 + 3
+    together, alone = outcomes["together"], outcomes["alone"]
+    assert [(w.window_start, w.status, w.scored, w.rejected) for w in together] == [
+        (w.window_start, w.status, w.scored, w.rejected) for w in alone
+    ]
+    assert [w.status for w in together] == ["ok", "drift", "no_data", "ok"]
+    assert together[0].rejected == 1
+    for first, second in zip(together, alone, strict=True):
+        if first.decision is not None:
+            assert [t.label for t in first.fired] == [t.label for t in second.fired]
+            # Batched with other windows' images, a score moves in its last bits only (the forward pass in chunks).
+            ours, theirs = (
+                sorted(zip(*w.scores.select(["uri", "gradnorm"]).to_pydict().values(), strict=True))
+                for w in (first, second)
+            )
+            assert [uri for uri, _ in ours] == [uri for uri, _ in theirs]
+            np.testing.assert_allclose([v for _, v in ours], [v for _, v in theirs], rtol=1e-6)
