@@ -43,6 +43,7 @@ from flows.cli_options import (
 from scoring.errors import GradwatchError, ImageDecodeError
 
 if TYPE_CHECKING:
+    from flows.monitor import WindowOutcome
     from flows.registry import ThresholdRegistry
     from pipelines.pipeline import RunSummary, ScoringConfig
     from scoring import Scorer
@@ -171,9 +172,10 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
     from pipelines.pipeline import count_progress, run_scoring
 
     with Progress(
-        TextColumn("{task.completed} images done"), TimeElapsedColumn(), console=console, transient=True
-    ) as progress:
-        task = progress.add_task("scoring", total=None)
+        TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("scoring", total=_images_to_list(config) if config.progress_dir else None)
         with ThreadPoolExecutor(max_workers=1) as pool:
             running = pool.submit(run_scoring, config)
             while not running.done():
@@ -183,6 +185,20 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
             summary = running.result()
         progress.update(task, completed=summary.listed)
     return summary
+
+
+def _images_to_list(config: ScoringConfig) -> int:
+    """About the images the run will list, for the bar's total: SOURCE's entries in the run's time range or of a
+    time only the read step looks up (the pipeline also counts those rejected for an implausible time)."""
+    from pipelines.sources import open_source
+
+    since, until = config.aligned_range()
+    return sum(
+        1
+        for entry in open_source(config.source).list()
+        if entry.event_time is None
+        or ((since is None or entry.event_time >= since) and (until is None or entry.event_time < until))
+    )
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -391,6 +407,7 @@ def decision_policy(calibration: Calibration) -> dict[str, Any]:
 def _monitor(args: argparse.Namespace) -> int:
     from flows.monitor import monitor_config, run_monitor
     from flows.registry import ThresholdRegistry
+    from pipelines.redaction import redact
 
     since, until = time_range(args.since, args.until)
     try:
@@ -401,27 +418,55 @@ def _monitor(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as error:
         raise GradwatchError(str(error)) from error
-    report = run_monitor(config, registry=ThresholdRegistry())
-    for window in report.windows:
-        fired = ", ".join(test.label for test in window.fired) or "-"
-        quality = "" if window.data_quality_passed else "  data quality FAILED"
-        decision = window.decision
-        levels = sorted({severity.level for severity in decision.severity.values()}) if decision else []
-        severity = f" ({'/'.join(levels)})" if levels else ""
-        print(
-            f"{window.window_start:%Y-%m-%d %H:%M}  {window.status + severity:<17} n={window.scored:<5} "
-            f"rejected={window.rejected:<4} fired: {fired}{quality}"
+    # Each window's line as it is decided, and a bar with the time left on stderr: a day of windows takes minutes.
+    progress = Progress(
+        TextColumn("windows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True, redirect_stdout=False,
+    )  # fmt: skip
+    task = progress.add_task("windows", total=None)
+    with progress:
+        report = run_monitor(
+            config,
+            registry=ThresholdRegistry(),
+            on_planned=lambda planned: progress.update(task, total=len(planned)),
+            on_window=lambda window: (_print_window(window, progress.console), progress.advance(task)),
         )
-        for segment, estimate in decision.accuracy.items() if decision and window.is_drift else []:
-            print(f"{'':18}{segment or 'feed'}: {estimate.describe()}")
-    print(
-        f"{len(report.windows)} window(s) processed; alerts queued {report.alerts_queued}, "
-        f"delivered {report.alerts_delivered}, pending {report.alerts_pending}"
-    )
+    if not report.windows:
+        up_to = f"before {config.until.isoformat()}" if config.until else "up to now"
+        print(
+            f"nothing to do: every complete window of {redact(args.source)} {up_to} is processed and unchanged "
+            "(new or late images, or --reprocess, re-open a window)"
+        )
+    else:
+        print(
+            f"{len(report.windows)} window(s) processed; alerts queued {report.alerts_queued}, "
+            f"delivered {report.alerts_delivered}, pending {report.alerts_pending}"
+        )
     check = report.reference_check
     if check is not None and not check.representative:
         print(f"WARNING: the thresholds' reference does not represent this feed: {check.summary()}", file=sys.stderr)
     return 0
+
+
+def _print_window(window: WindowOutcome, progress_console: Console) -> None:
+    """One decided window on stdout, above the progress bar."""
+    fired = ", ".join(test.label for test in window.fired) or "-"
+    quality = "" if window.data_quality_passed else "  data quality FAILED"
+    decision = window.decision
+    levels = sorted({severity.level for severity in decision.severity.values()}) if decision else []
+    severity = f" ({'/'.join(levels)})" if levels else ""
+    lines = [
+        f"{window.window_start:%Y-%m-%d %H:%M}  {window.status + severity:<17} n={window.scored:<5} "
+        f"rejected={window.rejected:<4} fired: {fired}{quality}"
+    ]
+    for segment, estimate in decision.accuracy.items() if decision and window.is_drift else []:
+        lines.append(f"{'':18}{segment or 'feed'}: {estimate.describe()}")
+    # Printed through the bar's console when it draws on this terminal, so the bar stays below the lines.
+    for line in lines:
+        if progress_console.is_terminal and sys.stdout.isatty():
+            progress_console.print(line, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(line, flush=True)
 
 
 def _deployment_parameters(args: argparse.Namespace) -> dict[str, object]:

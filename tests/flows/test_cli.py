@@ -185,10 +185,16 @@ def test_monitor_scores_each_window_on_the_runner_and_options_given(tmp_path: Pa
     options = ("--beam-option", "job_name=gradwatch-runner-test", "--beam-option", "direct_num_workers=1")
     result = _gradwatch(*common, "--runner", "BundleBasedDirectRunner", *options)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{START:%Y-%m-%d %H:%M}  ok")  # each window's line, as it is decided
     assert "1 window(s) processed" in result.stdout
     (run,) = registry.client.search_runs([registry.client.get_experiment_by_name(MONITORING_EXPERIMENT).experiment_id])
     assert run.data.params["runner"] == "BundleBasedDirectRunner"
     assert run.data.params["beam_options"] == "job_name=gradwatch-runner-test direct_num_workers=1"
+    # A run with nothing new to do said nothing at all but "0 window(s) processed".
+    again = _gradwatch(*common)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to do: every complete window of ")
+    assert f"before {START + dt.timedelta(hours=1):%Y-%m-%dT%H:%M:%S}" in again.stdout
 
 
 def test_deploy_refuses_credentials_in_beam_options(tmp_path: Path) -> None:
