@@ -117,7 +117,7 @@ def calibrate_reference(
     registry: ThresholdRegistry,
     scoring: ScoringSettings = ScoringSettings(),
     pipeline: PipelineSettings = PipelineSettings(),
-    score: str = "gradnorm",
+    score: str | None = None,
     config: CalibrationConfig | None = None,
     validation_ood: Sequence[str] = (),
     work_dir: Path | None = None,
@@ -130,7 +130,8 @@ def calibrate_reference(
         registry: where the calibration run and the proposed version go.
         scoring: how images are scored; monitoring must score with the same score-defining settings.
         pipeline: where the scoring pipeline runs.
-        score: the score the operator leads with; the guardrail warns when it is weak.
+        score: the score the operator leads with; the guardrail warns when it is weak. None: the guardrail's
+            recommendation when validation sets are given, else GradNorm.
         config: TPR, alpha, minimum window size and the false-alarm check (default: CalibrationConfig()).
         validation_ood: folders of known-shifted images for the guardrail's separation table.
         work_dir: where the pipeline writes its outputs (default: a temporary folder, removed when it returns or
@@ -141,7 +142,7 @@ def calibrate_reference(
         The proposed version (alias ``candidate``) and the calibration.
     """
     config = config or CalibrationConfig()
-    if score not in decision_scores():
+    if score is not None and score not in decision_scores():
         raise GradwatchError(f"--score {score!r} is not one of the decision scores {decision_scores()}")
     with contextlib.ExitStack() as scratch:
         # The pipeline's outputs matter only until the run is recorded in MLflow: a folder of our own goes after.
@@ -163,7 +164,16 @@ def calibrate_reference(
             primary_score=score, config=config, scoring=scoring.recorded(), fitted_scores=fitted,
         )  # fmt: skip
         params = {
-            **_params(reference, table, scoring, pipeline, score, config, validation, fitted_images=len(fit_uris)),
+            **_params(
+                reference,
+                table,
+                scoring,
+                pipeline,
+                calibration.lead_score,
+                config,
+                validation,
+                fitted_images=len(fit_uris),
+            ),
             **_label_params(correct),
         }
         name = model_name(scoring.model)
@@ -333,7 +343,7 @@ def calibrate_from_out(
     until: dt.datetime,
     registry: ThresholdRegistry,
     scoring: ScoringSettings = ScoringSettings(),
-    score: str = "gradnorm",
+    score: str | None = None,
     config: CalibrationConfig | None = None,
     labels: str | None = None,
 ) -> tuple[ThresholdVersion, Calibration]:
@@ -349,7 +359,7 @@ def calibrate_from_out(
         registry: where the calibration run and the proposed version go, and the versions that decided the windows.
         scoring: the model (its name finds the versions); its precision, decoder and temperature are recorded only
             for a period no version decided.
-        score: the score the operator leads with.
+        score: the score the operator leads with (None: GradNorm, as no validation sets are scored here).
         config, labels: as for :func:`calibrate_reference`.
 
     Returns:
@@ -359,7 +369,7 @@ def calibrate_from_out(
         GradwatchError: nothing scored in the period, mixed models or fitted states, too few images.
     """
     config = config or CalibrationConfig()
-    if score not in decision_scores():
+    if score is not None and score not in decision_scores():
         raise GradwatchError(f"--score {score!r} is not one of the decision scores {decision_scores()}")
     period = read_period(out, since, until)
     if not period.scores.num_rows:
@@ -380,7 +390,7 @@ def calibrate_from_out(
     warnings = [*state.warnings, *_flag_warnings(period)]
     calibration = dataclasses.replace(calibration, warnings=[*warnings, *calibration.warnings])
     params = {
-        **_params(out, table, scoring, None, score, config, {}, fitted_images=0),
+        **_params(out, table, scoring, None, calibration.lead_score, config, {}, fitted_images=0),
         **scoring_params(state.scoring),
         "reference_since": iso_utc(since),
         "reference_until": iso_utc(until),

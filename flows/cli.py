@@ -256,6 +256,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"  {entry.score:<9} vs {entry.dataset}: AUROC {entry.auroc:.3f}, FPR95 {entry.fpr95:.3f}")
     if calibration.recommended_score:
         print(f"  recommended score: {calibration.recommended_score}")
+    if args.score is None and calibration.recommended_score:
+        print(f"  lead score: {calibration.lead_score}, the recommended one (--score picks another)")
+    else:
+        print(f"  lead score: {calibration.lead_score}")
     for warning in calibration.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("review the run's plots and metrics in the MLflow UI, then:")
@@ -667,7 +671,10 @@ def _add_calibrate(commands, scoring: argparse.ArgumentParser, pipeline: argpars
     )
     production.add_argument("--since", help="with --from-out: the first window start to take (ISO-8601 or epoch)")
     production.add_argument("--until", help="with --from-out: the window start to stop before")
-    calibrate.add_argument("--score", default="gradnorm", help="the score you lead with (all are tested)")
+    calibrate.add_argument(
+        "--score",
+        help="the score alerts lead with; all are tested (default: the best on --validation-ood sets, else gradnorm)",
+    )
     calibrate.add_argument("--tpr", type=float, default=0.95, help="share of healthy images above each threshold")
     calibrate.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate per window")
     calibrate.add_argument("--min-window", type=positive_int, default=50, help="smallest window that is tested")

@@ -152,7 +152,7 @@ def backfill(
 @flow(name="gradwatch-calibrate")
 def calibrate(
     reference: str | None = None,
-    score: str = "gradnorm",
+    score: str | None = None,
     tpr: float = 0.95,
     alpha: float = 0.01,
     min_window: int = 50,

@@ -36,6 +36,9 @@ _FORMAT_1 = "gradwatch.calibration/1"
 _FORMAT_1_TESTS = ("beta_binomial", "ks")  # in the registry's order, as a new calibration fits them
 # An AUROC below this on a validation set means the score barely tells that shift from healthy images.
 WEAK_AUROC = 0.7
+# The lead without validation sets to choose one: the score gradwatch is built on (Huang, Geng, Li, NeurIPS 2021).
+# With them the guardrail's pick leads, so a calibration never warns against its own default.
+DEFAULT_LEAD_SCORE = "gradnorm"
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class Calibration:
     separation: list[Separation] = field(default_factory=list)
     recommended_score: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # The score alerts and reviews lead with (every score is tested alike); see calibrate's primary_score.
+    lead_score: str = DEFAULT_LEAD_SCORE
     # The settings that move scores (ScoringSettings.recorded()): thresholds hold for windows scored with them only.
     scoring: dict[str, Any] = field(default_factory=lambda: dict(RECORDED_BEFORE))
     # What each score fitted on the reference learned there; monitoring computes those scores with it.
@@ -252,6 +257,7 @@ class Calibration:
                 "false_alarm_checks": [asdict(check) for check in self.false_alarm_checks],
                 "separation": [asdict(entry) for entry in self.separation],
                 "recommended_score": self.recommended_score,
+                "lead_score": self.lead_score,
                 "warnings": self.warnings,
                 "accuracy": self.accuracy.to_dict() if self.accuracy else None,
                 "segment_accuracy": {segment: model.to_dict() for segment, model in self.segment_accuracy.items()},
@@ -296,6 +302,7 @@ class Calibration:
             false_alarm_checks=[FalseAlarmCheck(**check) for check in document["false_alarm_checks"]],
             separation=[Separation(**entry) for entry in document["separation"]],
             recommended_score=document["recommended_score"],
+            lead_score=document.get("lead_score", DEFAULT_LEAD_SCORE),
             warnings=document["warnings"],
             scoring={**RECORDED_BEFORE, **scoring},
             fitted_scores=document.get("fitted_scores", {}),
@@ -323,7 +330,7 @@ def calibrate(
     model_id: str,
     segments: Sequence[str] | None = None,
     validation: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-    primary_score: str = "gradnorm",
+    primary_score: str | None = None,
     config: CalibrationConfig = CalibrationConfig(),
     scoring: Mapping[str, Any] | None = None,
     fitted_scores: Mapping[str, dict[str, Any]] | None = None,
@@ -338,7 +345,8 @@ def calibrate(
         model_id: the model that produced them; monitoring refuses any other.
         segments: per-image segment, when segments should get references of their own.
         validation: dataset name -> score name -> scores of known-shifted images, for the guardrail.
-        primary_score: the score the operator leads with; a warning says when it is weak.
+        primary_score: the score the operator leads with; a warning says when it is weak. None: the guardrail's
+            recommendation when ``validation`` is given, else :data:`DEFAULT_LEAD_SCORE`.
         config: see :class:`CalibrationConfig`.
         scoring: the score-defining settings the reference was scored with (``ScoringSettings.recorded()``);
             monitoring refuses windows scored otherwise. Default: the defaults.
@@ -398,6 +406,7 @@ def calibrate(
         warnings_sequential = []
     separation = _separation(references[""], validation or {})
     recommended, warnings = _guardrail(separation, primary_score)
+    lead = primary_score or recommended or DEFAULT_LEAD_SCORE
     warnings += _check_warnings(checks, config, held_out.size) + warnings_sequential
     return Calibration(
         model_id=model_id,
@@ -407,6 +416,7 @@ def calibrate(
         false_alarm_checks=checks,
         separation=separation,
         recommended_score=recommended,
+        lead_score=lead,
         warnings=warnings,
         scoring={**RECORDED_BEFORE, **(scoring or {})},
         fitted_scores=dict(fitted_scores or {}),
@@ -574,8 +584,9 @@ def _separation(
     return table
 
 
-def _guardrail(separation: Sequence[Separation], primary_score: str) -> tuple[str | None, list[str]]:
-    """Recommend the score with the best worst-case AUROC; warn when the primary score is weak."""
+def _guardrail(separation: Sequence[Separation], primary_score: str | None) -> tuple[str | None, list[str]]:
+    """Recommend the score with the best worst-case AUROC; warn when the primary score (None: the recommended
+    one) is weak."""
     separation = [entry for entry in separation if entry.score in decision_scores()]
     if not separation:
         return None, []
@@ -583,6 +594,7 @@ def _guardrail(separation: Sequence[Separation], primary_score: str) -> tuple[st
     for entry in separation:
         worst[entry.score] = min(worst.get(entry.score, 1.0), entry.auroc)
     recommended = max(worst, key=worst.get)
+    primary_score = primary_score or recommended
     warnings = []
     for entry in separation:
         if entry.score == primary_score and entry.auroc < WEAK_AUROC:

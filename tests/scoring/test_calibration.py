@@ -60,13 +60,28 @@ def test_guardrail_recommends_the_best_score_and_warns_on_a_weak_one() -> None:
     reference = _healthy(rng, 1000)
     shifted = {name: rng.normal(7, 1, 300) for name in SCORES}
     shifted["gradnorm"] = rng.normal(10, 1, 300)  # GradNorm blind to this shift, as on some models
-    calibration = calibrate(reference, model_id="m@abc", validation={"textures": shifted}, config=FAST)
+    calibration = calibrate(
+        reference, model_id="m@abc", validation={"textures": shifted}, primary_score="gradnorm", config=FAST
+    )
     by_score = {entry.score: entry for entry in calibration.separation}
     assert by_score["gradnorm"].auroc == pytest.approx(0.5, abs=0.06)
     assert by_score["msp"].auroc > 0.95
     assert by_score["msp"].fpr95 < 0.2
     assert calibration.recommended_score != "gradnorm"
     assert any("gradnorm is weak on textures" in warning for warning in calibration.warnings)
+
+
+def test_without_a_chosen_score_the_recommended_one_leads_and_nothing_warns_against_it() -> None:
+    # calibrate's default lead (GradNorm) drew a warning against itself on the default model's validation sets.
+    rng = np.random.default_rng(3)
+    shifted = {name: rng.normal(7, 1, 300) for name in SCORES}
+    shifted["gradnorm"] = rng.normal(10, 1, 300)
+    calibration = calibrate(_healthy(rng, 1000), model_id="m@abc", validation={"textures": shifted}, config=FAST)
+    assert calibration.lead_score == calibration.recommended_score != "gradnorm"
+    assert not any("gradnorm" in warning for warning in calibration.warnings)
+    assert Calibration.from_json(calibration.to_json()).lead_score == calibration.lead_score
+    unvalidated = calibrate(_healthy(rng, 600), model_id="m@abc", config=FAST)
+    assert unvalidated.lead_score == "gradnorm"
 
 
 def test_json_round_trip_gives_the_same_decisions() -> None:
