@@ -52,7 +52,27 @@ def permutation_p_value(
     exceeding = done = 0
     while done < max_permutations and exceeding < STOP_AFTER_EXCEEDING:
         block = min(PERMUTATION_BLOCK, max_permutations - done)
-        shuffled = rng.permuted(np.broadcast_to(np.arange(pooled_size), (block, pooled_size)), axis=1)
-        exceeding += int(np.sum(statistics(shuffled[:, :window_size]) >= observed - tolerance))
+        members = _relabelled_windows(rng, block, pooled_size, window_size)
+        exceeding += int(np.sum(statistics(members) >= observed - tolerance))
         done += block
     return (1 + exceeding) / (1 + done)
+
+
+def _relabelled_windows(rng: np.random.Generator, block: int, pooled_size: int, window_size: int) -> np.ndarray:
+    """(block, window_size) indices, each row a uniformly random window_size-subset of the pooled sample, in
+    random order.
+
+    A window is small beside its reference: shuffling only the first window_size places (a partial Fisher-Yates
+    shuffle, one vectorised swap per place) draws the same subsets as shuffling whole rows, which cost most of a
+    window's decision (a 50-image window against 1,000 reference images: 20 of 49 s over 300 windows).
+    """
+    if window_size * 4 > pooled_size:
+        return rng.permuted(np.broadcast_to(np.arange(pooled_size), (block, pooled_size)), axis=1)[:, :window_size]
+    indices = np.tile(np.arange(pooled_size), (block, 1))
+    rows = np.arange(block)
+    for place in range(window_size):
+        chosen = rng.integers(place, pooled_size, size=block)
+        displaced = indices[rows, place].copy()
+        indices[rows, place] = indices[rows, chosen]
+        indices[rows, chosen] = displaced
+    return indices[:, :window_size]
