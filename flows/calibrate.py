@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flows.plots import reference_histograms, validation_plots
+from flows.plots import score_plots
 from flows.registry import ThresholdRegistry, ThresholdVersion, registered_model_name
 from flows.scratch import owned_temp_dir
 from pipelines.pipeline import ScoringConfig, run_scoring
@@ -590,6 +590,5 @@ def _artifacts(
     pq.write_table(table, buffer)
     return {
         "reference/scores.parquet": buffer.getvalue(),
-        "plots/reference_histograms.png": reference_histograms(calibration),
-        **validation_plots(calibration, validation),
+        **score_plots(calibration, validation),
     }

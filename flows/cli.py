@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from flows.registry import ThresholdRegistry
     from pipelines.pipeline import RunSummary, ScoringConfig
     from scoring import Scorer
-    from scoring.calibration import Calibration
 
 TABLE_SCORES = ("gradnorm", "energy", "msp")
 
@@ -204,6 +203,7 @@ def _images_to_list(config: ScoringConfig) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from flows.calibrate import calibrate_from_out, calibrate_reference
     from flows.registry import ThresholdRegistry
+    from flows.review import false_alarm_lines, lead_line, separation_lines, status_lines, threshold_rows
     from pipelines.redaction import redact
     from scoring.calibration import CalibrationConfig
 
@@ -237,34 +237,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(
         f"model {calibration.model_id}, {calibration.reference_images} reference images, MLflow {redact(registry.uri)}"
     )
-    print(f"run {version.run_id}")
-    for name in calibration.scores:
-        reference = calibration.reference(name)
-        if reference.side == "none":
-            tests = ", ".join(reference.tests)
-            print(f"  tested    {name:<13} by {tests} against {len(reference.sample)} reference images")
-        elif reference.side == "both":
-            print(f"  range     {name:<13} {reference.lower:.6g} .. {reference.upper:.6g}")
-        else:
-            print(f"  threshold {name:<13} {reference.threshold:.6g}")
-    for check in calibration.false_alarm_checks:
-        print(
-            f"  false alarms on held-out healthy windows of {check.window_size}: {check.rate:.1%} "
-            f"(95% CI {check.ci_low:.1%}-{check.ci_high:.1%}; alpha {calibration.config.alpha:.1%})"
-        )
-    for entry in calibration.separation:
-        print(f"  {entry.score:<9} vs {entry.dataset}: AUROC {entry.auroc:.3f}, FPR95 {entry.fpr95:.3f}")
-    if calibration.recommended_score:
-        print(f"  recommended score: {calibration.recommended_score}")
-    if args.score is None and calibration.recommended_score:
-        print(f"  lead score: {calibration.lead_score}, the recommended one (--score picks another)")
-    else:
-        print(f"  lead score: {calibration.lead_score}")
+    links = registry.review_links(version)
+    print(f"run {version.run_id}: {links.run}")
+    if links.start_ui:
+        print(f"  (a local store: start the UI first with '{links.start_ui}')")
+    for name, bound in threshold_rows(calibration):
+        print(f"  {name:<16} {bound}")
+    for line in false_alarm_lines(calibration):
+        print(f"  false alarms on held-out healthy windows: {line}")
+    for line in separation_lines(calibration) if calibration.separation else []:
+        print(f"  {line}")
+    print(f"  lead score: {lead_line(calibration)}" + (" (--score picks another)" if args.score is None else ""))
     for warning in calibration.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print("review the run's plots and metrics in the MLflow UI, then:")
-    print(f"  gradwatch thresholds approve {version.version} --by YOUR_NAME --note '...'")
-    print(f"  gradwatch thresholds reject {version.version} --by YOUR_NAME --note 'why'")
+    print("review the run's description, plots and metrics in the MLflow UI (the run page above), then:")
+    for line in status_lines(registry.review_subject(version))[1:]:
+        print(f"  {line}")
     return 0
 
 
@@ -298,7 +286,8 @@ def _calibration_period(args: argparse.Namespace) -> tuple[dt.datetime, dt.datet
 
 
 def _thresholds(args: argparse.Namespace) -> int:
-    from flows.registry import ThresholdRegistry, describe, registered_model_name
+    from flows.registry import ThresholdRegistry, describe, registered_model_name, review_record
+    from flows.review import review_text
     from scoring.models import model_name
 
     registry = ThresholdRegistry()
@@ -317,7 +306,11 @@ def _thresholds(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         result = registry.get(name, args.version)
-        print(json.dumps({**describe(result), "decision": decision_policy(registry.calibration(result))}, indent=2))
+        calibration, links = registry.calibration(result), registry.review_links(result)
+        if args.json:
+            print(json.dumps(review_record(result, calibration, links), indent=2))
+        else:
+            print(review_text(registry.review_subject(result), calibration, links))
         return 0
     if args.action == "approve":
         result = registry.approve(name, args.version, by=args.by, note=args.note)
@@ -379,33 +372,6 @@ def _earliest_option(command: argparse.ArgumentParser) -> None:
         help="images stamped earlier are rejected as implausible, never placed in a window (default: 2000-01-01; "
         "lower it for an older archive)",
     )
-
-
-# A calibration without a CUSUM: made before sequential detection, or on too few images for a held-out window.
-_NO_SEQUENTIAL = "none: no held-out window to fit its limit on (calibrate on more images, or with this version)"
-
-
-def decision_policy(calibration: Calibration) -> dict[str, Any]:
-    """What a reviewer approves beside the thresholds: how windows are decided, paged and costed."""
-    accuracy, sequential = calibration.accuracy, calibration.sequential
-    return {
-        "alpha": calibration.config.alpha,
-        "min_window": calibration.config.min_window,
-        "false_alarm_checks": [
-            f"n={check.window_size}: {check.false_alarms}/{check.windows} healthy windows paged "
-            f"(95% {check.ci_low:.3f}-{check.ci_high:.3f})"
-            for check in calibration.false_alarm_checks
-        ],
-        "severity": calibration.severity.describe(),
-        "accuracy": accuracy.describe() if accuracy else "not estimated (calibrated before this version)",
-        "accuracy_checks": [
-            f"n={check.window_size}: mean absolute error {check.mean_absolute_error:.3f}, interval held the truth in "
-            f"{check.coverage:.0%} of {check.windows} held-out windows"
-            for check in calibration.accuracy_checks
-        ],
-        "sequential": sequential.describe() if sequential else _NO_SEQUENTIAL,
-        "warnings": calibration.warnings,
-    }
 
 
 def _monitor(args: argparse.Namespace) -> int:
@@ -694,7 +660,10 @@ def _add_thresholds(commands, verbosity: argparse.ArgumentParser) -> None:
     thresholds = commands.add_parser("thresholds", help="review thresholds in MLflow: list, show, approve, reject")
     actions = thresholds.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", parents=[verbosity], help="every version with its review status")
-    show = actions.add_parser("show", parents=[verbosity], help="one version")
+    show = actions.add_parser(
+        "show", parents=[verbosity], help="one version: thresholds, false alarms, AUROCs, review status, MLflow links"
+    )
+    show.add_argument("--json", action="store_true", help="the exact values, as JSON, for scripts")
     approve = actions.add_parser("approve", parents=[verbosity], help="make VERSION the production thresholds")
     reject = actions.add_parser("reject", parents=[verbosity], help="mark VERSION rejected")
     check = actions.add_parser(

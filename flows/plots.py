@@ -70,53 +70,46 @@ def time_axis(axis: Axes, start: dt.datetime, end: dt.datetime, *, ticks: int = 
         label.set_horizontalalignment("right")
 
 
-def reference_histograms(calibration: Calibration) -> bytes:
-    """Each decision score's and image property's reference histogram with its per-image bounds marked."""
-    references = {name: calibration.references[""][name] for name in calibration.scalar_scores}
-    columns = min(4, len(references))
-    rows = -(-len(references) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False, layout="constrained")
-    for axis, (name, reference) in zip(axes.flat, references.items(), strict=False):
-        axis.hist(reference.sample, bins=40, color="#4c72b0", alpha=0.85)
-        for bound in _bounds(reference):
-            axis.axvline(bound, color="#c44e52", linewidth=2, label=f"threshold {bound:.4g}")
-        axis.set_title(f"{name} (reference, n={reference.sample.size})")
-        axis.set_xlabel(f"{name} ({_IN_DISTRIBUTION[reference.side]})")
-        axis.legend(fontsize=8)
-    for axis in list(axes.flat)[len(references) :]:
-        axis.set_visible(False)
-    figure.suptitle(f"{calibration.model_id}: TPR {calibration.config.tpr:.0%} thresholds")
-    return png(figure)
+def score_plots(calibration: Calibration, validation: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, bytes]:
+    """One PNG per decision score and image property, ``plots/<name>.png``: the reference's histogram with the
+    per-image bound(s) marked and each validation set overlaid, and beside it, for a score, each set's ROC curve.
 
-
-def validation_plots(calibration: Calibration, validation: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, bytes]:
-    """Reference vs each validation set: overlaid histograms and ROC curves, one PNG per set."""
+    One figure per value, not one strip of every value: a reviewer opens the score they are asked about, and each
+    panel is wide enough to read its tail, where the threshold sits.
+    """
     plots = {}
-    # The scores: an image property has no in-distribution direction to draw a ROC curve along.
-    references = {name: ref for name, ref in calibration.references[""].items() if ref.side in ("low", "high")}
-    for dataset, scores in validation.items():
+    for name in calibration.scalar_scores:
+        reference = calibration.reference(name)
+        shifted = {dataset: np.asarray(scores[name], np.float64) for dataset, scores in validation.items()}
+        has_roc = bool(shifted) and reference.side in ("low", "high")  # an image property has no ROC direction
         figure, axes = plt.subplots(
-            2, len(references), figsize=(4 * len(references), 6.4), squeeze=False, layout="constrained"
+            1, 2 if has_roc else 1, figsize=(11 if has_roc else 6.5, 4.2), squeeze=False, layout="constrained"
         )
-        for column, (name, reference) in enumerate(references.items()):
-            shifted = np.asarray(scores[name], np.float64)
-            top, bottom = axes[0][column], axes[1][column]
-            bins = np.histogram_bin_edges(np.concatenate([reference.sample, shifted]), bins=40)
-            top.hist(reference.sample, bins=bins, alpha=0.6, density=True, label="reference")
-            top.hist(shifted, bins=bins, alpha=0.6, density=True, label=dataset)
-            for bound in _bounds(reference):
-                top.axvline(bound, color="#c44e52", linewidth=1.5)
-            top.set_title(name)
-            top.legend(fontsize=8)
-            false_positive, true_positive = _roc(reference.oriented(reference.sample), reference.oriented(shifted))
-            entry = next((e for e in calibration.separation if (e.score, e.dataset) == (name, dataset)), None)
-            bottom.plot(false_positive, true_positive, label=f"AUROC {entry.auroc:.3f}" if entry else None)
-            bottom.plot([0, 1], [0, 1], linestyle=":", color="grey")
-            bottom.set_xlabel(f"{dataset} kept as in-distribution (FPR)")
-            bottom.set_ylabel("reference kept (TPR)")
-            bottom.legend(fontsize=8, loc="lower right")
-        figure.suptitle(f"reference vs {dataset}")
-        plots[f"plots/validation_{dataset}.png"] = png(figure)
+        histogram = axes[0][0]
+        bins = np.histogram_bin_edges(np.concatenate([reference.sample, *shifted.values()]), bins=50)
+        histogram.hist(reference.sample, bins=bins, density=True, alpha=0.75, color="#4c72b0", label="reference")
+        for dataset, values in shifted.items():
+            histogram.hist(values, bins=bins, density=True, histtype="step", linewidth=1.8, label=dataset)
+        for bound in _bounds(reference):
+            histogram.axvline(bound, color="#c44e52", linewidth=2, label=f"bound {bound:.4g}")
+        histogram.set_title(f"{name}: reference n={reference.sample.size}, TPR {calibration.config.tpr:.0%}")
+        histogram.set_xlabel(f"{name} ({_IN_DISTRIBUTION[reference.side]})")
+        histogram.set_ylabel("density")
+        histogram.legend(fontsize=8)
+        if has_roc:
+            roc = axes[0][1]
+            for dataset, values in shifted.items():
+                false_positive, true_positive = _roc(reference.oriented(reference.sample), reference.oriented(values))
+                entry = next((e for e in calibration.separation if (e.score, e.dataset) == (name, dataset)), None)
+                roc.plot(
+                    false_positive, true_positive, label=f"{dataset}: AUROC {entry.auroc:.3f}" if entry else dataset
+                )
+            roc.plot([0, 1], [0, 1], linestyle=":", color="grey")
+            roc.set_title(f"{name}: reference vs each validation set")
+            roc.set_xlabel("shifted images kept as in-distribution (FPR)")
+            roc.set_ylabel("reference images kept (TPR)")
+            roc.legend(fontsize=8, loc="lower right")
+        plots[f"plots/{name}.png"] = png(figure)
     return plots
 
 

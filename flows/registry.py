@@ -11,24 +11,38 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
+import shlex
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.review import ReviewLinks, ReviewSubject, decision_policy, review_markdown
 from pipelines.redaction import redact
 from scoring import GradwatchError, ScoringSettings
 from scoring.calibration import Calibration, calibration_summary
 from scoring.drift import EffectSize, WindowDecision
+from scoring.settings import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CALIBRATION_EXPERIMENT = "gradwatch-calibration"
 MONITORING_EXPERIMENT = "gradwatch-monitoring"
 CANDIDATE, PRODUCTION = "candidate", "production"
 CALIBRATION_ARTIFACT = "calibration/calibration.json"
+
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "No data available"), the runs
+# table a toggle away; "custom_model_development" is the value its experiment-type selector writes for that table
+# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, set as the experiment tag mlflow.experimentKind).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# The run page shows this tag as the run's description (markdown), as MLflow's own "Add description" writes it.
+RUN_DESCRIPTION_TAG = "mlflow.note.content"
 
 # MLflow's HTTP client retries 7 times with exponential backoff by default: minutes before an operator
 # learns the server is down. Bounded here unless the environment says otherwise.
@@ -61,6 +75,17 @@ class ThresholdModelMismatchError(RegistryError):
 def tracking_uri() -> str:
     """``GRADWATCH_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else MLflow's sqlite store in the working directory."""
     return os.environ.get("GRADWATCH_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside its database file; None leaves a server's own location.
+
+    MLflow otherwise writes them to ``./mlruns`` of whichever directory the command ran in: the demo's plots would
+    land in the repository, and a scheduled worker's in its own working directory, away from the store naming them.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def registered_model_name(model_name: str) -> str:
@@ -143,7 +168,9 @@ class ThresholdRegistry:
             timestamp = _now_ms()
             self.client.log_batch(
                 run_id,
-                metrics=[_metric(key, value, timestamp) for key, value in calibration_summary(calibration).items()],
+                metrics=[
+                    _metric(key, _rounded(value), timestamp) for key, value in calibration_summary(calibration).items()
+                ],
             )
             self._log_artifacts(run_id, {CALIBRATION_ARTIFACT: calibration.to_json().encode(), **artifacts})
         except Exception:
@@ -153,18 +180,19 @@ class ThresholdRegistry:
 
         name = registered_model_name(model_name)
         if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
-            self.client.create_registered_model(
-                name, description=f"gradwatch drift thresholds for {model_name}; approve with the production alias"
-            )
+            self.client.create_registered_model(name, description=_model_description(model_name))
         version = self.client.create_model_version(
             name,
             source=f"{run.info.artifact_uri}/calibration",
             run_id=run_id,
             tags={"review_status": "proposed", "model_id": calibration.model_id},
-            description=f"calibrated on {calibration.reference_images} reference images",
         )
         self.client.set_registered_model_alias(name, CANDIDATE, version.version)
-        return self.get(name, version.version)
+        proposed = self.get(name, version.version)
+        description = review_markdown(self.review_subject(proposed, params), calibration, dict(params))
+        self.client.set_tag(run_id, RUN_DESCRIPTION_TAG, description)
+        self.client.update_model_version(name, version.version, description=description)
+        return proposed
 
     # -- reviewing -------------------------------------------------------------------------------------
 
@@ -227,6 +255,34 @@ class ThresholdRegistry:
             self.client.delete_registered_model_alias(name, CANDIDATE)
         return self.get(name, target.version)
 
+    def review_subject(self, version: ThresholdVersion, params: Mapping[str, Any] | None = None) -> ReviewSubject:
+        """The version as the review commands name it (model spec from its run, unless ``params`` give it)."""
+        params = params if params is not None else self.client.get_run(version.run_id).data.params
+        return ReviewSubject(
+            name=version.name,
+            version=version.version,
+            status=version.status,
+            aliases=version.aliases,
+            tags=version.tags,
+            model_spec=str(params.get("model_spec", DEFAULT_MODEL)),
+            tracking_uri=redact(self.uri),
+            default_tracking_uri=tracking_uri() == self.uri,
+        )
+
+    def review_links(self, version: ThresholdVersion) -> ReviewLinks:
+        """The version's run and model-version pages in the MLflow UI."""
+        experiment_id = self.client.get_run(version.run_id).info.experiment_id
+        if self.uri.startswith(("http://", "https://")):
+            base, start_ui = redact(self.uri).rstrip("/"), None
+        else:  # a store nobody serves: the UI MLflow starts on it, at its default address
+            base = f"http://127.0.0.1:{_UI_PORT}"
+            start_ui = f"mlflow ui --backend-store-uri {shlex.quote(_absolute_store(self.uri))} --port {_UI_PORT}"
+        return ReviewLinks(
+            run=f"{base}/#/experiments/{experiment_id}/runs/{version.run_id}",
+            version=f"{base}/#/models/{urllib.parse.quote(version.name)}/versions/{version.version}",
+            start_ui=start_ui,
+        )
+
     def calibration(self, version: ThresholdVersion) -> Calibration:
         """The calibration document a version holds, as monitoring loads it."""
         with tempfile.TemporaryDirectory() as scratch:
@@ -266,6 +322,14 @@ class ThresholdRegistry:
                 f"'{PRODUCTION}' alias of {name} in the MLflow UI)"
             )
         version = self.get(name, production)
+        if version.status == "rejected":
+            raise NoApprovedThresholdError(
+                f"{name} v{version.version} carries the '{PRODUCTION}' alias but was rejected "
+                f"({version.tags.get('rejection_note', 'no note')}); move the alias to an approved version, or "
+                f"approve this one with 'gradwatch thresholds approve {version.version} --by NAME'"
+            )
+        if version.status != "approved":
+            version = self._record_approval_outside_gradwatch(name, version)
         calibration = self.calibration(version)
         if calibration.model_id != model_id:
             raise ThresholdModelMismatchError(
@@ -276,6 +340,32 @@ class ThresholdRegistry:
         if mismatch is not None:
             raise ThresholdModelMismatchError(f"approved thresholds {name} v{version.version} do not hold: {mismatch}")
         return calibration, version
+
+    def _record_approval_outside_gradwatch(self, name: str, version: ThresholdVersion) -> ThresholdVersion:
+        """Record as approved a version someone gave the production alias in the MLflow UI (or its API).
+
+        MLflow keeps neither who set an alias nor when (its alias table holds name, alias and version only), so
+        the record says so, with when it was first seen; versions approved before it are marked superseded then.
+        """
+        now = _now_iso()
+        for other in self.versions(name):
+            if other.version != version.version and other.status == "approved" and "superseded_at" not in other.tags:
+                self.client.set_model_version_tag(name, other.version, "superseded_at", now)
+        tags = {
+            "review_status": "approved",
+            "approved_by": "unknown: the production alias was set outside gradwatch, and MLflow records no user",
+            "approved_at": f"unknown, before {now}",
+            "approved_via": "the production alias, set in the MLflow UI or API",
+            "approval_detected_at": now,
+        }
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version.version, key, value)
+        log.warning(
+            "%s v%s was approved outside gradwatch (its production alias set in the MLflow UI or API): recorded "
+            "on the version as approved at %s by an unknown reviewer; 'gradwatch thresholds approve %s --by NAME' "
+            "records who", name, version.version, now, version.version,
+        )  # fmt: skip
+        return self.get(name, version.version)
 
     def start_monitoring_run(self, run_name: str, params: Mapping[str, Any]) -> str:
         """One run per monitoring flow run; each window is a step of its metrics (see README)."""
@@ -347,8 +437,15 @@ class ThresholdRegistry:
     # -- helpers ---------------------------------------------------------------------------------------
 
     def _experiment(self, name: str) -> str:
+        """The experiment's id, created on first use beside a local store and tagged to open as a runs table."""
         experiment = self.client.get_experiment_by_name(name)
-        return experiment.experiment_id if experiment else self.client.create_experiment(name)
+        if experiment is None:
+            return self.client.create_experiment(
+                name, artifact_location=local_artifact_location(self.uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag: fixed for its reviewers too
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return experiment.experiment_id
 
     def _model_exists(self, name: str) -> bool:
         return bool(self.client.search_registered_models(filter_string=f"name = '{name}'"))
@@ -393,6 +490,30 @@ def segment_key(segment: str) -> str:
     return f"segment-{hashlib.sha256(segment.encode()).hexdigest()[:12]}"
 
 
+_UI_PORT = 5000
+
+
+def _absolute_store(uri: str) -> str:
+    """A sqlite store's URI with an absolute path, valid from any working directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def _model_description(model_name: str) -> str:
+    return (
+        f"gradwatch drift thresholds for `{model_name}`: one version per calibration, each described with its "
+        "review checklist. A version is approved when it carries the alias `production` (`gradwatch thresholds "
+        'approve VERSION --by NAME`, or add the alias on the version\'s page). Do not use "Promote model": it '
+        "copies a version into another registered model, which monitoring never reads."
+    )
+
+
+def _rounded(value: float) -> float:
+    """A metric as the MLflow UI shows it, 4 significant digits: the exact values are in the calibration JSON."""
+    return float(f"{float(value):.4g}")
+
+
 def _key(*parts: str) -> str:
     return "/".join(part for part in parts if part)
 
@@ -433,4 +554,37 @@ def describe(version: ThresholdVersion) -> dict[str, Any]:
         "run_id": version.run_id,
         "created": version.created.isoformat(timespec="seconds"),
         "tags": version.tags,
+    }
+
+
+def review_record(version: ThresholdVersion, calibration: Calibration, links: ReviewLinks) -> dict[str, Any]:
+    """``thresholds show --json``: the version, its exact thresholds and checks, and where to review it."""
+    thresholds = {}
+    for name in calibration.scores:
+        reference = calibration.reference(name)
+        thresholds[name] = (
+            {"tests": list(reference.tests), "reference_sample": len(reference.sample)}
+            if reference.side == "none"
+            else {"side": reference.side, "lower": reference.lower, "upper": reference.upper}
+        )
+    return {
+        **describe(version),
+        "mlflow_run_url": links.run,
+        "mlflow_version_url": links.version,
+        "reference_images": calibration.reference_images,
+        "lead_score": calibration.lead_score,
+        "recommended_score": calibration.recommended_score,
+        "thresholds": thresholds,
+        "false_alarm_rates": [
+            {
+                "window_size": check.window_size,
+                "rate": check.rate,
+                "ci_low": check.ci_low,
+                "ci_high": check.ci_high,
+                "windows": check.windows,
+            }
+            for check in calibration.false_alarm_checks
+        ],
+        "validation": [dataclasses.asdict(entry) for entry in calibration.separation],
+        "decision": decision_policy(calibration),
     }

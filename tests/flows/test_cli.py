@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,9 +132,27 @@ def test_calibrate_then_review_in_mlflow(tmp_path: Path, mlflow_server: str, mon
     assert "vs shifted: AUROC" in result.stdout
     version = result.stdout.split("version ")[1].split()[0]
 
+    assert f"{mlflow_server}/#/experiments/" in result.stdout  # where to open the run
+
     shown = _gradwatch("thresholds", "show", version, "--model", TINY)
     assert shown.returncode == 0, shown.stderr
-    policy = json.loads(shown.stdout)["decision"]
+    text = shown.stdout
+    # Everything a reviewer decides on: bounds, the held-out check, separation, the lead score, status, links.
+    assert "thresholds (per image)" in text
+    assert re.search(r"\n  gradnorm +threshold [0-9.e+-]+ \(higher = in distribution\)\n", text)
+    assert "false alarms on held-out healthy windows\n  not checked" in text
+    assert re.search(r"gradnorm +vs shifted: AUROC [01]\.\d{3}, FPR95", text)
+    assert "lead score   " in text
+    assert "the recommended score" in text
+    assert f"MLflow run   {mlflow_server}/#/experiments/" in text
+    # GRADWATCH_MLFLOW_URI already names the store here, so the commands need no prefix to find it.
+    assert f"review\n  proposed (alias candidate)\n  approve: gradwatch thresholds approve {version} --model " in text
+    record = json.loads(_gradwatch("thresholds", "show", version, "--model", TINY, "--json").stdout)
+    assert record["status"] == "proposed"
+    assert record["recommended_score"] == record["lead_score"]
+    assert {entry["dataset"] for entry in record["validation"]} == {"shifted"}
+    assert record["thresholds"]["gradnorm"]["side"] == "low"
+    policy = record["decision"]
     # What a reviewer approves besides thresholds: when a drift pages, how accuracy is estimated, the CUSUM's limit.
     assert policy["severity"].startswith("page when the estimated accuracy drop is at least 3 points")
     assert policy["accuracy"].startswith("no labels")

@@ -203,3 +203,99 @@ def test_a_password_in_the_tracking_uri_is_never_printed(
     out, err = capfd.readouterr()
     for text in (out, err, caplog.text):
         assert "s3cret-token" not in text
+
+
+def test_experiments_open_as_runs_tables_with_artifacts_beside_a_local_store(tmp_path, monkeypatch) -> None:
+    from flows.registry import CALIBRATION_EXPERIMENT, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    store = tmp_path / "store"
+    store.mkdir()
+    registry = ThresholdRegistry(f"sqlite:///{store / 'mlflow.db'}")
+    proposed = _propose(registry, "kind-model", "kind-model@ffffffffffff")
+    experiment = registry.client.get_experiment_by_name(CALIBRATION_EXPERIMENT)
+    # Without the tag MLflow 3's UI opens the experiment as a GenAI one: traces, "No data available".
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    assert experiment.artifact_location == (store / "mlartifacts").as_uri()
+    assert (store / "mlartifacts").is_dir()
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()
+    assert registry.client.list_artifacts(proposed.run_id, "plots")
+
+
+def test_an_experiment_made_before_the_kind_tag_gets_it(tmp_path) -> None:
+    from flows.registry import CALIBRATION_EXPERIMENT, EXPERIMENT_KIND_TAG
+
+    registry = ThresholdRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    registry.client.create_experiment(CALIBRATION_EXPERIMENT)
+    _propose(registry, "old-store", "old-store@ffffffffffff")
+    assert EXPERIMENT_KIND_TAG in registry.client.get_experiment_by_name(CALIBRATION_EXPERIMENT).tags
+
+
+def test_a_proposal_carries_its_review_in_markdown_and_rounded_metrics(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    proposed = _propose(registry, "described", "described@abababababab")
+    run = registry.client.get_run(proposed.run_id)
+    description = run.data.tags["mlflow.note.content"]
+    assert f"version {proposed.version}: proposed" in description
+    assert "400 reference images" in description
+    assert "s3://feed/reference" in description
+    assert "### Review checklist" in description
+    assert "- [ ] " in description
+    assert (
+        f"`GRADWATCH_MLFLOW_URI={mlflow_server} gradwatch thresholds approve {proposed.version} --model described "
+        "--by YOUR_NAME --note '...'`" in description
+    )
+    assert 'Do not use "Promote model"' in description
+    version = registry.client.get_model_version(proposed.name, proposed.version)
+    assert version.description == description
+    # 16 digits in the UI were unreadable; the exact values stay in the calibration JSON.
+    threshold = run.data.metrics["threshold_gradnorm"]
+    assert threshold == float(f"{threshold:.4g}")
+    exact = registry.calibration(proposed).threshold("gradnorm")
+    assert threshold != exact
+    assert threshold == pytest.approx(exact, rel=1e-3)
+
+
+def test_review_links_point_at_the_run_and_the_version(mlflow_server: str, tmp_path) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    proposed = _propose(registry, "linked", "linked@cdcdcdcdcdcd")
+    links = registry.review_links(proposed)
+    experiment_id = registry.client.get_run(proposed.run_id).info.experiment_id
+    assert links.run == f"{mlflow_server}/#/experiments/{experiment_id}/runs/{proposed.run_id}"
+    assert links.version == f"{mlflow_server}/#/models/{proposed.name}/versions/{proposed.version}"
+    assert links.start_ui is None
+    local = ThresholdRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    local_links = local.review_links(_propose(local, "linked", "linked@cdcdcdcdcdcd"))
+    assert local_links.run.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert local_links.start_ui == f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'} --port 5000"
+
+
+def test_a_production_alias_set_in_the_ui_is_recorded_at_monitor_time(mlflow_server: str, caplog) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    name = registered_model_name("ui-model")
+    first = _propose(registry, "ui-model", "ui-model@121212121212", seed=1)
+    registry.approve(name, first.version, by="ana")
+    second = _propose(registry, "ui-model", "ui-model@121212121212", seed=2)
+    # What the UI's "Add alias" does: the REST call, with no gradwatch tag beside it.
+    registry.client.set_registered_model_alias(name, "production", second.version)
+    _, loaded = registry.load_production("ui-model", "ui-model@121212121212")
+    assert loaded.version == second.version
+    assert loaded.status == "approved"
+    assert loaded.tags["approved_via"] == "the production alias, set in the MLflow UI or API"
+    assert loaded.tags["approved_by"].startswith("unknown")
+    assert loaded.tags["approval_detected_at"]
+    assert "superseded_at" in registry.get(name, first.version).tags
+    assert "approved outside gradwatch" in caplog.text
+    again = registry.load_production("ui-model", "ui-model@121212121212")[1]
+    assert again.tags["approval_detected_at"] == loaded.tags["approval_detected_at"]  # recorded once
+
+
+def test_a_rejected_version_given_the_production_alias_is_not_loaded(mlflow_server: str) -> None:
+    registry = ThresholdRegistry(mlflow_server)
+    name = registered_model_name("ui-rejected")
+    proposed = _propose(registry, "ui-rejected", "ui-rejected@343434343434")
+    registry.reject(name, proposed.version, by="ana", note="reference is from the old camera")
+    registry.client.set_registered_model_alias(name, "production", proposed.version)
+    with pytest.raises(NoApprovedThresholdError, match="was rejected \\(reference is from the old camera\\)"):
+        registry.load_production("ui-rejected", "ui-rejected@343434343434")
