@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.times import LABEL_FORMAT, UNKNOWN_WINDOW, window_label
+from pipelines.uris import canonical_uri
 
 AlertState = Literal["outbox", "delivered"]
 # Filesystems without an atomic rename, where an object is written whole instead; every other one renames.
@@ -49,14 +50,16 @@ _STATE_DOCUMENTS = {
 class OutputStore:
     """Reads and writes OUT (a local folder or any fsspec URL) through one filesystem.
 
-    Picklable as its URL alone, so Beam can ship it to workers; each process opens its own filesystem.
+    Picklable as its URL alone, so Beam can ship it to workers; each process opens its own filesystem. A relative
+    OUT is pickled absolute: an SDK worker resolves paths against its own working directory, and wrote a
+    launcher's ``--out out`` under the worker pool's (the portable run of tests/pipelines/test_portable.py).
     """
 
     def __init__(self, out: str) -> None:
         self.out = out.rstrip("/") or out
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"out": self.out}
+        return {"out": canonical_uri(self.out)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.out = state["out"]

@@ -14,7 +14,6 @@ import importlib
 import os
 import pkgutil
 import posixpath
-import re
 import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pipelines.records import ImageRef, Rejected
 from pipelines.redaction import redact
 from pipelines.times import object_mtime
+from pipelines.uris import canonical_uri
 from scoring import GradwatchError
 
 
@@ -116,20 +116,6 @@ def open_source(uri: str) -> Source:
         if kind.claims(uri):
             return kind(uri)
     raise SourceError(f"SOURCE {uri!r} is not a kind of source gradwatch reads; pass a folder, prefix or manifest")
-
-
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def canonical_uri(uri: str) -> str:
-    """The one spelling of a URI: a local path absolute and normalised (``./a/../b.png`` is ``$PWD/b.png``), a
-    ``file://`` URL as its path; other URLs as given. Credentials stay, for reading: :func:`image_identity` drops
-    them from what is stored."""
-    if uri.startswith("file://"):
-        uri = uri.removeprefix("file://")
-    if _SCHEME.match(uri):  # s3://..., or a source kind's own prefix (glob:...)
-        return uri
-    return os.path.abspath(uri)
 
 
 def image_identity(uri: str) -> str:
