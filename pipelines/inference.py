@@ -8,9 +8,11 @@ Beam loads one model per worker process and shares it between the process's thre
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import apache_beam as beam
 import torch
@@ -18,8 +20,32 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines.records import REJECTED, EncodedImage, Rejected
-from scoring import ImageDecodeError, ModelSpecError, Scorer, ScoringSettings, load_scorer, resolve_device
+from scoring import (
+    DEFAULT_MODEL,
+    ImageDecodeError,
+    ModelSpecError,
+    Scorer,
+    ScoringSettings,
+    load_scorer,
+    resolve_device,
+)
 from scoring.features import FEATURES
+
+
+def spec_with_absolute_files(spec: str) -> str:
+    """A model spec whose local files (a model file, ``?weights=``) are named by absolute path.
+
+    A spec names files relative to the launcher's working directory; an SDK worker has its own, and refused
+    ``--model tiny.pt`` as "no file exists at that path" (the portable run of tests/pipelines/test_portable.py).
+    Names with a colon are factories or hub architectures (``module:build``, ``timm:NAME``), never files here.
+    """
+    target, question, query = spec.partition("?")
+    if target != DEFAULT_MODEL and ":" not in target and os.path.isfile(target):
+        target = os.path.abspath(target)
+    options = parse_qsl(query, keep_blank_values=True)
+    if any(key == "weights" and os.path.isfile(value) for key, value in options):
+        query = urlencode([(key, os.path.abspath(value) if key == "weights" else value) for key, value in options])
+    return f"{target}{question}{query}"
 
 
 class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
@@ -62,7 +88,8 @@ class ScorerModelHandler(ModelHandler[EncodedImage, PredictionResult, Scorer]):
             large_model=large_model,
             model_copies=model_copies,
         )
-        self._settings = settings
+        # Pickled to workers, which resolve paths against their own working directory.
+        self._settings = dataclasses.replace(settings, model=spec_with_absolute_files(settings.model))
         self._expected_model_id = expected_model_id
         self._fitted_scores = dict(fitted_scores or {})
         self._cpu_threads = cpu_threads
