@@ -15,11 +15,13 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.execution import MetricResult
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -161,6 +163,19 @@ def count_progress(progress_dir: str) -> int:
         return sum(entry.stat().st_size for entry in entries)
 
 
+def counter_totals(counters: Iterable[MetricResult]) -> Counter[str]:
+    """Each counter's total over the steps that count it (one result per step).
+
+    Committed values where the runner reports them, else attempted ones (Beam's ``MetricResult.result``): a runner
+    without committed metrics reports None there (Beam's Kafka Streams runner, apache/beam#39635), which read as 0
+    would reconcile any run as "0 listed = 0 scored + 0 rejected: ok".
+    """
+    totals: Counter[str] = Counter()
+    for counter in counters:
+        totals[counter.key.metric.name] += counter.result or 0
+    return totals
+
+
 def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> RunSummary:
     """Run the pipeline to completion and reconcile what went in with what came out.
 
@@ -190,9 +205,7 @@ def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> 
     build_pipeline(pipeline, config, model_id=loaded.model_id, max_bytes=loaded.preprocessing.max_bytes)
     result = pipeline.run()
     result.wait_until_finish()
-    counters: Counter[str] = Counter()
-    for counter in result.metrics().query(MetricsFilter().with_namespace("gradwatch"))["counters"]:
-        counters[counter.key.metric.name] += counter.committed or 0  # one entry per step that counts
+    counters = counter_totals(result.metrics().query(MetricsFilter().with_namespace("gradwatch"))["counters"])
     since, until = config.aligned_range()
     return RunSummary(
         listed=counters.get("listed", 0),
