@@ -202,6 +202,59 @@ def effect_size(window: np.ndarray, reference: ScoreReference, segment: str = ""
     )
 
 
+@dataclass(frozen=True)
+class _TestedValue:
+    """One value of one segment a window's decision tests, with every test fitted on its reference."""
+
+    segment: str
+    score: str
+    values: np.ndarray
+    reference: ScoreReference
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a window's decision tests, in order, and the segments it does not test."""
+
+    tested: list[_TestedValue]
+    sizes: dict[str, int]
+    insufficient: list[str]
+
+    def tests(self) -> list[tuple[str, _TestedValue]]:
+        """(test, value) for every test the decision runs, in the order its records are."""
+        return [(test, value) for value in self.tested for test in value.reference.tests]
+
+
+def _plan(
+    window: Mapping[str, Mapping[str, np.ndarray]],
+    references: Mapping[str, Mapping[str, ScoreReference]],
+    min_window: int,
+) -> _Plan:
+    tested: list[_TestedValue] = []
+    sizes: dict[str, int] = {}
+    insufficient: list[str] = []
+    for segment, scores in sorted(window.items()):
+        segment_references = references.get(segment) or references.get("")
+        if not segment_references:
+            raise ValueError(f"no reference for segment {segment!r} and no global reference ('') to fall back to")
+        sizes[segment] = max((len(values) for values in scores.values()), default=0)
+        if sizes[segment] < min_window:
+            insufficient.append(segment)
+            continue
+        for name, reference in segment_references.items():
+            values = np.asarray(scores[name], np.int64 if reference.kind == "categorical" else np.float64)
+            if reference.side == "both":
+                # An image property that does not apply (a PNG's JPEG quality) is NaN: tested on the images it
+                # applies to, when they are enough.
+                values = values[np.isfinite(values)]
+                if values.size < min_window:
+                    continue
+            elif not np.isfinite(values).all():
+                raise ValueError(f"score {name!r} of segment {segment!r} has NaN or inf; the gate before drift tests")
+            tested.append(_TestedValue(segment, name, values, reference))
+    return _Plan(tested, sizes, insufficient)
+
+
 def decide_window(
     window: Mapping[str, Mapping[str, np.ndarray]],
     references: Mapping[str, Mapping[str, ScoreReference]],
@@ -225,38 +278,47 @@ def decide_window(
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    plan = _plan(window, references, min_window)
     raw: list[tuple[str, str, str, float, float, str]] = []
-    effects: list[EffectSize] = []
-    sizes: dict[str, int] = {}
-    insufficient: list[str] = []
-    for segment, scores in sorted(window.items()):
-        segment_references = references.get(segment) or references.get("")
-        if not segment_references:
-            raise ValueError(f"no reference for segment {segment!r} and no global reference ('') to fall back to")
-        sizes[segment] = max((len(values) for values in scores.values()), default=0)
-        if sizes[segment] < min_window:
-            insufficient.append(segment)
-            continue
-        for name, reference in segment_references.items():
-            values = np.asarray(scores[name], np.int64 if reference.kind == "categorical" else np.float64)
-            if reference.side == "both":
-                # An image property that does not apply (a PNG's JPEG quality) is NaN: tested on the images it
-                # applies to, when they are enough.
-                values = values[np.isfinite(values)]
-                if values.size < min_window:
-                    continue
-            elif not np.isfinite(values).all():
-                raise ValueError(f"score {name!r} of segment {segment!r} has NaN or inf; the gate before drift tests")
-            for test, state in reference.tests.items():
-                result = window_test(test).apply(values, reference, state)
-                summary = result.summary or f"{name}: {test} {result.statistic:.3g}, p {result.p_value:.2g}"
-                raw.append((test, name, segment, result.statistic, result.p_value, summary))
-            if reference.kind == "scalar":
-                effects.append(effect_size(values, reference, segment))
+    for test, value in plan.tests():
+        result = window_test(test).apply(value.values, value.reference, value.reference.tests[test])
+        summary = result.summary or f"{value.score}: {test} {result.statistic:.3g}, p {result.p_value:.2g}"
+        raw.append((test, value.score, value.segment, result.statistic, result.p_value, summary))
+    effects = [
+        effect_size(value.values, value.reference, value.segment)
+        for value in plan.tested
+        if value.reference.kind == "scalar"
+    ]
     levels, rejected = holm([p for *_, p, _ in raw], alpha)
     tests = [
         TestRecord(test, name, segment, statistic, p, level, fired, summary)
         for (test, name, segment, statistic, p, summary), level, fired in zip(raw, levels, rejected, strict=True)
     ]
     status: WindowStatus = "insufficient_data" if not raw else ("drift" if any(rejected) else "ok")
-    return WindowDecision(status, alpha, sizes, tests, effects, insufficient)
+    return WindowDecision(status, alpha, plan.sizes, tests, effects, plan.insufficient)
+
+
+def window_is_drift(
+    window: Mapping[str, Mapping[str, np.ndarray]],
+    references: Mapping[str, Mapping[str, ScoreReference]],
+    *,
+    alpha: float = 0.01,
+    min_window: int = 50,
+) -> bool:
+    """``decide_window(...).is_drift``, doing only the work that answer needs: for the checks that resample a
+    window's decision hundreds of times and count its pages.
+
+    Holm's step-down rejects some hypothesis exactly when the smallest p-value is at most alpha / m, m the number
+    of tests (its first step; Holm, Scand. J. Statist. 1979), so whether a window drifts is whether any one test
+    fires at alpha / m. The analytic tests are asked first and the permutation tests only when none fired, each
+    stopping once its answer at that level is settled (:meth:`WindowTest.fires_at`); no effect size is computed.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    tests = _plan(window, references, min_window).tests()
+    level = alpha / len(tests) if tests else 0.0
+    # Stable: within each kind of test, the decision's own order.
+    for test, value in sorted(tests, key=lambda planned: window_test(planned[0]).resampled):
+        if window_test(test).fires_at(level, value.values, value.reference, value.reference.tests[test]):
+            return True
+    return False

@@ -43,11 +43,14 @@ class WindowTest(ABC):
         statistic: what the statistic measures, in a few words, for the people who read the decisions.
         kinds: the kinds of value it tests (a number per image by default; the projected features are vectors, the
             predictions classes); it is fitted on no other.
+        resampled: whether its p-value is a permutation test's, which costs many times an analytic one.
     """
 
     name: ClassVar[str]
     statistic: ClassVar[str]
     kinds: ClassVar[frozenset[ValueKind]] = frozenset({"scalar"})
+    # Whether the p-value comes from resampling (permutations): asked last, when nothing cheaper decided the window.
+    resampled: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, reference: ScoreReference) -> dict[str, Any] | None:
@@ -58,6 +61,11 @@ class WindowTest(ABC):
     @abstractmethod
     def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:
         """Test a window's finite values against the reference, with the state :meth:`fit` returned."""
+
+    def fires_at(self, level: float, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> bool:
+        """Whether :meth:`apply`'s p-value is at most ``level``: all a resampled decision asks (the reference check).
+        A test whose p-value is costly to pin down answers once it is settled, and says so by ``resampled``."""
+        return self.apply(window, reference, state).p_value <= level
 
 
 _REGISTRY: dict[str, WindowTest] = {}

@@ -8,12 +8,12 @@ class has to be pooled away. Which classes gained or lost share is what the test
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from scoring.permutation import permutation_p_value
+from scoring.permutation import permutation_p_value, permutation_p_value_at_most
 from scoring.references import ScoreReference
 from scoring.window_tests import WindowTest, WindowTestResult, register_window_test
 
@@ -30,8 +30,10 @@ def class_shares_moved(window: np.ndarray, reference_sample: np.ndarray) -> list
     return [(int(classes[i]), float(reference_share[i]), float(window_share[i])) for i in moved]
 
 
-def chi_square_test(window: np.ndarray, reference_sample: np.ndarray) -> WindowTestResult:
-    """Pearson's chi-square of the 2 x classes table of window and reference predictions, p by permutation."""
+def _chi_square_statistics(
+    window: np.ndarray, reference_sample: np.ndarray
+) -> tuple[float, Callable[[np.ndarray], np.ndarray], int]:
+    """The observed chi-square of the 2 x classes table, the statistic of relabellings, and the pooled size."""
     pooled = np.concatenate([window, reference_sample])
     _, codes = np.unique(pooled, return_inverse=True)
     classes = int(codes.max()) + 1
@@ -49,8 +51,13 @@ def chi_square_test(window: np.ndarray, reference_sample: np.ndarray) -> WindowT
             + (totals - in_window - expected_reference) ** 2 / expected_reference
         ).sum(axis=1)
 
-    observed = float(chi_square(np.arange(window.size)[None, :])[0])
-    p_value = permutation_p_value(observed, chi_square, pooled.size, window.size)
+    return float(chi_square(np.arange(window.size)[None, :])[0]), chi_square, pooled.size
+
+
+def chi_square_test(window: np.ndarray, reference_sample: np.ndarray) -> WindowTestResult:
+    """Pearson's chi-square of the 2 x classes table of window and reference predictions, p by permutation."""
+    observed, chi_square, pooled_size = _chi_square_statistics(window, reference_sample)
+    p_value = permutation_p_value(observed, chi_square, pooled_size, window.size)
     shares = ", ".join(
         f"class {label} {'rose' if after > before else 'fell'} from {before:.1%} to {after:.1%}"
         for label, before, after in class_shares_moved(window, reference_sample)
@@ -65,9 +72,15 @@ class ChiSquare(WindowTest):
     name = "chi_square"
     statistic = "Pearson's chi-square between the window's and the reference's predicted classes"
     kinds = frozenset({"categorical"})
+    resampled = True
 
     def fit(self, reference: ScoreReference) -> dict[str, Any]:
         return {}
 
     def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:
         return chi_square_test(np.asarray(window, np.int64), reference.sample)
+
+    def fires_at(self, level: float, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> bool:
+        values = np.asarray(window, np.int64)
+        observed, chi_square, pooled_size = _chi_square_statistics(values, reference.sample)
+        return permutation_p_value_at_most(level, observed, chi_square, pooled_size, values.size)

@@ -9,12 +9,12 @@ p-value is a permutation test's, with the kernel matrix of the pooled window and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from scoring.permutation import permutation_p_value
+from scoring.permutation import permutation_p_value, permutation_p_value_at_most
 from scoring.references import ScoreReference
 from scoring.window_tests import WindowTest, WindowTestResult, register_window_test
 
@@ -36,8 +36,10 @@ def median_bandwidth(sample: np.ndarray) -> float:
     return median if median > 0 else 1.0
 
 
-def mmd_test(window: np.ndarray, reference_sample: np.ndarray, bandwidth: float) -> WindowTestResult:
-    """The (biased) MMD between window and reference under a Gaussian kernel, and its permutation p-value."""
+def _mmd_statistics(
+    window: np.ndarray, reference_sample: np.ndarray, bandwidth: float
+) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
+    """The observed squared MMD, and the squared MMD of relabellings (indices into window then reference)."""
     pooled = np.concatenate([window, reference_sample]).astype(np.float64)
     kernel = np.exp(-squared_distances(pooled, pooled) / (2 * bandwidth**2))
     n, m = len(window), len(reference_sample)
@@ -54,8 +56,14 @@ def mmd_test(window: np.ndarray, reference_sample: np.ndarray, bandwidth: float)
         within = np.einsum("bi,bi->b", in_window @ kernel, in_window)
         return c**2 * within - 2 * c / m * (in_window @ row_sums) + total / m**2
 
-    observed = float(squared_mmd(np.arange(n)[None, :])[0])
-    p_value = permutation_p_value(observed, squared_mmd, n + m, n)
+    return float(squared_mmd(np.arange(n)[None, :])[0]), squared_mmd
+
+
+def mmd_test(window: np.ndarray, reference_sample: np.ndarray, bandwidth: float) -> WindowTestResult:
+    """The (biased) MMD between window and reference under a Gaussian kernel, and its permutation p-value."""
+    observed, squared_mmd = _mmd_statistics(window, reference_sample, bandwidth)
+    n = len(window)
+    p_value = permutation_p_value(observed, squared_mmd, n + len(reference_sample), n)
     mmd = float(np.sqrt(max(observed, 0.0)))
     return WindowTestResult(mmd, p_value, f"features moved: MMD {mmd:.3f}, p {p_value:.2g}")
 
@@ -65,9 +73,15 @@ class MaximumMeanDiscrepancy(WindowTest):
     name = "mmd"
     statistic = "maximum mean discrepancy between the window's and the reference's features (Gaussian kernel)"
     kinds = frozenset({"vector"})
+    resampled = True
 
     def fit(self, reference: ScoreReference) -> dict[str, Any]:
         return {"bandwidth": median_bandwidth(reference.sample)}
 
     def apply(self, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> WindowTestResult:
         return mmd_test(window, reference.sample, state["bandwidth"])
+
+    def fires_at(self, level: float, window: np.ndarray, reference: ScoreReference, state: Mapping[str, Any]) -> bool:
+        observed, squared_mmd = _mmd_statistics(window, reference.sample, state["bandwidth"])
+        n = len(window)
+        return permutation_p_value_at_most(level, observed, squared_mmd, n + len(reference.sample), n)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scoring.calibration import PREDICTION, Calibration, CalibrationConfig, calibrate, fit_tests
-from scoring.drift import decide_window
+from scoring.drift import decide_window, window_is_drift
 from scoring.features import FEATURES
 from scoring.permutation import MAX_PERMUTATIONS, PERMUTATION_BLOCK, permutation_p_value
 from scoring.references import ScoreReference, score_reference, unbounded_reference
@@ -208,3 +208,40 @@ def test_the_fast_chi_square_equals_pearsons_on_every_relabelling(monkeypatch: p
         assert statistic == pytest.approx(stats.chi2_contingency(table.T, correction=False).statistic)
     table = np.array([[np.sum(window == c), np.sum(reference == c)] for c in range(7)])
     assert result.statistic == pytest.approx(stats.chi2_contingency(table.T, correction=False).statistic)
+
+
+def test_whether_a_window_drifts_is_its_decisions_answer_for_every_kind_of_test() -> None:
+    rng = np.random.default_rng(6)
+    brightness = rng.normal(0.5, 0.05, 800)
+    brightness[::7] = np.nan  # a property that does not apply to every image
+    reference = {
+        "gradnorm": rng.normal(10, 1, 800),
+        "brightness": brightness,
+        FEATURES: _features(rng, 800),
+        PREDICTION: rng.integers(0, 20, 800),
+    }
+    calibration = calibrate(reference, model_id="m@abc", segments=["day", "night"] * 400, config=FAST)
+    assert set(calibration.references) == {"", "day", "night"}
+    answers = []
+    for index in range(60):
+        # Shifts near where each test starts firing, so that windows fall on both sides for each.
+        moved = index % 4
+        size = int(rng.choice([20, 50, 120]))
+        segment = {
+            "gradnorm": rng.normal(10 - (moved == 1) * rng.random(), 1, size),
+            "brightness": rng.normal(0.5, 0.05, size),
+            FEATURES: _features(rng, size, shift=0.5 * (moved == 2) * rng.random()),
+            PREDICTION: np.where(rng.random(size) < 0.3 * (moved == 3) * rng.random(), 4, rng.integers(0, 20, size)),
+        }
+        window = {"day": segment, "door": {name: values[:5] for name, values in segment.items()}}
+        decision = decide_window(window, calibration.references, alpha=0.01, min_window=10)
+        drifts = window_is_drift(window, calibration.references, alpha=0.01, min_window=10)
+        assert drifts == decision.is_drift, (index, decision.fired, [record.p_value for record in decision.tests])
+        answers.append((drifts, {fired.test for fired in decision.fired}))
+    assert sum(drifts for drifts, _ in answers) >= 10
+    assert sum(not drifts for drifts, _ in answers) >= 10
+    # Windows only the analytic tests page (no permutation test is run), and windows only the permutation tests
+    # page (settled by running them to their end).
+    assert any(fired and not fired & {"mmd", "chi_square"} for _, fired in answers)
+    assert any(fired and fired <= {"mmd", "chi_square"} for _, fired in answers)
+    assert not window_is_drift({"door": window["door"]}, calibration.references, alpha=0.01, min_window=10)

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from scoring import reference_check
 from scoring.calibration import CalibrationConfig, calibrate
+from scoring.drift import decide_window
 from scoring.reference_check import check_reference
 
 SCORES = ("gradnorm", "energy", "msp", "maxlogit")
@@ -87,3 +89,14 @@ def test_too_few_production_images_is_a_clear_error(calibration) -> None:
         check_reference(calibration, _images(40, 6))
     with pytest.raises(ValueError, match="none of the calibration's scalar values"):
         check_reference(calibration, {"unknown": np.zeros(100)})
+
+
+# Production from representative to plainly not: no pages, a few (0.49), and some at one size only (0.485).
+@pytest.mark.parametrize(("brightness", "spread"), [(0.5, 0.05), (0.49, 0.06), (0.485, 0.05), (0.45, 0.08)])
+def test_its_page_counts_are_those_of_the_whole_decisions(calibration, monkeypatch, brightness, spread) -> None:
+    production = _images(400, 2, brightness=brightness, spread=spread)
+    quick = check_reference(calibration, production)
+    monkeypatch.setattr(
+        reference_check, "window_is_drift", lambda *args, **kwargs: decide_window(*args, **kwargs).is_drift
+    )
+    assert check_reference(calibration, production) == quick
