@@ -187,6 +187,8 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortableServi
         LOADS_ENV: str(root / "loads"),
     }
     job_port, pool_port = free_port(), free_port()
+    while pool_port == job_port:  # each probe frees its port at once, so two can name the same one
+        pool_port = free_port()
     services = []
     try:
         pool = _start(
