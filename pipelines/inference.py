@@ -44,7 +44,8 @@ def spec_with_absolute_files(spec: str) -> str:
         target = os.path.abspath(target)
     options = parse_qsl(query, keep_blank_values=True)
     if any(key == "weights" and os.path.isfile(value) for key, value in options):
-        query = urlencode([(key, os.path.abspath(value) if key == "weights" else value) for key, value in options])
+        absolute = [(key, os.path.abspath(value) if key == "weights" else value) for key, value in options]
+        query = urlencode(absolute, safe="/")  # a path as written in messages, not %2F-escaped
     return f"{target}{question}{query}"
 
 
