@@ -277,8 +277,10 @@ class ThresholdRegistry:
         else:  # a store nobody serves: the UI MLflow starts on it, at its default address
             base = f"http://127.0.0.1:{_UI_PORT}"
             start_ui = f"mlflow ui --backend-store-uri {shlex.quote(_absolute_store(self.uri))} --port {_UI_PORT}"
+        experiment = f"{base}/#/experiments/{experiment_id}"
         return ReviewLinks(
-            run=f"{base}/#/experiments/{experiment_id}/runs/{version.run_id}",
+            experiment=f"{experiment}{_CLASSIC_VIEW}",
+            run=f"{experiment}/runs/{version.run_id}{_CLASSIC_VIEW}",
             version=f"{base}/#/models/{urllib.parse.quote(version.name)}/versions/{version.version}",
             start_ui=start_ui,
         )
@@ -491,6 +493,10 @@ def segment_key(segment: str) -> str:
 
 
 _UI_PORT = 5000
+# MLflow 3.17's UI takes its GenAI/model-training switch from this query parameter, else from the browser's
+# storage, else GenAI, whatever the experiment's kind tag says (seen in its bundle: the workflowType context, and in
+# a headless-Chromium screenshot, bench/mlflow_ui.py); a link that carries it opens the runs table.
+_CLASSIC_VIEW = "?workflowType=machine_learning"
 
 
 def _absolute_store(uri: str) -> str:

@@ -21,6 +21,7 @@ _APPROVE, _REJECT = "--by YOUR_NAME --note '...'", "--by YOUR_NAME --note 'why'"
 class ReviewLinks:
     """Where the reviewer opens a version in the MLflow UI."""
 
+    experiment: str
     run: str
     version: str
     # How to start the UI first, for a local store nobody serves (None: the tracking URI is a server).
@@ -129,6 +130,7 @@ def review_text(subject: ReviewSubject, calibration: Calibration, links: ReviewL
         f"windows of at least {config.min_window}",
         f"  lead score   {lead_line(calibration)}",
         f"  MLflow run   {links.run}",
+        f"  experiment   {links.experiment}",
         f"  version      {links.version}",
     ]
     if links.start_ui:

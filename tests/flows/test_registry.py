@@ -262,7 +262,11 @@ def test_review_links_point_at_the_run_and_the_version(mlflow_server: str, tmp_p
     proposed = _propose(registry, "linked", "linked@cdcdcdcdcdcd")
     links = registry.review_links(proposed)
     experiment_id = registry.client.get_run(proposed.run_id).info.experiment_id
-    assert links.run == f"{mlflow_server}/#/experiments/{experiment_id}/runs/{proposed.run_id}"
+    # The query is what makes MLflow 3.17 open the runs table rather than its GenAI view (bench/mlflow_ui.py).
+    assert links.experiment == f"{mlflow_server}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    assert links.run == (
+        f"{mlflow_server}/#/experiments/{experiment_id}/runs/{proposed.run_id}?workflowType=machine_learning"
+    )
     assert links.version == f"{mlflow_server}/#/models/{proposed.name}/versions/{proposed.version}"
     assert links.start_ui is None
     local = ThresholdRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
