@@ -117,7 +117,7 @@ def test_calibrate_monitor_rerun_and_report_on_s3(s3_bucket: str, tmp_path: Path
     assert moved
     assert all(html.escape(line) in drift_row for line in moved)  # the report's "what moved" column
     # Nothing of OUT's on local disk (gradwatch 0.1 wrote its state to a local folder named "s3:").
-    assert set(os.listdir(tmp_path)) <= {"calibrate", "mlflow.db", "mlruns"}
+    assert set(os.listdir(tmp_path)) <= {"calibrate", "mlflow.db", "mlartifacts"}
 
 
 @pytest.mark.parametrize("out", ["memory://gradwatch-store", None])
