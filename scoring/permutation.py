@@ -9,6 +9,8 @@ permutations exceed, shows that after a few hundred, and stops there.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -71,8 +73,8 @@ def permutation_p_value_at_most(
     only grows, so once (1 + that count) / (1 + max_permutations), the smallest p-value still reachable, exceeds
     ``level``, it is settled that the test does not fire. At Holm's first level over some 30 tests of a window
     (alpha 1%: 3e-4) that is one relabelling at or above the observed statistic, which a healthy window shows
-    within a few relabellings; the evaluation goes by growing slices of each block so it can stop there. A test
-    that fires still runs every permutation its p-value needs.
+    within a few relabellings; the first block is evaluated in growing slices so it can stop there. A test that
+    fires still runs every permutation its p-value needs.
     """
     counts = (0, 0)
     for counts in _exceedances(observed, statistics, pooled_size, window_size, max_permutations, whole=False):
@@ -92,23 +94,60 @@ def _exceedances(
     whole: bool,
 ) -> Iterator[tuple[int, int]]:
     """(relabellings at or above observed, relabellings evaluated) as the evaluation goes: after each block when
-    ``whole``, else after each of its growing slices; the last pair is where the stopping rule stops."""
-    rng = np.random.default_rng(PERMUTATION_SEED)
+    ``whole``, else after each growing slice of the first block and each block after; the last pair is where the
+    stopping rule stops."""
+    relabellings = _relabellings(pooled_size, window_size, max_permutations)
     # Ties within rounding count as exceeding: the observed labelling is itself one relabelling.
     tolerance = 1e-12 * max(1.0, abs(observed))
     exceeding = done = 0
     while done < max_permutations and exceeding < STOP_AFTER_EXCEEDING:
-        block = min(PERMUTATION_BLOCK, max_permutations - done)
-        members = _relabelled_windows(rng, block, pooled_size, window_size)
-        for rows in [slice(0, block)] if whole else _growing_slices(block):
+        members = relabellings.block(done // PERMUTATION_BLOCK)
+        block = len(members)
+        for rows in _growing_slices(block) if not whole and done == 0 else [slice(0, block)]:
             exceeding += int(np.sum(statistics(members[rows]) >= observed - tolerance))
             yield exceeding, done + rows.stop
         done += block
 
 
+class _Relabellings:
+    """The blocks of relabellings every permutation test of one pooled and window size draws, in order, drawn once.
+
+    The seed is fixed, so every window of a size draws the same relabellings: the reference check's 100 windows of
+    a size drew them 100 times (9 of 36 s over 300 windows on bench/monitor.py's OUT), and kept, a statistic can
+    keep what it computed of them too (the kernel test's reference part).
+    """
+
+    def __init__(self, pooled_size: int, window_size: int, max_permutations: int) -> None:
+        self._rng = np.random.default_rng(PERMUTATION_SEED)
+        self._sizes = (pooled_size, window_size, max_permutations)
+        self._blocks: list[np.ndarray] = []
+        # Two threads drawing at once would interleave the stream, and a window's p-value would depend on timing.
+        self._drawing = threading.Lock()
+
+    def block(self, index: int) -> np.ndarray:
+        """The index-th block: (up to PERMUTATION_BLOCK, window_size) indices, read-only."""
+        pooled_size, window_size, max_permutations = self._sizes
+        with self._drawing:
+            return self._drawn(index, pooled_size, window_size, max_permutations)
+
+    def _drawn(self, index: int, pooled_size: int, window_size: int, max_permutations: int) -> np.ndarray:
+        while len(self._blocks) <= index:
+            block = min(PERMUTATION_BLOCK, max_permutations - PERMUTATION_BLOCK * len(self._blocks))
+            members = _relabelled_windows(self._rng, block, pooled_size, window_size).copy()  # not a view of them all
+            members.flags.writeable = False
+            self._blocks.append(members)
+        return self._blocks[index]
+
+
+# A few window sizes at a time: the check's three, the live windows' few; 20 blocks of 250 x 250 are 10 MB.
+@functools.lru_cache(maxsize=8)
+def _relabellings(pooled_size: int, window_size: int, max_permutations: int) -> _Relabellings:
+    return _Relabellings(pooled_size, window_size, max_permutations)
+
+
 def _growing_slices(block: int) -> list[slice]:
-    """A block's rows in slices of 8, 16, 32...: a settled answer stops after few relabellings, an unsettled one
-    costs a handful of calls per block more."""
+    """The first block's rows in slices of 8, 16, 32...: a settled answer stops after few relabellings. Later blocks
+    are whole: a test still unsettled after a block is one that fires, or all but fires, and runs them all."""
     slices, start, size = [], 0, FIRST_SLICE
     while start < block:
         slices.append(slice(start, min(block, start + size)))

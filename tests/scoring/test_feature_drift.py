@@ -11,7 +11,7 @@ from scoring.features import FEATURES
 from scoring.permutation import MAX_PERMUTATIONS, PERMUTATION_BLOCK, permutation_p_value
 from scoring.references import ScoreReference, score_reference, unbounded_reference
 from scoring.window_tests.chi_square import chi_square_test, class_shares_moved
-from scoring.window_tests.mmd import median_bandwidth, mmd_test
+from scoring.window_tests.mmd import _mmd_statistics, median_bandwidth, mmd_test
 
 FAST = CalibrationConfig(check_windows=40, check_window_sizes=(50, 100))
 
@@ -245,3 +245,30 @@ def test_whether_a_window_drifts_is_its_decisions_answer_for_every_kind_of_test(
     assert any(fired and not fired & {"mmd", "chi_square"} for _, fired in answers)
     assert any(fired and fired <= {"mmd", "chi_square"} for _, fired in answers)
     assert not window_is_drift({"door": window["door"]}, calibration.references, alpha=0.01, min_window=10)
+
+
+def _squared_mmd_by_definition(window: np.ndarray, reference: np.ndarray, bandwidth: float) -> float:
+    def mean_kernel(left: np.ndarray, right: np.ndarray) -> float:
+        distances = ((left[:, None, :] - right[None, :, :]) ** 2).sum(axis=2)
+        return float(np.exp(-distances / (2 * bandwidth**2)).mean())
+
+    return mean_kernel(window, window) + mean_kernel(reference, reference) - 2 * mean_kernel(window, reference)
+
+
+def test_the_kernel_statistic_of_every_relabelling_is_the_squared_mmd_with_the_reference_part_kept() -> None:
+    rng = np.random.default_rng(7)
+    relabellings = np.stack([rng.permutation(150)[:30] for _ in range(6)])
+    # Two windows against each of two references: the second of each reuses what the first computed of the
+    # reference's part, and the other reference (of the same shape) is not taken for it.
+    for reference, shift in [(reference, shift) for reference in (_features(rng, 120), _features(rng, 120, 0.3))
+                             for shift in (0.0, 0.8)]:  # fmt: skip
+        bandwidth = median_bandwidth(reference)
+        window = _features(rng, 30, shift=shift)
+        observed, squared_mmd = _mmd_statistics(window, reference, bandwidth)
+        assert observed == pytest.approx(_squared_mmd_by_definition(window, reference, bandwidth), rel=1e-9)
+        pooled = np.concatenate([window, reference])
+        expected = []
+        for members in relabellings:
+            outside = np.setdiff1d(np.arange(150), members)
+            expected.append(_squared_mmd_by_definition(pooled[members], pooled[outside], bandwidth))
+        assert squared_mmd(relabellings) == pytest.approx(expected, rel=1e-9)

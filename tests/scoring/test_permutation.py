@@ -64,4 +64,7 @@ def test_a_settled_answer_stops_at_once_and_an_unsettled_one_draws_what_the_p_va
     # None does: only the last permutation settles it, as the p-value's own count.
     assert permutation_p_value_at_most(1 / 3000, 1.0, counting, 10, 3)
     assert sum(seen) == MAX_PERMUTATIONS
-    assert max(seen) < PERMUTATION_BLOCK  # in growing slices of each block
+    # The first block in growing slices, the others whole.
+    assert FIRST_SLICE == 8
+    assert PERMUTATION_BLOCK == 250
+    assert seen == [8, 16, 32, 64, 128, 2, *[250] * 18, 249]
