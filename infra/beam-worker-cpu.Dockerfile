@@ -4,11 +4,12 @@
 FROM apache/beam_python3.11_sdk:2.77.0
 
 WORKDIR /opt/gradwatch
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md infra/beam-worker-requirements.txt ./
 COPY scoring ./scoring
 COPY pipelines ./pipelines
-COPY flows ./flows
-# CPU wheel first, so the project's torch requirement does not pull a CUDA build.
+# CPU wheel first, so the requirements' torch range is met and does not pull a CUDA build. Only what workers
+# import (beam-worker-requirements.txt): flows/ and its MLflow, Prefect and GX run on the launcher.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
- && pip install --no-cache-dir .
+ && pip install --no-cache-dir -r beam-worker-requirements.txt \
+ && pip install --no-cache-dir --no-deps .
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -7,12 +7,13 @@
 FROM apache/beam_python3.11_sdk:2.77.0
 
 WORKDIR /opt/gradwatch
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md infra/beam-worker-requirements.txt ./
 COPY scoring ./scoring
 COPY pipelines ./pipelines
-COPY flows ./flows
 # torchvision 0.28 is the release built against torch 2.13; any other pairing fails to load its operators.
+# Only what workers import (beam-worker-requirements.txt): flows/ and its MLflow, Prefect and GX run on the launcher.
 RUN pip install --no-cache-dir torch==2.13.0 torchvision==0.28.* \
- && pip install --no-cache-dir .
+ && pip install --no-cache-dir -r beam-worker-requirements.txt \
+ && pip install --no-cache-dir --no-deps .
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 ENTRYPOINT ["/opt/apache/beam/boot"]
