@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.metadata
 import inspect
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -105,3 +110,66 @@ def test_compose_publishes_ports_on_loopback_only() -> None:
             published[(name, str(port))] = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
     assert published, "MLflow, Prefect and MinIO are reachable from the host"
     assert {key: ip for key, ip in published.items() if ip != "127.0.0.1"} == {}
+
+
+# Imported by scoring/ only where a user asks for them (--decoder device, timm models): not in the worker images.
+OPTIONAL_ON_WORKERS = {"torchvision", "timm"}
+
+
+def _distribution(spec: str) -> str:
+    name = re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _worker_requirements() -> dict[str, str]:
+    lines = (REPO / "infra" / "beam-worker-requirements.txt").read_text().splitlines()
+    specs = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return {_distribution(spec): spec for spec in specs}
+
+
+def _third_party_imports(*packages: str) -> set[str]:
+    names = set()
+    for package in packages:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.partition(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.partition(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names and name not in {"scoring", "pipelines"}}
+
+
+def test_the_worker_requirements_cover_what_workers_import_at_the_launchers_pins() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [
+        *project["dependencies"],
+        *(spec for extra in project["optional-dependencies"].values() for spec in extra),
+    ]
+    pinned = {_distribution(spec): spec for spec in declared}
+    workers = _worker_requirements()
+    for name, spec in workers.items():
+        assert pinned.get(name) == spec, f"{name}: the worker image pins {spec!r}, pyproject.toml {pinned.get(name)!r}"
+    provided = {
+        module for module, distributions in importlib.metadata.packages_distributions().items()
+        if any(_distribution(distribution) in workers for distribution in distributions)
+    }  # fmt: skip
+    missing = _third_party_imports("scoring", "pipelines") - provided - OPTIONAL_ON_WORKERS
+    assert not missing, f"scoring/ or pipelines/ import {sorted(missing)}, which the worker images do not install"
+
+
+def test_the_modules_left_out_of_the_worker_images_are_what_the_portable_run_blocks() -> None:
+    from tests.pipelines.test_portable import NOT_ON_WORKERS
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    launcher_only = {_distribution(spec) for spec in project["dependencies"]} - set(_worker_requirements())
+    modules = {
+        module for module, distributions in importlib.metadata.packages_distributions().items()
+        if any(_distribution(distribution) in launcher_only for distribution in distributions)
+        and not module.startswith("_")
+    }  # fmt: skip
+    assert modules | {"flows"} <= NOT_ON_WORKERS
+    for dockerfile in (REPO / "infra").glob("beam-worker-*.Dockerfile"):
+        text = dockerfile.read_text()
+        assert "COPY flows" not in text, dockerfile.name
+        assert "-r beam-worker-requirements.txt" in text, dockerfile.name
+        assert "--no-deps ." in text, dockerfile.name

@@ -51,6 +51,24 @@ START_UP_S = 60
 QUANTILES = np.linspace(0, 1, 11)
 # Bounds one command line run; the slowest here (the monitor's two windows) takes under 40 s.
 COMMAND_S = 180
+# What the worker images (infra/beam-worker-*.Dockerfile) leave out: the launcher's packages. The pool's processes
+# cannot import them, so a DoFn, handler or callable that needs one on a worker fails these tests, not a cluster.
+NOT_ON_WORKERS = frozenset({"flows", "mlflow", "prefect", "great_expectations", "rich", "matplotlib", "mpl_toolkits",
+                            "pylab", "pandas"})  # fmt: skip
+# Started by every process of the pool (Python imports sitecustomize from its path at start-up).
+WORKER_SITE = f"""
+import sys
+
+
+class _NotInTheWorkerImage:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {sorted(NOT_ON_WORKERS)!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not in the Beam worker image)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NotInTheWorkerImage())
+"""
 
 
 def build_counting_loads() -> TinyClassifier:
@@ -118,6 +136,7 @@ class PortableServices:
 
     flags: tuple[str, ...]
     env: dict[str, str]
+    worker_env: dict[str, str]
     loads: Path
     pool_log: Path
     job_log: Path
@@ -177,6 +196,8 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortableServi
     # The pool's workers run in a folder of their own, as on another machine, where a path relative to the
     # launcher's working directory means something else.
     (root / "workers").mkdir()
+    (root / "worker-site").mkdir()
+    (root / "worker-site" / "sitecustomize.py").write_text(WORKER_SITE)
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -186,6 +207,8 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortableServi
         "PYTHONPATH": str(REPO),
         LOADS_ENV: str(root / "loads"),
     }
+    # Only the services' processes are workers: the launcher (gradwatch, with env) imports flows/.
+    worker_env = {**env, "PYTHONPATH": f"{root / 'worker-site'}{os.pathsep}{REPO}"}
     job_port, pool_port = free_port(), free_port()
     while pool_port == job_port:  # each probe frees its port at once, so two can name the same one
         pool_port = free_port()
@@ -193,12 +216,12 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortableServi
     try:
         pool = _start(
             [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
-            cwd=root / "workers", env=env, log=root / "pool.log",
+            cwd=root / "workers", env=worker_env, log=root / "pool.log",
         )  # fmt: skip
         services.append(pool)
         job = _start(
             [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
-            cwd=root, env=env, log=root / "job.log",
+            cwd=root, env=worker_env, log=root / "job.log",
         )  # fmt: skip
         services.append(job)
         if not _answers(pool, pool_port):
@@ -211,7 +234,7 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortableServi
             "--beam-option", "environment_type=EXTERNAL",
             "--beam-option", f"environment_config=localhost:{pool_port}",
         )  # fmt: skip
-        yield PortableServices(flags, env, root / "loads", root / "pool.log", root / "job.log")
+        yield PortableServices(flags, env, worker_env, root / "loads", root / "pool.log", root / "job.log")
     finally:
         for process in services:
             _stop(process)
@@ -280,6 +303,17 @@ def _assert_same_rows(portable: list[dict], local: list[dict], table: str) -> No
                 ), where
             else:
                 assert on_portable[column] == value, where
+
+
+def test_the_pools_processes_cannot_import_what_the_worker_images_leave_out(portable: PortableServices) -> None:
+    for module in ("flows.cli", "mlflow", "great_expectations"):
+        refused = subprocess.run([sys.executable, "-c", f"import {module}"], env=portable.worker_env,
+                                 capture_output=True, text=True)  # fmt: skip
+        assert refused.returncode != 0, module
+        assert "not in the Beam worker image" in refused.stderr, module
+    allowed = subprocess.run([sys.executable, "-c", "import pipelines.inference, scoring, apache_beam"],
+                             env=portable.worker_env, capture_output=True, text=True)  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
 
 
 def test_score_on_portable_workers_equals_the_local_runner(portable: PortableServices, tmp_path: Path) -> None:
