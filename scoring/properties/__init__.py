@@ -57,6 +57,8 @@ class NativeImage:
     height: int
     crop: np.ndarray | torch.Tensor
     header: JpegHeader | None
+    # Pixels a side of the JPEG's 8x8 blocks in ``crop``: fewer where libjpeg decoded at a reduced scale.
+    block: int = 8
 
     @classmethod
     def of(cls, pixels: torch.Tensor | Image.Image, header: JpegHeader | None) -> NativeImage:

@@ -12,7 +12,6 @@ import torch
 
 from scoring.properties import NativeImage, grey, register_property
 
-_BLOCK = 8
 # One grey level: keeps the ratio finite and near 1 on flat images.
 _FLOOR = 1 / 255
 
@@ -26,15 +25,17 @@ def jpeg_quality(image: NativeImage) -> float:
 @register_property("blockiness", kind="native")
 def blockiness(image: NativeImage) -> float | torch.Tensor:
     """Mean luma step across 8x8 block edges over the mean step elsewhere (Wang, Bovik & Evans, 2000), on the
-    native crop: about 1 for a camera's photo, above it where coarse JPEG quantisation left blocks; NaN below 16
-    pixels a side."""
+    native crop: about 1 for a camera's photo, above it where coarse JPEG quantisation left blocks; NaN below two
+    blocks a side. A JPEG decoded at a reduced scale is read on its blocks as decoded (4 or 2 pixels a side, each
+    still decoded on its own); at 1/8 a block is one pixel, with no step inside it: NaN."""
     rows, columns = image.crop.shape[:2]
-    if rows < 2 * _BLOCK or columns < 2 * _BLOCK:
+    block = image.block
+    if block < 2 or rows < 2 * block or columns < 2 * block:
         return math.nan
     luma = grey(image.crop)  # the same arithmetic on a NumPy array (host) and a torch tensor (device)
     across_columns = abs(luma[:, 1:] - luma[:, :-1])  # step j is between pixels j and j + 1
     across_rows = abs(luma[1:] - luma[:-1])
-    at_edges = (across_columns[:, _BLOCK - 1 :: _BLOCK], across_rows[_BLOCK - 1 :: _BLOCK])
+    at_edges = (across_columns[:, block - 1 :: block], across_rows[block - 1 :: block])
     edges, edge_count = sum(steps.sum() for steps in at_edges), sum(_count(steps) for steps in at_edges)
     inside = across_columns.sum() + across_rows.sum() - edges
     inside_count = _count(across_columns) + _count(across_rows) - edge_count
