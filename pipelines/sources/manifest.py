@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -24,7 +24,6 @@ from pipelines.sources import (
     Source,
     SourceError,
     canonical_uri,
-    image_identity,
     printable_uri,
     register_source,
 )
@@ -79,40 +78,68 @@ def manifest_entries(manifest: str) -> Iterator[ImageRef | Rejected]:
     image is scored once per source, and still accounted for.
     """
     base = posixpath.dirname(canonical_uri(manifest))
+    shown = redact(manifest)
     first_row: dict[bytes, int] = {}
-    for row_number, (row, unreadable) in enumerate(_manifest_rows(manifest), start=1):
-        uri = str(row.get("uri") or "").strip()
-        if uri and "://" not in uri and not posixpath.isabs(uri):
+    for row_number, (raw_uri, has_time, raw_time, raw_segment, unreadable) in enumerate(
+        _manifest_rows(manifest), start=1
+    ):
+        uri = str(raw_uri or "").strip()
+        if uri and "://" not in uri and not uri.startswith("/"):
             uri = posixpath.join(base, uri)
-        uri = canonical_uri(uri) if uri else uri
-        where = f"{redact(manifest)} row {row_number}"
+        uri = _canonical(uri) if uri else uri
+        segment = "" if raw_segment is None else str(raw_segment).strip()
         problem = None
         event_time = None
         if unreadable:
-            problem = ("bad_row", f"{where}: {unreadable}; write one JSON object per line")
+            problem = ("bad_row", f"{shown} row {row_number}: {unreadable}; write one JSON object per line")
         elif not uri:
-            problem = ("missing_uri", f"{where} has no uri; every manifest row needs one")
+            problem = ("missing_uri", f"{shown} row {row_number} has no uri; every manifest row needs one")
         elif printable_uri(uri) != uri:
             uri = printable_uri(uri)
-            problem = ("bad_name", f"{where}: {uri} is not UTF-8, which the tables cannot store; write it in UTF-8")
-        elif "event_time" in row:
+            problem = (
+                "bad_name",
+                f"{shown} row {row_number}: {uri} is not UTF-8, which the tables cannot store; write it in UTF-8",
+            )
+        elif has_time:
             try:
-                event_time = parse_event_time(_required(row["event_time"]))
+                event_time = parse_event_time(_required(raw_time))
             except ValueError as error:
-                problem = ("bad_event_time", f"{where} ({image_identity(uri)}): {error}")
-        named = image_identity(uri) if uri else where
+                problem = ("bad_event_time", f"{shown} row {row_number} ({_identity(uri)}): {error}")
+        named = _identity(uri) if uri else f"{shown} row {row_number}"
         if problem is None:
             # 16 bytes of digest a row: about 120 MB a million rows, with the dict's own overhead.
             identity = hashlib.blake2b(named.encode(), digest_size=16).digest()
             if identity in first_row:
-                problem = ("duplicate", f"{where} names {named!r} again (row {first_row[identity]}); drop the row")
+                problem = (
+                    "duplicate",
+                    f"{shown} row {row_number} names {named!r} again (row {first_row[identity]}); drop the row",
+                )
             else:
                 first_row[identity] = row_number
         if problem is not None:
             reason, message = problem
-            yield Rejected(named, event_time, "manifest", reason, message, _segment(row))
+            yield Rejected(named, event_time, "manifest", reason, message, segment)
             continue
-        yield ImageRef(uri, event_time, _segment(row))
+        yield ImageRef(uri, event_time, segment)
+
+
+def _canonical(uri: str) -> str:
+    """``canonical_uri``, without its cost for an absolute path that is normalised already, as a manifest's usually
+    are: a million rows pay it twice in planning and again in the listing."""
+    if (
+        uri.startswith("/")
+        and "//" not in uri
+        and "/./" not in uri
+        and "/../" not in uri
+        and not uri.endswith(("/", "/.", "/.."))
+    ):
+        return uri
+    return canonical_uri(uri)
+
+
+def _identity(canonical: str) -> str:
+    """``image_identity`` of a canonical URI: only a URL with a user or a query can hold credentials to strip."""
+    return redact(canonical) if "@" in canonical or "=" in canonical else canonical
 
 
 def _required(value: Any) -> Any:
@@ -121,35 +148,78 @@ def _required(value: Any) -> Any:
     return value
 
 
-def _segment(row: Mapping[str, Any]) -> str:
-    value = row.get("segment")
-    return "" if value is None else str(value).strip()
+# A row as what is read of it: (uri, whether it has an event_time field, event_time, segment, why it is unreadable).
+_Row = tuple[Any, bool, Any, Any, str | None]
 
 
-def _manifest_rows(manifest: str) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """(row, None) for each row, or ({}, why) for a JSON line that is not an object."""
+def _manifest_rows(manifest: str) -> Iterator[_Row]:
+    """Each row's fields, or (None, False, None, None, why) for a JSON line that is not an object."""
     fs, path = fsspec.core.url_to_fs(manifest)
     fs.invalidate_cache(posixpath.dirname(path))  # rewritten since an earlier run in this process read it
     with fs.open(path, "rb") as file:
         if manifest.lower().endswith(".parquet"):
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=10_000):
-                for row in batch.to_pylist():
-                    yield row, None
+            yield from _parquet_rows(file)
         elif manifest.lower().endswith(".csv"):
-            # Bytes that are not UTF-8 kept as surrogates, so that the row is rejected by name, not the manifest.
-            text = io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="")
-            for row in csv.DictReader(text):
-                yield row, None
+            yield from _csv_rows(file)
         else:
-            for line in io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape"):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield {}, f"not JSON ({error})"
-                    continue
-                yield (row, None) if isinstance(row, dict) else ({}, f"a JSON {type(row).__name__}, not an object")
+            for row, unreadable in _json_lines(file):
+                if unreadable is None:
+                    yield row.get("uri"), "event_time" in row, row.get("event_time"), row.get("segment"), None
+                else:
+                    yield None, False, None, None, unreadable
+
+
+def _json_lines(file: Any) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(object, None) for each line, or ({}, why) for a line that is not a JSON object."""
+    for line in io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield {}, f"not JSON ({error})"
+            continue
+        yield (row, None) if isinstance(row, dict) else ({}, f"a JSON {type(row).__name__}, not an object")
+
+
+def _parquet_rows(file: Any) -> Iterator[_Row]:
+    parquet = pq.ParquetFile(file)
+    names = set(parquet.schema_arrow.names)
+    wanted = [name for name in ("uri", "event_time", "segment") if name in names]
+    has_time = "event_time" in names
+    for batch in parquet.iter_batches(batch_size=10_000, columns=wanted):
+        rows = len(batch)
+        uris, times, segments = (
+            batch.column(name).to_pylist() if name in names else [None] * rows
+            for name in ("uri", "event_time", "segment")
+        )
+        for uri, event_time, segment in zip(uris, times, segments, strict=True):
+            yield uri, has_time, event_time, segment, None
+
+
+def _csv_rows(file: Any) -> Iterator[_Row]:
+    # Bytes that are not UTF-8 kept as surrogates, so that the row is rejected by name, not the manifest.
+    text = io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        return
+    # As csv.DictReader reads a row (which costs twice as much a row): the last column of a name wins, a short
+    # row's missing fields are None, blank lines are no rows.
+    column = {name: index for index, name in enumerate(header)}
+    uri_at, time_at, segment_at = (column.get(name, -1) for name in ("uri", "event_time", "segment"))
+    has_time = time_at >= 0
+    for values in reader:
+        if not values:
+            continue
+        count = len(values)
+        yield (
+            values[uri_at] if 0 <= uri_at < count else None,
+            has_time,
+            values[time_at] if 0 <= time_at < count else None,
+            values[segment_at] if 0 <= segment_at < count else None,
+            None,
+        )
 
 
 def _columns(manifest: str) -> set[str] | None:
@@ -166,8 +236,9 @@ def _columns(manifest: str) -> set[str] | None:
             return set(header) if header else None
     # A JSON-lines manifest has no header: it has a uri column when any of its first rows has one.
     seen: set[str] = set()
-    for row_number, (row, _) in enumerate(_manifest_rows(manifest)):
-        seen |= set(row)
-        if "uri" in seen or row_number >= _ROWS_CHECKED:
-            break
+    with fs.open(path, "rb") as file:
+        for row_number, (row, _) in enumerate(_json_lines(file)):
+            seen |= set(row)
+            if "uri" in seen or row_number >= _ROWS_CHECKED:
+                break
     return seen or None
