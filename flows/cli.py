@@ -751,6 +751,14 @@ def _version(_args: argparse.Namespace) -> int:
     return 0
 
 
+# The packages whose warnings an operator always sees.
+OWN_LOGGERS = ("gradwatch", "flows", "pipelines", "scoring")
+
+
+def _own_warnings_or_errors(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or record.name.partition(".")[0] in OWN_LOGGERS
+
+
 def configure_logging(*, verbose: bool) -> None:
     """gradwatch's own warnings always show; the libraries' chatter only with -v.
 
@@ -758,8 +766,13 @@ def configure_logging(*, verbose: bool) -> None:
     and Great Expectations logs its context set-up: none of it is for an operator.
     """
     logging.basicConfig(level=logging.WARNING if verbose else logging.ERROR, force=True)
-    for name in ("gradwatch", "flows", "pipelines", "scoring"):
+    for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose:
+        # Levels alone do not hold a library back: Great Expectations sets one of its module loggers to INFO
+        # itself, under whatever its package's logger says, and printed a line on every monitor run.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_warnings_or_errors)
     # MLflow sets its loggers' level from this variable when it is first imported, after this runs.
     os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
     for name in ("great_expectations", "alembic"):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.scoring.test_decoding import torchvision_loads
@@ -336,6 +337,25 @@ def test_report_refuses_an_out_that_holds_no_outputs(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"OUT '{mistyped}' holds none of gradwatch's outputs" in result.stderr
     assert not mistyped.exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_library_that_sets_its_own_loggers_level_stays_silent_unless_verbose(verbose: bool) -> None:
+    # Great Expectations sets one of its module loggers to INFO, under the level set on its package: the demo and
+    # every monitor run printed "Created temporary directory ... for ephemeral docs site".
+    script = (
+        "from flows.cli import configure_logging\n"
+        f"configure_logging(verbose={verbose})\n"
+        "from flows.quality import Gates\n"
+        "Gates()\n"
+        "import logging\n"
+        "logging.getLogger('flows.quality').warning('our own warning')\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ("ephemeral docs site" in ran.stderr) is verbose
+    assert ("apitools not found" in ran.stderr) is verbose
+    assert "our own warning" in ran.stderr
 
 
 def test_library_chatter_is_silent_unless_verbose(tmp_path: Path, monkeypatch) -> None:
