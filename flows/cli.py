@@ -528,7 +528,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.demo import DemoConfig, run_demo
+    from flows.demo import DemoConfig, run_demo, summary_lines
     from flows.registry import ThresholdRegistry
     from flows.report import write_report
 
@@ -538,20 +538,8 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_demo(workdir, config, source=Path(args.source) if args.source else None, model=args.model)
     registry = ThresholdRegistry(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
     report = Path(write_report(str(workdir / "out"), str(workdir / "report.html"), registry=registry))
-    print("4/4 done. Window by window:")
-    for window in result.report.windows:
-        labels = [test.label for test in window.fired]
-        fired = ", ".join(labels[:3]) + (" ..." if len(labels) > 3 else "")
-        print(f"    {window.window_start:%H:%M}  {window.status:<17} n={window.scored:<4} {fired}")
-    print("alerts received by the local webhook, in order:")
-    for alert in result.alerts:
-        print(f"    {alert['window']['start'][11:16]}  {alert['kind']:<12} {alert['summary'][:90]}")
-    out = (workdir / "out").resolve()
-    print(f"Parquet outputs: {out}/scores, windows, rejected, decisions")
-    print(f"                 e.g. duckdb: select * from '{out}/decisions/*/*.parquet'")
-    print(f"report:          {report.resolve()}")
-    print(f"alerts:          {(workdir / 'received_alerts.jsonl').resolve()}")
-    print(f"MLflow UI:       mlflow ui --backend-store-uri sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    for line in summary_lines(result, config, registry, report):
+        print(line)
     print(f"finished in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -64,6 +64,7 @@ class DemoResult:
     alerts: list[dict]
     workdir: Path
     threshold_version: str
+    threshold_name: str
 
 
 def healthy_photos(source: Path | None) -> list[Image.Image]:
@@ -193,4 +194,35 @@ def run_demo(
         )  # fmt: skip
         report = run_monitor(monitor_config, registry=registry)
     alerts = [json.loads(line) for line in alerts_log.read_text().splitlines()] if alerts_log.exists() else []
-    return DemoResult(report, alerts, workdir, version.version)
+    return DemoResult(report, alerts, workdir, version.version, version.name)
+
+
+def summary_lines(result: DemoResult, config: DemoConfig, registry: ThresholdRegistry, report: Path) -> list[str]:
+    """What the demo prints once done: each window, the alerts received, where every output lies, how to review."""
+    lines = ["4/4 done. Window by window:"]
+    for window in result.report.windows:
+        labels = [test.label for test in window.fired]
+        fired = ", ".join(labels[:3]) + (" ..." if len(labels) > 3 else "")
+        lines.append(f"    {window.window_start:%H:%M}  {window.status:<17} n={window.scored:<4} {fired}")
+    lines.append("alerts received by the local webhook, in order:")
+    for alert in result.alerts:
+        lines.append(f"    {alert['window']['start'][11:16]}  {alert['kind']:<12} {alert['summary'][:90]}")
+    check = result.report.reference_check
+    if check is not None and not check.representative:
+        lines.append(
+            f"reference check: not representative, as expected here: from {config.drift_hour:02d}:00 the day carries "
+            "injected drift, and the check counts drift windows (a reference unlike the feed is what makes healthy "
+            "windows drift). In production this verdict means: calibrate from production, as the warning says."
+        )
+    out = (result.workdir / "out").resolve()
+    lines += [
+        f"Parquet outputs: {out}/scores, windows, rejected, decisions",
+        f"                 e.g. duckdb: select * from '{out}/decisions/*/*.parquet'",
+        f"report:          {report.resolve()}",
+        f"alerts:          {(result.workdir / 'received_alerts.jsonl').resolve()}",
+    ]
+    links = registry.review_links(registry.get(result.threshold_name, result.threshold_version))
+    if links.start_ui:
+        lines.append(f"MLflow UI:       {links.start_ui}")
+    lines.append(f"                 then the calibration run: {links.run}")
+    return lines

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.demo import DemoConfig, DemoResult, run_demo
+from flows.demo import DemoConfig, DemoResult, run_demo, summary_lines
 from flows.registry import ThresholdRegistry
 from flows.report import write_report
 
@@ -32,6 +32,30 @@ def test_demo_alerts_at_the_injected_hour(small_demo: DemoResult) -> None:
     kinds = [(alert["kind"], int(alert["window"]["start"][11:13])) for alert in small_demo.alerts]
     assert kinds[0] in (("drift", DRIFT_HOUR), ("drift", DRIFT_HOUR + 1))
     assert {kind for kind, _ in kinds} == {"drift"}  # one episode, no false alarm before it
+
+
+def test_the_summary_names_every_output_under_the_workdir_and_how_to_open_the_calibration_run(
+    small_demo: DemoResult,
+) -> None:
+    registry = ThresholdRegistry(f"sqlite:///{(small_demo.workdir / 'mlflow.db').resolve()}")
+    report = Path(
+        write_report(str(small_demo.workdir / "out"), str(small_demo.workdir / "report.html"), registry=registry)
+    )
+    lines = summary_lines(small_demo, DemoConfig(drift_hour=DRIFT_HOUR), registry, report)
+    assert len([line for line in lines if re.match(r"    \d\d:00  ", line)]) == len(small_demo.report.windows) + len(
+        small_demo.alerts
+    )
+    workdir = str(small_demo.workdir.resolve())
+    for label in ("Parquet outputs:", "report:", "alerts:"):
+        assert workdir in next(line for line in lines if line.startswith(label)), label
+    assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db --port 5000" in "\n".join(lines)
+    run_line = next(line for line in lines if "the calibration run:" in line)
+    assert run_line.endswith("?workflowType=machine_learning")
+    assert run_line.split(": ", 1)[1].startswith("http://127.0.0.1:5000/#/experiments/")
+    # The check counts the injected drift's windows, so the demo's own reference fails it: the summary says why.
+    check = small_demo.report.reference_check
+    explained = any(line.startswith("reference check: not representative, as expected here") for line in lines)
+    assert explained is (check is not None and not check.representative)
 
 
 def _chromium() -> str | None:
