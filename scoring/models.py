@@ -136,6 +136,22 @@ def model_name(spec: str) -> str:
     return Path(target).stem
 
 
+def model_file(spec: str) -> Path | None:
+    """The file a spec's weights are read from (a model file, or ``?weights=``); None for weights a package ships
+    or a factory builds."""
+    target, options = _split_spec(spec)
+    if "weights" in options:
+        return Path(options["weights"])
+    if target in _BUILTINS or target.startswith(("torchvision:", "timm:")) or _looks_like_factory(target):
+        return None
+    return Path(target)
+
+
+def head_name(loaded: LoadedModel) -> str:
+    """The dotted name of the model's head in its module tree ("" when the tree does not hold it)."""
+    return next((name for name, sub in loaded.module.named_modules() if sub is loaded.head), "")
+
+
 def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
     target, _, query = spec.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
