@@ -538,7 +538,8 @@ def _false_alarm_checks(
             # is. Drawing with replacement repeats images, which KS sees as a distribution of its own.
             picked = rng.choice(held_out, size, replace=False)
             window = {"": {name: values[picked] for name, values in columns.items()}}
-            decision = decide_window(window, {"": references[""]}, alpha=config.alpha, min_window=1)
+            # Their p-values and whether they page, not what moved: no effect sizes.
+            decision = decide_window(window, {"": references[""]}, alpha=config.alpha, min_window=1, describe=False)
             alarms += decision.is_drift
             evidence.append(window_evidence(decision.tests, ""))
             if accuracy is not None and accuracy.has_labels and labels is not None:

@@ -10,6 +10,7 @@ from scoring.calibration import fit_tests
 from scoring.drift import FiredTest, decide_window, effect_size, holm, psi
 from scoring.references import ScoreReference, score_reference
 from scoring.window_tests.beta_binomial import ood_rate_p_value
+from scoring.window_tests.ks import _SCIPY_BY_DISTANCE, ks_test
 
 SCORES = ("gradnorm", "energy", "msp", "maxlogit")
 TESTS = ("ks", "beta_binomial")
@@ -47,6 +48,35 @@ def test_ks_record_matches_scipy() -> None:
     record = next(r for r in decision.tests if (r.test, r.score) == ("ks", "msp"))
     expected = stats.ks_2samp(window[""]["msp"], references[""]["msp"].sample)
     assert (record.statistic, record.p_value) == pytest.approx((expected.statistic, expected.pvalue))
+
+
+def test_ks_p_values_kept_by_distance_are_scipys_for_every_window_with_that_distance() -> None:
+    rng = np.random.default_rng(3)
+    _SCIPY_BY_DISTANCE.clear()
+    windows = 0
+    # Ties (rounded values), unequal sizes, sizes past scipy's exact limit, and windows beside the reference.
+    for window_size, reference_size, decimals in [(30, 210, 1), (50, 350, 6), (37, 64, 0), (300, 12_000, 2)]:
+        sample = np.sort(np.round(rng.normal(0, 1, reference_size), decimals))
+        reference = ScoreReference("msp", 0.0, None, 0.05, sample)
+        for shift in [0.0] * 40 + [0.3, 1.5]:
+            window = np.round(rng.normal(shift, 1, window_size), decimals)
+            record = ks_test(window, reference)
+            expected = stats.ks_2samp(window, sample)
+            assert record.p_value == float(expected.pvalue)
+            assert record.statistic == pytest.approx(float(expected.statistic), abs=1e-12)
+            windows += 1
+    assert len(_SCIPY_BY_DISTANCE) <= windows - 20  # windows that met a distance seen before, and got its p-value
+
+
+def test_a_decision_without_effect_sizes_tests_and_decides_alike() -> None:
+    rng = np.random.default_rng(1)
+    references = _references(rng)
+    for shift in (10.0, 9.0):
+        window = {"": {name: rng.normal(shift, 1, 80) for name in SCORES}}
+        described = decide_window(window, references, alpha=0.01, min_window=50)
+        bare = decide_window(window, references, alpha=0.01, min_window=50, describe=False)
+        assert (bare.status, bare.tests, bare.effects) == (described.status, described.tests, [])
+        assert described.effects
 
 
 def test_ood_rate_p_value_is_beta_binomial_and_tends_to_the_binomial() -> None:
