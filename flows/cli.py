@@ -535,7 +535,28 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     workdir = Path(args.workdir)
     config = DemoConfig(hours=args.hours)
-    result = run_demo(workdir, config, source=Path(args.source) if args.source else None, model=args.model)
+    # The last window decided, how many are done and the time left, on stderr; the table follows at the end.
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True, redirect_stdout=False,
+    )  # fmt: skip
+    task = progress.add_task("    scoring the day's images", total=None)
+
+    def planned(windows: Sequence[dt.datetime]) -> None:  # shown from here: the steps before print their own lines
+        progress.update(task, total=len(windows))
+        progress.start()
+
+    def decided(window: WindowOutcome) -> None:
+        description = f"    {window.window_start:%H:%M} {window.status} n={window.scored}"
+        progress.update(task, advance=1, description=description)
+
+    try:
+        result = run_demo(
+            workdir, config, source=Path(args.source) if args.source else None, model=args.model,
+            on_planned=planned, on_window=decided,
+        )  # fmt: skip
+    finally:
+        progress.stop()
     registry = ThresholdRegistry(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
     report = Path(write_report(str(workdir / "out"), str(workdir / "report.html"), registry=registry))
     for line in summary_lines(result, config, registry, report):

@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +26,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from flows.alerts import SECRET_ENV
 from flows.calibrate import calibrate_reference
 from flows.corruptions import CORRUPTIONS
-from flows.monitor import MonitorConfig, MonitorReport, run_monitor
+from flows.monitor import MonitorConfig, MonitorReport, WindowOutcome, run_monitor
 from flows.registry import ThresholdRegistry
 from flows.sample_images import IN_SCOPE, OUT_OF_SCOPE, sample_data_dir
 from scoring import DEFAULT_MODEL, ScoringSettings
@@ -168,8 +168,11 @@ def run_demo(
     source: Path | None = None,
     model: str = DEFAULT_MODEL,
     say: Callable[[str], None] = print,
+    on_planned: Callable[[Sequence[dt.datetime]], None] | None = None,
+    on_window: Callable[[WindowOutcome], None] | None = None,
 ) -> DemoResult:
-    """Build the feed, calibrate, auto-approve, monitor the day with alerts to a local receiver."""
+    """Build the feed, calibrate, auto-approve, monitor the day with alerts to a local receiver; ``on_planned`` and
+    ``on_window`` follow the monitor's progress as :func:`flows.monitor.run_monitor`'s do."""
     config = config or DemoConfig()
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"1/4 building a simulated day of images in {workdir} (drift injected from {config.drift_hour:02d}:00)")
@@ -192,7 +195,7 @@ def run_demo(
             source=str(manifest), out=str(workdir / "out"), scoring=scoring, webhooks=(url,),
             since=config.start, until=config.start + dt.timedelta(hours=config.hours),
         )  # fmt: skip
-        report = run_monitor(monitor_config, registry=registry)
+        report = run_monitor(monitor_config, registry=registry, on_planned=on_planned, on_window=on_window)
     alerts = [json.loads(line) for line in alerts_log.read_text().splitlines()] if alerts_log.exists() else []
     return DemoResult(report, alerts, workdir, version.version, version.name)
 

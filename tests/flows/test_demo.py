@@ -22,7 +22,12 @@ DRIFT_HOUR = 3
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     workdir = tmp_path_factory.mktemp("demo")
     config = DemoConfig(hours=6, images_per_hour=30, reference_images=150, min_window=20, drift_hour=DRIFT_HOUR)
-    return run_demo(workdir, config, say=lambda _: None)
+    planned, decided = [], []
+    result = run_demo(workdir, config, say=lambda _: None, on_planned=planned.extend, on_window=decided.append)
+    # What the demo's progress bar shows: the day's windows planned, then each as it is decided.
+    assert [window.window_start for window in decided] == planned == [w.window_start for w in result.report.windows]
+    assert len(planned) == config.hours
+    return result
 
 
 def test_demo_alerts_at_the_injected_hour(small_demo: DemoResult) -> None:
