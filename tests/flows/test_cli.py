@@ -331,6 +331,28 @@ def test_since_and_until_errors_name_the_flag(tmp_path: Path) -> None:
     assert not Path(out).exists()
 
 
+def test_scores_progress_counts_up_to_the_images_source_lists(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from flows.cli import _run_with_progress
+    from pipelines.pipeline import ScoringConfig
+    from scoring import ScoringSettings
+
+    folder = _folder(tmp_path)
+    (tmp_path / "progress").mkdir()
+    config = ScoringConfig(
+        source=str(folder), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY),
+        progress_dir=str(tmp_path / "progress"),
+    )  # fmt: skip
+    shown = io.StringIO()
+    summary = _run_with_progress(config, Console(file=shown, force_terminal=True, width=120))
+    bars = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.getvalue())
+    # The total is counted beside the pipeline, and the bar shows it before the run ends.
+    assert summary.listed == 5  # three frames, an empty file and a text file; hidden files are not listed
+    assert re.search(r"\b0/5\b", bars), bars[-500:]
+    assert "5/5" in bars
+
+
 def test_report_refuses_an_out_that_holds_no_outputs(tmp_path: Path) -> None:
     mistyped = tmp_path / "ouy"
     result = _gradwatch("report", str(mistyped))
