@@ -45,7 +45,7 @@ from scoring import (
 from scoring.calibration import Calibration, CalibrationConfig, calibrate, decision_sides
 from scoring.features import FEATURES
 from scoring.models import model_name
-from scoring.settings import SCORE_DEFINING
+from scoring.settings import RECORDED_ONLY, SCORE_DEFINING
 
 # A reference is not monitored in time: its images' times (copied files, an archive of the nineties) decide nothing.
 ANY_TIME = PlausibleTimes(earliest=dt.datetime(1, 1, 2, tzinfo=dt.UTC), ahead=dt.timedelta(days=365 * 1000))
@@ -309,7 +309,11 @@ def fitted_state(
     versions = period.versions()
     documents = {version: registry.calibration(registry.get(name, version)) for version in versions}
     states = {version: json.dumps(document.fitted_scores, sort_keys=True) for version, document in documents.items()}
-    settings = {version: document.scoring for version, document in documents.items()}
+    # Only what moves scores: versions scored on torch and on onnxruntime (RECORDED_ONLY) give comparable values.
+    settings = {
+        version: {name: value for name, value in document.scoring.items() if name in SCORE_DEFINING}
+        for version, document in documents.items()
+    }
     for what, found in (("fitted states", states), ("scoring settings", settings)):
         if len({json.dumps(value, sort_keys=True) for value in found.values()}) > 1:
             raise GradwatchError(
@@ -410,7 +414,7 @@ def calibrate_from_out(
 
 def scoring_params(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """The recorded scoring settings as run parameters, as ``ScoringSettings.recorded()`` names them."""
-    return {key: recorded[key] for key in SCORE_DEFINING if key in recorded}
+    return {key: recorded[key] for key in (*SCORE_DEFINING, *RECORDED_ONLY) if key in recorded}
 
 
 def _one_model(period: ScoredPeriod, model: str) -> str:

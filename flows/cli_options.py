@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pipelines.settings import LOCAL_RUNNER, PipelineSettings, read_options_file
 from pipelines.times import parse_event_time
 from scoring import DECODERS, DEFAULT_MODEL, PRECISIONS, GradwatchError, ScoringSettings
+from scoring.settings import BACKENDS
 
 
 def positive_int(text: str) -> int:
@@ -39,6 +40,13 @@ def scoring_parent(parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.
         choices=PRECISIONS,
         default="fp32",
         help="fp16/bf16: autocast on GPU tensor cores; fp16 keeps scores within 5e-3 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="what runs the network; auto: onnxruntime on a CPU in fp32 where installed (about 2x torch), torch "
+        "otherwise; scores agree within 1e-5 (default: %(default)s)",
     )
     group.add_argument(
         "--decoder",
@@ -82,6 +90,7 @@ def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
             model=args.model,
             device=args.device,
             precision=args.precision,
+            backend=args.backend,
             decoder=args.decoder,
             batch_size=args.batch_size,
             temperature=args.temperature,

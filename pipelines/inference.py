@@ -3,7 +3,10 @@
 Beam loads one model per worker process and shares it between the process's threads
 (https://beam.apache.org/documentation/ml/about-ml/#use-runinference). With ``large_model`` or
 ``model_copies`` the model is a proxy in another process, so all work, decoding included, stays inside one
-``Scorer.score_encoded`` call per batch: only bytes cross to the model's process, and only scores come back.
+``Scorer.score_encoded`` call per batch: only bytes cross to the model's process, and only scores come back. The
+scorer is built in the process that runs it, so its backend is picked there: an ONNX Runtime session (which does not
+pickle) is made in the model's process, and ``backend="auto"`` falls back to torch there, saying why, where
+onnxruntime does not import (tests/pipelines/test_inference_onnx.py).
 """
 
 from __future__ import annotations

@@ -154,7 +154,8 @@ class Calibration:
     warnings: list[str] = field(default_factory=list)
     # The score alerts and reviews lead with (every score is tested alike); see calibrate's primary_score.
     lead_score: str = DEFAULT_LEAD_SCORE
-    # The settings that move scores (ScoringSettings.recorded()): thresholds hold for windows scored with them only.
+    # The settings that move scores (ScoringSettings.recorded()): thresholds hold for windows scored with them only;
+    # and the backend, recorded for reviewers (RECORDED_ONLY).
     scoring: dict[str, Any] = field(default_factory=lambda: dict(RECORDED_BEFORE))
     # What each score fitted on the reference learned there; monitoring computes those scores with it.
     fitted_scores: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from scoring.features import FEATURES, FeatureProjection, fit_projection
 from scoring.images import ImageInput, Preprocessing, decode_image
 from scoring.jpeg import read_jpeg_header
 from scoring.models import LoadedModel, load_model
+from scoring.onnx_backend import network_threads, select_forward
 from scoring.properties import NativeImage, input_properties, native_properties, registered_properties
 from scoring.scores import HeadOutputs, computable_scores, registered_scores
 from scoring.settings import ScoringSettings
@@ -86,7 +87,7 @@ class Scorer:
         forward_chunk: int | None = None,
         decode_threads: int | None = None,
     ) -> None:
-        """Put the model on its device, channels-last, and optionally compile it.
+        """Put the model on its device, channels-last, optionally compile it, and pick the backend that runs it.
 
         Args:
             loaded: from :func:`scoring.models.load_model` (``settings.model`` names it).
@@ -95,15 +96,17 @@ class Scorer:
                 overflow half precision is scored again in fp32, and the scores are always computed in float64
                 from the head's outputs. ``decoder="device"`` decodes JPEGs in :meth:`score_encoded` with
                 torchvision on the scorer's device (nvJPEG on a GPU); other formats and any image it fails on go
-                to the host path.
+                to the host path. ``backend`` picks torch or ONNX Runtime (:func:`scoring.onnx_backend.select_forward`;
+                the export is cached and checked against torch on first use).
             fitted_scores: what the scores that learn from a reference learned there (:meth:`fit_scores`), by
                 name, and the feature projection (under ``"features"``); a fitted score without its state is not
                 computed, and without a projection no features are kept.
             forward_chunk: most images per forward pass, whatever the batch size; default
                 ``CPU_FORWARD_CHUNK`` on a CPU and the whole batch on an accelerator.
             decode_threads: host decoding threads of :meth:`score_encoded`; default: the cores this process
-                may use (at most ``MAX_DECODE_THREADS``) beside an accelerator, torch's intra-op thread count
-                on a CPU (decoding and the network share it).
+                may use (at most ``MAX_DECODE_THREADS``) beside an accelerator, the network's intra-op thread count
+                on a CPU (decoding and the network share it; on onnxruntime torch is left one thread, see
+                :mod:`scoring.onnx_backend`).
         """
         if forward_chunk is not None and forward_chunk < 1:
             raise ValueError(f"forward_chunk must be at least 1, got {forward_chunk}")
@@ -123,6 +126,9 @@ class Scorer:
                 )
             # In place, so the head's capture hook stays on the module that runs.
             loaded.module.compile()
+        self._backend, self._forward_to_head = select_forward(loaded, settings, self.device)
+        # ONNX Runtime reads NCHW: a channels-last batch would be copied back to it chunk by chunk.
+        self._memory_format = torch.channels_last if self._backend == "torch" else torch.contiguous_format
         self._fitted_scores = dict(fitted_scores or {})
         self._scores = computable_scores(self._fitted_scores)
         self._projection = (
@@ -140,7 +146,7 @@ class Scorer:
         )
         if decode_threads is None:
             usable_cores = min(len(os.sched_getaffinity(0)), MAX_DECODE_THREADS)
-            decode_threads = torch.get_num_threads() if self.device.type == "cpu" else usable_cores
+            decode_threads = network_threads() if self.device.type == "cpu" else usable_cores
         self._decode_threads = decode_threads
         self._decode_pool: ThreadPoolExecutor | None = None
         self._device_pool: ThreadPoolExecutor | None = None
@@ -153,6 +159,11 @@ class Scorer:
     @property
     def head(self) -> nn.Module:
         return self._loaded.head
+
+    @property
+    def backend(self) -> str:
+        """What runs the network: ``"torch"`` or ``"onnxruntime"`` (what ``settings.backend="auto"`` chose)."""
+        return self._backend
 
     @property
     def model_id(self) -> str:
@@ -272,7 +283,7 @@ class Scorer:
         features, logits = [], []
         rejected: list[ImageScores | ImageDecodeError | None] = [None] * len(images)
         for _, decoded in self._decoded_groups(images, sources, rejected):
-            batch = self._stack([tensor for tensor, _ in decoded]).to(self.device, memory_format=torch.channels_last)
+            batch = self._stack([tensor for tensor, _ in decoded]).to(self.device, memory_format=self._memory_format)
             with torch.inference_mode():
                 for chunk in batch.split(self.forward_chunk or len(batch)):
                     chunk_features, chunk_logits = self._forward(chunk)
@@ -306,7 +317,7 @@ class Scorer:
         if self.device.type == "cuda" and batch.device.type == "cpu":
             # Page-locked memory lets the copy run asynchronously, overlapping the next batch's host work.
             batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        batch = batch.to(self.device, non_blocking=True, memory_format=self._memory_format)
         with torch.inference_mode():
             chunks = batch.split(self.forward_chunk or len(batch))
             heads = [self._forward(chunk) for chunk in chunks]
@@ -478,7 +489,7 @@ class Scorer:
         if self.settings.precision == "fp32":
             return self._loaded.forward_to_head(chunk)
         with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.settings.precision]):
-            return self._loaded.forward_to_head(chunk)
+            return self._forward_to_head(chunk)
 
 
 @dataclass(frozen=True)
