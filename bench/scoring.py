@@ -1,9 +1,11 @@
-"""Throughput of GradNorm: the paper's per-image backward pass vs the batched closed form vs a forward pass.
+"""Throughput of GradNorm: the paper's per-image backward pass vs the batched closed form vs a forward pass, on
+torch and on ONNX Runtime.
 
 Usage: python bench/scoring.py [--images DIR] [--count N] [--batch-size B] [--model SPEC] [--device D]
 
-All three run in one process on the same preprocessed images (decoding is not timed), alternating
-rounds so that machine noise hits them alike; each rate is the median of its rounds.
+Every method runs in one process on the same preprocessed images (decoding is not timed), alternating rounds so
+that machine noise hits them alike; each rate is the median of its rounds, each ratio the median of the rounds'
+ratios. ONNX Runtime runs where it can (a CPU): its rows are left out, with the reason, elsewhere.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # Run as a file, this folder would come first on sys.path and bench/scoring.py would shadow the package.
@@ -20,24 +23,29 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import images_per_second  # noqa: E402
-from scoring import DEFAULT_MODEL, ImageDecodeError, Scorer, load_scorer  # noqa: E402
+from scoring import DEFAULT_MODEL, ImageDecodeError, Scorer, load_model, load_scorer  # noqa: E402
+from scoring.onnx_backend import BackendUnavailableError, OnnxRuntimeForward  # noqa: E402
 from scoring.reference import gradnorm_by_backward  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-samples"
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def load_images(scorer: Scorer, folder: Path, count: int) -> torch.Tensor:
+    """Up to ``count`` preprocessed images of ``folder``, NCHW-contiguous on the scorer's device."""
     tensors = []
     for path in sorted(folder.iterdir()):
         if len(tensors) == count:
             break
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
         try:
             tensors.append(scorer.preprocess(path))
         except ImageDecodeError:
             continue
     if not tensors:
         raise SystemExit(f"no images in {folder}; pass --images DIR")
-    return torch.stack(tensors).to(scorer.device, memory_format=torch.channels_last)
+    return torch.stack(tensors).to(scorer.device)
 
 
 def main() -> None:
@@ -52,45 +60,105 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=None, help="images per forward pass (default: the device's)")
     args = parser.parse_args()
 
-    scorer = load_scorer(args.model, device=args.device, forward_chunk=args.chunk)
+    cores = torch.get_num_threads()
+    scorer = load_scorer(args.model, device=args.device, backend="torch", forward_chunk=args.chunk)
+    onnx_scorer: Scorer | None = None
+    try:
+        onnx_scorer = load_scorer(args.model, device=args.device, backend="onnxruntime", forward_chunk=args.chunk)
+        onnx_forward = OnnxRuntimeForward.load(load_model(args.model), args.model)
+    except BackendUnavailableError as error:
+        print(f"onnxruntime rows left out: {error}")
     images = load_images(scorer, args.images, args.count)
-    paper_images = images[: args.paper_count]
-    batches = images.split(args.batch_size)
+    # Each backend's own layout: torch's convolutions run channels-last, ONNX Runtime reads NCHW.
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    paper_images = channels_last[: args.paper_count]
+    chunk = scorer.forward_chunk or args.batch_size
 
     def paper() -> np.ndarray:
         return gradnorm_by_backward(scorer.model, scorer.head, paper_images)
 
-    def closed_form() -> list[dict[str, np.ndarray]]:
-        return [scorer.score(batch) for batch in batches]
+    def closed_form(on: Scorer, batches: torch.Tensor) -> Callable[[], None]:
+        return lambda: [on.score(batch) for batch in batches.split(args.batch_size)]
 
-    def forward() -> None:
+    def torch_forward() -> None:
         with torch.inference_mode():
-            for batch in batches:
-                for chunk in batch.split(scorer.forward_chunk or len(batch)):
-                    scorer.model(chunk)
+            for batch in channels_last.split(args.batch_size):
+                for part in batch.split(chunk):
+                    scorer.model(part)
 
-    exact = np.concatenate([scorer.score(batch)["gradnorm"] for batch in paper_images.split(args.batch_size)])
-    worst = float(np.max(np.abs(exact - paper()) / paper()))
+    def onnx_bare_forward() -> None:
+        for batch in images.split(args.batch_size):
+            for part in batch.split(chunk):
+                onnx_forward(part)
 
-    rates: dict[str, list[float]] = {"paper": [], "closed_form": [], "forward": []}
+    # Each method with torch's intra-op threads as a worker of its backend has them: all the cores on torch, one
+    # beside onnxruntime (scoring.onnx_backend says why), which has the cores to itself.
+    methods: dict[str, tuple[Callable[[], object], int, int]] = {
+        "paper": (paper, len(paper_images), cores),
+        "torch_closed_form": (closed_form(scorer, channels_last), len(images), cores),
+        "torch_forward": (torch_forward, len(images), cores),
+    }
+    if onnx_scorer is not None:
+        methods["onnx_closed_form"] = (closed_form(onnx_scorer, images), len(images), 1)
+        methods["onnx_forward"] = (onnx_bare_forward, len(images), 1)
+
+    torch.set_num_threads(cores)
+    exact = gradnorm_by_backward(scorer.model, scorer.head, paper_images)
+    torch_scores = {name: np.concatenate(values) for name, values in _columns(scorer, channels_last, args).items()}
+    worst = float(np.max(np.abs(torch_scores["gradnorm"][: len(exact)] - exact) / exact))
+
+    rates: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.rounds):
-        rates["paper"].append(images_per_second(paper, len(paper_images), scorer.device))
-        rates["closed_form"].append(images_per_second(closed_form, len(images), scorer.device))
-        rates["forward"].append(images_per_second(forward, len(images), scorer.device))
+        for name, (run, count, torch_threads) in methods.items():
+            torch.set_num_threads(torch_threads)
+            rates[name].append(images_per_second(run, count, scorer.device))
+    torch.set_num_threads(cores)
     median = {name: statistics.median(values) for name, values in rates.items()}
 
-    print(f"model {scorer.model_id} on {scorer.device}, torch threads {torch.get_num_threads()}")
+    def ratio(numerator: str, denominator: str) -> float:
+        return statistics.median(a / b for a, b in zip(rates[numerator], rates[denominator], strict=True))
+
+    print(f"model {scorer.model_id} on {scorer.device}, torch threads {cores} (1 beside onnxruntime's {cores})")
     print(
         f"{len(images)} images, batch size {args.batch_size}, forward chunk {scorer.forward_chunk or 'whole batch'}; "
-        f"paper's method on {len(paper_images)} images"
+        f"paper's method on {len(paper_images)} images; {args.rounds} alternating rounds"
     )
     print(f"closed form vs paper's backward: max relative difference {worst:.2e}")
+    if onnx_scorer is not None:
+        onnx_scores = {name: np.concatenate(values) for name, values in _columns(onnx_scorer, images, args).items()}
+        differences = {
+            name: float(np.max(np.abs(onnx_scores[name] - torch_scores[name]) / np.abs(torch_scores[name])))
+            for name in scorer.score_names
+        }
+        print(
+            "onnxruntime vs torch, max relative difference: "
+            + ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
+            + f"; predictions equal: {bool(np.array_equal(onnx_scores['pred'], torch_scores['pred']))}"
+        )
+    rows = {
+        "(a) paper: batch 1, full backward": "paper",
+        "(b) closed form, torch": "torch_closed_form",
+        "(c) forward pass, torch": "torch_forward",
+        "(d) closed form, onnxruntime": "onnx_closed_form",
+        "(e) forward pass, onnxruntime": "onnx_forward",
+    }
     print(f"{'method':<40}{'images/s':>12}")
-    print(f"{'(a) paper: batch 1, full backward':<40}{median['paper']:>12.1f}")
-    print(f"{'(b) gradwatch: batched closed form':<40}{median['closed_form']:>12.1f}")
-    print(f"{'(c) plain forward pass (ceiling)':<40}{median['forward']:>12.1f}")
-    print(f"b/a = {median['closed_form'] / median['paper']:.2f}   (target >= 2 on a 2-core CPU)")
-    print(f"b/c = {median['closed_form'] / median['forward']:.3f}  (target >= 0.9)")
+    for label, name in rows.items():
+        if name in median:
+            print(f"{label:<40}{median[name]:>12.1f}")
+    print(f"b/a = {ratio('torch_closed_form', 'paper'):.2f}   (target >= 2 on a 2-core CPU)")
+    print(f"b/c = {ratio('torch_closed_form', 'torch_forward'):.3f}  (target >= 0.9)")
+    if onnx_scorer is not None:
+        print(f"d/b = {ratio('onnx_closed_form', 'torch_closed_form'):.2f}   (target >= 1.8)")
+        print(f"d/e = {ratio('onnx_closed_form', 'onnx_forward'):.3f}  (target >= 0.95)")
+
+
+def _columns(on: Scorer, images: torch.Tensor, args: argparse.Namespace) -> dict[str, list[np.ndarray]]:
+    columns: dict[str, list[np.ndarray]] = {}
+    for batch in images.split(args.batch_size):
+        for name, values in on.score(batch).items():
+            columns.setdefault(name, []).append(values)
+    return columns
 
 
 if __name__ == "__main__":
