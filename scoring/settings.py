@@ -23,13 +23,13 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 Backend = Literal["auto", "torch", "onnxruntime"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
-
 # Settings whose change moves every score, so thresholds hold only for the values they were calibrated with, and
 # why each does (the reason is part of the refusal's message).
 SCORE_DEFINING: dict[str, str] = {
     "precision": "half precision rounds the network's activations",
     "decoder": "nvJPEG upsamples 4:2:0 chroma unlike libjpeg",
     "temperature": "GradNorm and Energy are computed from softmax(z/T)",
+    "scaled_jpeg_decode": "libjpeg's reduced-scale decoding filters pixels unlike a full decode and resize",
 }
 # Settings a calibration records for its reviewers but monitoring does not hold it to, and why not.
 RECORDED_ONLY: dict[str, str] = {
@@ -40,7 +40,7 @@ RECORDED_ONLY: dict[str, str] = {
     "backend": "onnxruntime and torch round alike within 1e-5 relative",
 }
 # What calibrations written before a setting was recorded were scored with: the only value there was then.
-RECORDED_BEFORE = {"precision": "fp32", "decoder": "host", "temperature": 1.0}
+RECORDED_BEFORE = {"precision": "fp32", "decoder": "host", "temperature": 1.0, "scaled_jpeg_decode": False}
 
 # A CPU runs the network 4 images at a time whatever the batch (scoring.scorer.CPU_FORWARD_CHUNK), so 32 only
 # amortises Beam's per-batch cost; a GPU needs hundreds in flight to fill its tensor cores.
@@ -64,6 +64,11 @@ class ScoringSettings:
     batch_size: int | None = None
     # T of GradNorm and Energy; the GradNorm paper scores at 1.
     temperature: float = 1.0
+    # Host decoding of a JPEG at least twice the resize target a side at libjpeg's 1/2, 1/4 or 1/8 scale, the
+    # smallest still covering it (scoring.images.decode_for_model): about 2x end to end on 1080p frames, but off, as
+    # it moves GradNorm by up to 0.23 relative there (median 0.018), far past the 5e-3 fp16 is held to
+    # (bench/scaled_decoding_accuracy.py). The device decoder ignores it; JPEGs the host takes from it follow it.
+    scaled_jpeg_decode: bool = False
     # torch.compile pays tens of seconds per worker and per batch shape: worth it on a GPU for long runs only.
     compile: bool = False
     # "auto" runs ONNX Runtime on a CPU where it is installed, about twice torch's rate on 2 cores, and torch on a
@@ -111,10 +116,19 @@ class ScoringSettings:
         for name, why in SCORE_DEFINING.items():
             calibrated, monitored = recorded.get(name, RECORDED_BEFORE[name]), getattr(self, name)
             if calibrated != monitored:
-                flag = f"--{name}"
+                # A calibration older than the setting was scored with its one value then, which it does not say.
+                before = "" if name in recorded else f" (recorded before {name} was, so with its value then)"
                 return (
-                    f"they were calibrated with {flag} {calibrated}, but monitoring uses {flag} {monitored}, which "
-                    f"shifts the scores ({why}); monitor with {flag} {calibrated}, or calibrate and approve "
-                    f"thresholds with {flag} {monitored}"
+                    f"they were calibrated with {flag(name, calibrated)}{before}, but monitoring uses "
+                    f"{flag(name, monitored)}, which shifts the scores ({why}); monitor with "
+                    f"{flag(name, calibrated)}, or calibrate and approve thresholds with {flag(name, monitored)}"
                 )
         return None
+
+
+def flag(name: str, value: Any) -> str:
+    """The command-line flag that sets a setting to ``value``: ``--precision fp16``, ``--no-scaled-jpeg-decode``."""
+    option = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{option}" if value else f"--no-{option}"
+    return f"--{option} {value}"

@@ -96,7 +96,7 @@ def test_json_round_trip_gives_the_same_decisions() -> None:
 
 
 def test_json_keeps_the_scoring_settings_and_reads_older_documents_as_scored_with_the_defaults() -> None:
-    scored_with = {"precision": "fp16", "decoder": "device", "temperature": 2.0}
+    scored_with = {"precision": "fp16", "decoder": "device", "temperature": 2.0, "scaled_jpeg_decode": True}
     calibration = calibrate(_healthy(np.random.default_rng(5), 300), model_id="m@abc", config=FAST, scoring=scored_with)
     assert Calibration.from_json(calibration.to_json()).scoring == scored_with
     document = json.loads(calibration.to_json())
@@ -105,6 +105,7 @@ def test_json_keeps_the_scoring_settings_and_reads_older_documents_as_scored_wit
         "precision": "fp32",
         "decoder": "host",
         "temperature": 1.0,
+        "scaled_jpeg_decode": False,
     }
 
 
