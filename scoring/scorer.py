@@ -19,7 +19,7 @@ from torch import nn
 from scoring.decoding import DeviceJpegDecoder
 from scoring.errors import ImageDecodeError, ModelSpecError, UnusableReferenceError
 from scoring.features import FEATURES, FeatureProjection, fit_projection
-from scoring.images import ImageInput, Preprocessing, decode_image
+from scoring.images import DecodedImage, ImageInput, Preprocessing, decode_for_model
 from scoring.jpeg import read_jpeg_header
 from scoring.models import LoadedModel, load_model
 from scoring.onnx_backend import network_threads, select_forward
@@ -201,7 +201,7 @@ class Scorer:
         Raises:
             ImageDecodeError: for that one input (empty, too large, not an image, truncated, corrupt).
         """
-        return self.preprocessing.to_tensor(decode_image(image, source=source, limits=self.preprocessing))
+        return self.preprocessing.to_tensor(self._decode(image, source).image)
 
     def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """Score a batch with one forward pass.
@@ -459,9 +459,17 @@ class Scorer:
 
     def _decode_on_host(self, data: bytes, source: str) -> Decoded | ImageDecodeError:
         try:
-            image = decode_image(data, source=source, limits=self.preprocessing)
-            native = native_properties(NativeImage.of(image, read_jpeg_header(data)))
-            return self.preprocessing.to_tensor(image), native
+            decoded = self._decode(data, source)
+            # Sizes as sent, and blocks as decoded: a reduced-scale decode shrinks both the frame and its blocks.
+            native = native_properties(
+                dataclasses.replace(
+                    NativeImage.of(decoded.image, read_jpeg_header(data)),
+                    width=decoded.width,
+                    height=decoded.height,
+                    block=decoded.block,
+                )
+            )
+            return self.preprocessing.to_tensor(decoded.image), native
         except ImageDecodeError as error:
             return error
         # Whatever one image does in a decoding thread must reject that image, not fail its batch.
@@ -469,6 +477,11 @@ class Scorer:
             return ImageDecodeError(source, "too_large", f"MemoryError while preprocessing: {error}")
         except Exception as error:
             return ImageDecodeError(source, "corrupt", f"{type(error).__name__} while preprocessing: {error}")
+
+    def _decode(self, image: ImageInput, source: str | None) -> DecodedImage:
+        return decode_for_model(
+            image, source=source, limits=self.preprocessing, scaled=self.settings.scaled_jpeg_decode
+        )
 
     def _host_decode_pool(self) -> ThreadPoolExecutor:
         # Made on first use, so a scorer that never decodes holds no threads.
