@@ -500,9 +500,9 @@ class Scorer:
 
     def _forward(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.settings.precision == "fp32":
-            return self._loaded.forward_to_head(chunk)
-        with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.settings.precision]):
             return self._forward_to_head(chunk)
+        with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.settings.precision]):
+            return self._loaded.forward_to_head(chunk)
 
 
 @dataclass(frozen=True)

@@ -243,3 +243,25 @@ def test_a_batch_of_another_size_than_the_export_runs_on_torch(exports: list[int
     expected = load_scorer(TINY, device="cpu", backend="torch").score(images)
     np.testing.assert_allclose(scorer.score(images)["gradnorm"], expected["gradnorm"], rtol=SCORES_AGREE)
     assert len(exports) == 1
+
+
+@pytest.mark.parametrize(("backend", "runs_on_onnxruntime"), [("onnxruntime", True), ("torch", False)])
+def test_full_precision_batches_run_on_the_backend_chosen(
+    backend: str, runs_on_onnxruntime: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scorer that chose onnxruntime ran fp32 batches on torch, and would have sent half precision to onnxruntime:
+    # the scores agree either way, so only the session's own calls tell.
+    from scoring.onnx_backend import OnnxRuntimeForward
+
+    sessions_run = []
+    run = OnnxRuntimeForward.__call__
+
+    def counted(self: OnnxRuntimeForward, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sessions_run.append(len(batch))
+        return run(self, batch)
+
+    scorer = load_scorer(TINY, device="cpu", backend=backend)
+    monkeypatch.setattr(OnnxRuntimeForward, "__call__", counted)
+    images = encoded_images(5)
+    scorer.score(torch.stack([scorer.preprocess(image) for image in images]))
+    assert (sum(sessions_run) == len(images)) is runs_on_onnxruntime
