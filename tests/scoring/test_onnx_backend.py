@@ -55,6 +55,15 @@ def torch_threads() -> Iterator[int]:
 
 
 @pytest.fixture(autouse=True)
+def logged_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the backend's once-per-process lines: an earlier test in the process (the handler's fallback
+    in tests/pipelines) had logged "onnxruntime does not import", and the suite's run then saw nothing here."""
+    from scoring import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "_LOGGED", set())
+
+
+@pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
     monkeypatch.setenv("GRADWATCH_CACHE_DIR", str(folder))
