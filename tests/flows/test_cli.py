@@ -302,6 +302,13 @@ def test_score_takes_the_earliest_plausible_event_time_from_the_command_line(tmp
     assert "'soon'" in bad.stderr
 
 
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    """Run a script in a fresh interpreter from the repository root (what it imports, how it logs, are its own)."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_help_answers_without_importing_torch() -> None:
     # Importing torch takes seconds: `gradwatch --help` and each command's help paid it before it was lazy.
     probe = (
@@ -311,8 +318,7 @@ def test_help_answers_without_importing_torch() -> None:
         "heavy = [name for name in ('torch', 'apache_beam', 'mlflow', 'prefect') if name in sys.modules]\n"
         "print('imported:', heavy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = _python(probe)
     assert result.stdout.splitlines()[-1] == "imported: []"
 
 
@@ -373,8 +379,7 @@ def test_a_library_that_sets_its_own_loggers_level_stays_silent_unless_verbose(v
         "import logging\n"
         "logging.getLogger('flows.quality').warning('our own warning')\n"
     )
-    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert ran.returncode == 0, ran.stderr
+    ran = _python(script)
     assert ("ephemeral docs site" in ran.stderr) is verbose
     assert ("apitools not found" in ran.stderr) is verbose
     assert "our own warning" in ran.stderr
