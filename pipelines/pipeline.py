@@ -91,7 +91,9 @@ class RunSummary:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: str, max_bytes: int) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: str, max_bytes: int, staging: str
+) -> None:
     """Add the scoring transforms to ``pipeline``.
 
     Args:
@@ -99,6 +101,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: 
         config: the run.
         model_id: the id rows are stamped with; workers refuse to score with other weights.
         max_bytes: the model's preprocessing limit, which bounds what is read.
+        staging: the run's staging folder under OUT, which the caller removes after the run.
     """
     source = open_source(config.source)
     since, until = config.aligned_range()
@@ -124,7 +127,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoringConfig, *, model_id: 
         REJECTED: REJECTED_SCHEMA,
     }
     written = tables | "WriteTables" >> WriteTables(
-        OutputStore(config.out), schemas=schemas, part=source.key, replaces=source.former_keys
+        OutputStore(config.out), schemas=schemas, part=source.key, staging=staging, replaces=source.former_keys
     )
     written["windows"] | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
 
@@ -202,9 +205,15 @@ def run_scoring(config: ScoringConfig, *, loaded: LoadedModel | None = None) -> 
     started = time.perf_counter()
     runner = FnApiRunner() if config.pipeline.is_local else None
     pipeline = beam.Pipeline(runner=runner, options=config.pipeline.options())
-    build_pipeline(pipeline, config, model_id=loaded.model_id, max_bytes=loaded.preprocessing.max_bytes)
-    result = pipeline.run()
-    result.wait_until_finish()
+    staging = uuid.uuid4().hex
+    build_pipeline(
+        pipeline, config, model_id=loaded.model_id, max_bytes=loaded.preprocessing.max_bytes, staging=staging
+    )
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        OutputStore(config.out).remove_staging(staging)
     counters = counter_totals(result.metrics().query(MetricsFilter().with_namespace("gradwatch"))["counters"])
     since, until = config.aligned_range()
     return RunSummary(

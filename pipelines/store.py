@@ -1,6 +1,7 @@
 """OUT, the one place every output lives: its layout, and atomic writes through fsspec for any filesystem.
 
     OUT/<table>/window_start=<label>/part-<source key>.parquet   scores, windows, rejected, decisions
+    OUT/_staging/<run>/<table>/<label>/<shard>.parquet            rows a scoring run is writing (pipelines.sinks)
     OUT/_state/watermark.json                                     windows processed, and their images' fingerprints
     OUT/_state/lease.json                                         the monitor that holds OUT now (flows.monitor.lease)
     OUT/alerts/outbox/<alert>.json, OUT/alerts/delivered/...      alerts waiting for delivery, and delivered ones
@@ -39,6 +40,7 @@ AlertState = Literal["outbox", "delivered"]
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "memory"}
 # A temporary this old is a killed run's; a writer renames its own within seconds.
 _STALE_TEMPORARY_S = 600
+_STAGING = "_staging"
 _STATE_DOCUMENTS = {
     "watermark": "_state/watermark.json",
     "alert_policy": "alerts/state.json",
@@ -155,6 +157,29 @@ class OutputStore:
         if not files:  # every part removed (a window whose images all went)
             return pa.table({})
         return pa.concat_tables([pq.read_table(path, filesystem=self.fs) for path in files], promote_options="default")
+
+    # -- a scoring run's staged shards ---------------------------------------------------------------
+
+    def write_staged(self, staging: str, table: str, label: str, shard: str, rows: pa.Table) -> str:
+        """Write one shard of a run's rows for (table, window); returns its path. Not atomic: a shard is read only
+        once the bundle that wrote it has committed, and a bundle that failed midway leaves it unread."""
+        path = self.path(_STAGING, staging, table, label, f"{shard}.parquet")
+        if not self._is_object_store:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        pq.write_table(rows, path, filesystem=self.fs, compression="zstd")
+        return path
+
+    def read_staged(self, shards: list[str], schema: pa.Schema) -> pa.Table:
+        """The rows of ``shards`` (paths :meth:`write_staged` returned) together; empty with ``schema`` for none."""
+        tables = [pq.read_table(path, filesystem=self.fs, schema=schema) for path in shards]
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def remove_staging(self, staging: str) -> None:
+        """Remove a run's staging folder, with the shards of any bundle that failed and was retried."""
+        folder = self.path(_STAGING, staging)
+        self.fs.invalidate_cache(folder)
+        if self.fs.exists(folder):
+            self.fs.rm(folder, recursive=True)
 
     # -- state documents ------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ def test_malformed_options_are_refused(option: str) -> None:
 
 def _model_handlers(config: ScoringConfig) -> list:
     pipeline = beam.Pipeline()
-    build_pipeline(pipeline, config, model_id="build@0", max_bytes=1000)
+    build_pipeline(pipeline, config, model_id="build@0", max_bytes=1000, staging="never-run")
     handlers = []
 
     class Collect(PipelineVisitor):
