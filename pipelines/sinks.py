@@ -7,10 +7,11 @@ whose images all score now an empty rejected file. Different SOURCEs writing int
 
 Rows never gather in one process. The workers that finish them write them to shards in the run's staging folder
 of OUT, and only the shards' paths are grouped by window; one step per (table, window) then reads its shards and
-writes the partition. Grouping the rows themselves held every scored row of the run in the local runner's
-launcher, which grew about 6 KB a row (bench/scale.py: peak RSS 1.08x from 20,000 to 40,000 rows). A bundle's
-paths reach the grouping only when the runner commits the bundle, so the shards of a failed and retried bundle
-are never read; the launcher removes the staging folder after the run.
+writes the partition. Grouping the rows themselves sent every scored row of the run through the local runner's
+launcher (bench/scale.py, 20,000 to 40,000 rows: the process tree's peak RSS 1.08x then, 1.03x with shards, though
+that run also decoded at reduced scale). A bundle's paths reach the grouping only when the runner commits the
+bundle, so the shards of a failed and retried bundle are never read; the launcher removes the staging folder after
+the run.
 """
 
 from __future__ import annotations
