@@ -180,6 +180,11 @@ class OutputStore:
         self.fs.invalidate_cache(folder)
         if self.fs.exists(folder):
             self.fs.rm(folder, recursive=True)
+        if not self._is_object_store:
+            # An object store has no empty folders; a local one would keep an empty _staging in OUT after every run.
+            # rmdir refuses a folder another run is staging into, which is the only case it must leave alone.
+            with contextlib.suppress(OSError):
+                self.fs.rmdir(self.path(_STAGING))
 
     # -- state documents ------------------------------------------------------------------------------
 

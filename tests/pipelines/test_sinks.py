@@ -109,16 +109,28 @@ def _score(feed: Path, out: Path) -> None:
 def test_a_run_leaves_no_staged_shards(feed: Path, tmp_path: Path) -> None:
     _score(feed, tmp_path / "out")
     assert OutputStore(str(tmp_path / "out")).read_table("scores").num_rows == 3
-    assert list((tmp_path / "out" / "_staging").iterdir()) == []
+    assert not (tmp_path / "out" / "_staging").exists()
+
+
+def test_staging_another_run_is_still_using_is_kept(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path / "out"))
+    for run in ("first", "second"):
+        store.write_staged(run, "scores", LABELS[0], "shard", pa.table({"value": [1.0]}))
+    store.remove_staging("first")
+    assert [path.name for path in (tmp_path / "out" / "_staging").iterdir()] == ["second"]
+    store.remove_staging("second")
+    assert not (tmp_path / "out" / "_staging").exists()
 
 
 def test_a_failed_run_leaves_no_staged_shards(feed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    staged_when_failing = []
+
     def fail(self, element):
+        staged_when_failing.extend((tmp_path / "out" / "_staging").rglob("*.parquet"))
         raise OSError("the disk is full")
 
     monkeypatch.setattr(sinks.WritePartition, "process", fail)
     with pytest.raises(Exception, match="the disk is full"):
         _score(feed, tmp_path / "out")
-    staged = tmp_path / "out" / "_staging"
-    assert staged.exists()  # the shards were written before the partitions failed
-    assert list(staged.iterdir()) == []
+    assert staged_when_failing  # the shards were written before the partitions failed
+    assert not (tmp_path / "out" / "_staging").exists()
