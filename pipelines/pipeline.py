@@ -1,8 +1,8 @@
 """The scoring pipeline: SOURCE -> per-image scores, per-window statistics and rejections in Parquet.
 
     List (the source's own listing) -> ReadImages (dead letter) -> ScoreImages: decode + score (dead letter)
-        -> WindowTables: event-time fixed windows, per (window, segment) statistics -> WriteTables: scores/,
-        windows/, rejected/
+        -> WindowTables: event-time fixed windows -> WriteTables: scores/ and rejected/, and windows/ with the
+        per (window, segment) statistics computed from them
 
 The same code runs on the embedded FnApiRunner (default, offline), on N local worker processes, and on
 Flink, Spark or Dataflow through pass-through pipeline options.
@@ -34,7 +34,7 @@ from pipelines.sinks import WriteTables
 from pipelines.sources import Source, open_source
 from pipelines.store import OutputStore
 from pipelines.times import PlausibleTimes, align_to_windows
-from pipelines.windows import WindowTables
+from pipelines.windows import WindowStatistics, WindowTables
 from scoring import LoadedModel, ScoringSettings, load_model, resolve_device
 from scoring.decoding import DeviceJpegDecoder
 from scoring.features import FEATURES
@@ -117,9 +117,7 @@ def build_pipeline(
         # Two ticks rather than a Flatten, so each runs fused into the stage that finishes the image.
         scored.rows | "TickScored" >> beam.ParDo(_TickProgress(config.progress_dir))
         rejected | "TickRejected" >> beam.ParDo(_TickProgress(config.progress_dir))
-    tables = (scored.rows, rejected) | "WindowTables" >> WindowTables(
-        window=config.window, columns=columns, model_id=model_id
-    )
+    tables = (scored.rows, rejected) | "WindowTables" >> WindowTables(window=config.window)
     keeps_features = FEATURES in config.fitted_scores
     schemas = {
         "scores": scores_schema(columns, keeps_features=keeps_features),
@@ -127,9 +125,14 @@ def build_pipeline(
         REJECTED: REJECTED_SCHEMA,
     }
     written = tables | "WriteTables" >> WriteTables(
-        OutputStore(config.out), schemas=schemas, part=source.key, staging=staging, replaces=source.former_keys
+        OutputStore(config.out),
+        schemas=schemas,
+        part=source.key,
+        staging=staging,
+        derived={"windows": WindowStatistics(window=config.window, columns=columns, model_id=model_id)},
+        replaces=source.former_keys,
     )
-    written["windows"] | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
+    written | "CountWindows" >> beam.Map(lambda _: Metrics.counter("gradwatch", "windows").inc())
 
 
 def _handler(config: ScoringConfig, model_id: str) -> ScorerModelHandler:

@@ -6,19 +6,20 @@ duplicates, nor keeps stale ones: a window whose images are all rejected now get
 whose images all score now an empty rejected file. Different SOURCEs writing into one OUT keep separate files.
 
 Rows never gather in one process. The workers that finish them write them to shards in the run's staging folder
-of OUT, and only the shards' paths are grouped by window; one step per (table, window) then reads its shards and
-writes the partition. Grouping the rows themselves sent every scored row of the run through the local runner's
-launcher (bench/scale.py, 20,000 to 40,000 rows: the process tree's peak RSS 1.08x then, 1.03x with shards, though
-that run also decoded at reduced scale). A bundle's paths reach the grouping only when the runner commits the
-bundle, so the shards of a failed and retried bundle are never read; the launcher removes the staging folder after
-the run.
+of OUT, and only the shards' paths are grouped by window; one step per window then reads its shards, writes every
+table's partition, and computes the derived tables (the windows table's statistics) from the rows it read.
+Grouping the rows themselves sent every scored row of the run through the local runner's launcher (bench/scale.py,
+20,000 to 40,000 rows: the process tree's peak RSS 1.08x then, 1.03x with shards, though that run also decoded at
+reduced scale), and statistics combined by Beam sent each (window, segment)'s sketches through it. A bundle's
+paths reach the grouping only when the runner commits the bundle, so the shards of a failed and retried bundle are
+never read; the launcher removes the staging folder after the run.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -32,14 +33,15 @@ from pipelines.records import REJECTED
 from pipelines.store import OutputStore
 from pipelines.times import window_label
 
-# Every window with a scored or rejected image has a windows row: those are the windows a run touches.
-_TOUCHING_TABLE = "windows"
 # Finished rows a worker holds before writing them to shards. With the features kept (1,280 floats a row, about
 # 40 KB as Python objects) that is under 100 MB; a time-ordered feed has one or two windows open at a time, so a
 # shard holds about this many rows and a window of 5,000 images is read back from a few.
 SHARD_ROWS = 2_000
 # The columns that order a partition's rows, where its table has them: a re-run writes the same bytes.
 _ROW_ORDER = ("segment", "score", "uri", "event_time", "stage", "reason", "error")
+
+DerivedTable = Callable[[str, Mapping[str, pa.Table]], pa.Table]
+"""(window label, the window's rows of every staged table, ordered) -> a table computed from them."""
 
 
 class WriteTables(beam.PTransform):
@@ -49,10 +51,15 @@ class WriteTables(beam.PTransform):
 
     Args:
         store: OUT.
-        schemas: each table's schema.
+        schemas: each table's schema, derived ones included.
         part: the source's key, which names its file in every partition.
         staging: this run's staging folder under OUT (:meth:`OutputStore.remove_staging` removes it after the run).
+        derived: tables computed per window from the staged ones (the windows table's statistics), in the step that
+            writes the window, so what they are computed from never crosses the launcher.
         replaces: the source's keys in earlier versions, whose files the new ones replace.
+
+    Returns:
+        The labels of the windows written, one each (the partition of unknown time is not one).
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class WriteTables(beam.PTransform):
         schemas: Mapping[str, pa.Schema],
         part: str,
         staging: str,
+        derived: Mapping[str, DerivedTable] | None = None,
         replaces: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
@@ -69,28 +77,35 @@ class WriteTables(beam.PTransform):
         self._schemas = dict(schemas)
         self._part = part
         self._staging = staging
+        self._derived = dict(derived or {})
         self._replaces = replaces
 
-    def expand(self, tables: Mapping[str, beam.PCollection]) -> dict[str, beam.PCollection]:
-        touched = (
-            tables[_TOUCHING_TABLE]
-            | "TouchedWindows" >> beam.Keys()
-            | "EachTouchedOnce" >> beam.Distinct()
-            | "AsTouched" >> beam.Map(lambda label: (label, None))
-        )
+    def expand(self, tables: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        # Every run writes its partition of unknown time, empty when all times were read, so an earlier run's list
+        # of such images does not outlive the run that fixed them.
         unknown = tables[REJECTED].pipeline | "UnknownTime" >> beam.Create([(window_label(None), None)])
-        written = {}
-        for table, rows in tables.items():
-            schema = self._schemas[table]
-            labels = (touched, unknown) | f"Labels{table}" >> beam.Flatten() if table == REJECTED else touched
-            shards = rows | f"Stage{table}" >> beam.ParDo(StageShards(self._store, table, schema, self._staging))
-            written[table] = (
-                {"shards": shards, "touched": labels}
-                | f"Group{table}" >> beam.CoGroupByKey()
-                | f"Shards{table}" >> beam.Map(lambda grouped: (grouped[0], grouped[1]["shards"]))
-                | f"Write{table}" >> beam.ParDo(WritePartition(self._store, table, schema, self._part, self._replaces))
+        shards = [
+            rows
+            | f"Stage{table}" >> beam.ParDo(StageShards(self._store, table, self._schemas[table], self._staging))
+            | f"Tag{table}" >> beam.MapTuple(lambda label, path, table=table: (label, (table, path)))
+            for table, rows in tables.items()
+        ]
+        return (
+            (*shards, unknown)
+            | "AllShards" >> beam.Flatten()
+            | "ByWindow" >> beam.GroupByKey()
+            | "WriteWindows"
+            >> beam.ParDo(
+                WritePartition(
+                    self._store,
+                    {table: self._schemas[table] for table in tables},
+                    self._derived,
+                    {table: self._schemas[table] for table in self._derived},
+                    self._part,
+                    self._replaces,
+                )
             )
-        return written
+        )
 
 
 class StageShards(beam.DoFn):
@@ -127,24 +142,53 @@ class StageShards(beam.DoFn):
 
 
 class WritePartition(beam.DoFn):
-    """(window label, paths of its staged shards) -> one Parquet file in that window's partition; yields the label."""
+    """(window label, its staged shards as (table, path); None marks the partition of unknown time) -> one Parquet
+    file per table in that window's partition, the derived tables' included; yields the label of a window written.
+
+    The partition of unknown time holds only rejections: every other table's rows have a window.
+    """
 
     def __init__(
-        self, store: OutputStore, table: str, schema: pa.Schema, part: str, replaces: tuple[str, ...] = ()
+        self,
+        store: OutputStore,
+        schemas: Mapping[str, pa.Schema],
+        derived: Mapping[str, DerivedTable],
+        derived_schemas: Mapping[str, pa.Schema],
+        part: str,
+        replaces: tuple[str, ...] = (),
     ) -> None:
         self._store = store
-        self._table = table
-        self._schema = schema
+        self._schemas = dict(schemas)
+        self._derived = dict(derived)
+        self._derived_schemas = dict(derived_schemas)
         self._part = part
         self._replaces = replaces
-        self._rows_written = Metrics.counter("gradwatch", f"{table}_rows_written")
+        self._rows_written = {
+            table: Metrics.counter("gradwatch", f"{table}_rows_written") for table in (*schemas, *derived)
+        }
 
-    def process(self, element: tuple[str, Iterable[str]]) -> Iterator[str]:
-        label, shards = element
-        rows = self._store.read_staged(sorted(shards), self._schema)
-        self._store.write_partition(self._table, label, ordered(rows), part=self._part, replaces=self._replaces)
-        self._rows_written.inc(rows.num_rows)
+    def process(self, element: tuple[str, Iterable[tuple[str, str] | None]]) -> Iterator[str]:
+        label, tagged = element
+        shards: defaultdict[str, list[str]] = defaultdict(list)
+        for table, path in (shard for shard in tagged if shard is not None):
+            shards[table].append(path)
+        if label == window_label(None):
+            rejected = self._store.read_staged(sorted(shards[REJECTED]), self._schemas[REJECTED])
+            self._write(REJECTED, label, ordered(rejected))
+            return
+        rows = {
+            table: ordered(self._store.read_staged(sorted(shards[table]), schema))
+            for table, schema in self._schemas.items()
+        }
+        for table, table_rows in rows.items():
+            self._write(table, label, table_rows)
+        for table, derive in self._derived.items():
+            self._write(table, label, ordered(derive(label, rows).cast(self._derived_schemas[table])))
         yield label
+
+    def _write(self, table: str, label: str, rows: pa.Table) -> None:
+        self._store.write_partition(table, label, rows, part=self._part, replaces=self._replaces)
+        self._rows_written[table].inc(rows.num_rows)
 
 
 def ordered(rows: pa.Table) -> pa.Table:

@@ -1,25 +1,28 @@
 """Event-time windows, and per-window statistics of every score: exact moments and a mergeable KLL sketch.
 
-Partial results from many workers merge exactly (count, mean, variance by Chan et al.'s parallel
-formula, min, max) or within the sketch's rank error (quantiles), so an hour's windows can be regrouped
-into a day without rescoring.
+The statistics are computed from a window's rows in the step that writes them, not combined by Beam: a combine's
+partial results cross the local runner's launcher, whose memory then grew with the feed (bench/scale.py). The
+sketches still merge within their rank error, so an hour's windows can be regrouped into a day without rescoring.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 from datasketches import kll_doubles_sketch
 
-from pipelines.records import QUANTILES, REJECTED, Rejected
-from pipelines.times import window_label
+from pipelines.records import QUANTILES, REJECTED, WINDOWS_SCHEMA, Rejected
+from pipelines.times import parse_window_label, window_label
 
 # k = 200 gives about 1.65% normalized rank error (DataSketches KLL docs), and is exact below ~200 values.
 SKETCH_K = 200
@@ -27,35 +30,28 @@ SKETCH_K = 200
 
 @dataclass
 class ScoreStats:
-    """Mergeable summary of one score's values."""
+    """One score's values in a (window, segment): exact moments and extremes, and a KLL sketch that merges with
+    other windows' (the report merges a day's)."""
 
     n: int = 0
-    mean: float = 0.0
+    mean: float = math.nan
     m2: float = 0.0  # sum of squared deviations from the mean
-    min: float = math.inf
-    max: float = -math.inf
+    min: float = math.nan
+    max: float = math.nan
     sketch: kll_doubles_sketch = field(default_factory=lambda: kll_doubles_sketch(SKETCH_K))
 
-    def add(self, value: float) -> None:
-        self.n += 1
-        delta = value - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (value - self.mean)
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        self.sketch.update(value)
-
-    def merge(self, other: ScoreStats) -> None:
-        if other.n == 0:
-            return
-        total = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean += delta * other.n / total
-        self.m2 += other.m2 + delta * delta * self.n * other.n / total
-        self.n = total
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-        self.sketch.merge(other.sketch)
+    @classmethod
+    def of(cls, values: np.ndarray) -> ScoreStats:
+        """The summary of ``values``, NaNs left out."""
+        values = values[np.isfinite(values)]
+        stats = cls()
+        if values.size:
+            stats.n = int(values.size)
+            stats.mean = float(values.mean())
+            stats.m2 = float(np.square(values - stats.mean).sum())
+            stats.min, stats.max = float(values.min()), float(values.max())
+            stats.sketch.update(values)
+        return stats
 
     @property
     def std(self) -> float:
@@ -68,93 +64,70 @@ class ScoreStats:
         # Inclusive ranks: p50 of an odd count is the middle value, as numpy's "inverted_cdf".
         return {name: self.sketch.get_quantile(q, inclusive=True) for name, q in QUANTILES.items()}
 
-    # The sketch is a C++ object: Beam moves accumulators between workers as bytes.
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "sketch": self.sketch.serialize()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({**state, "sketch": kll_doubles_sketch.deserialize(state["sketch"])})
-
-
-@dataclass
-class WindowAccumulator:
-    n_rejected: int = 0
-    scores: dict[str, ScoreStats] = field(default_factory=dict)
-
-
-class WindowStatsFn(beam.CombineFn):
-    """Combines a (window, segment)'s inputs: a mapping of measured values (scores, image properties) per scored
-    image, None per rejection. A NaN value (a property that does not apply) is left out: ``n`` counts the others."""
-
-    def __init__(self, score_names: tuple[str, ...]) -> None:
-        self._score_names = score_names
-
-    def create_accumulator(self) -> WindowAccumulator:
-        return WindowAccumulator(scores={name: ScoreStats() for name in self._score_names})
-
-    def add_input(self, accumulator: WindowAccumulator, element: Mapping[str, float] | None) -> WindowAccumulator:
-        if element is None:
-            accumulator.n_rejected += 1
-        else:
-            for name in self._score_names:
-                value = float(element[name])
-                if math.isfinite(value):  # a property that does not apply (a PNG's JPEG quality) is NaN
-                    accumulator.scores[name].add(value)
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterator[WindowAccumulator]) -> WindowAccumulator:
-        merged = self.create_accumulator()
-        for accumulator in accumulators:
-            merged.n_rejected += accumulator.n_rejected
-            for name in self._score_names:
-                merged.scores[name].merge(accumulator.scores[name])
-        return merged
-
-    def extract_output(self, accumulator: WindowAccumulator) -> WindowAccumulator:
-        return accumulator
-
 
 def window_rows(
-    segment: str, accumulator: WindowAccumulator, window_end: dt.datetime, model_id: str
+    scores: pa.Table, rejected: pa.Table, columns: Sequence[str], window_end: dt.datetime, model_id: str
 ) -> Iterator[dict[str, Any]]:
-    """One windows-table row per score (see :data:`pipelines.records.WINDOWS_SCHEMA`)."""
-    for name, stats in accumulator.scores.items():
-        empty = stats.n == 0
-        yield {
-            "window_end": window_end,
-            "segment": segment,
-            "score": name,
-            "n": stats.n,
-            "n_rejected": accumulator.n_rejected,
-            "mean": math.nan if empty else stats.mean,
-            "std": stats.std,
-            "min": math.nan if empty else stats.min,
-            "max": math.nan if empty else stats.max,
-            **stats.quantiles(),
-            "sketch": stats.sketch.serialize(),
-            "model_id": model_id,
-        }
+    """A window's windows-table rows (see :data:`pipelines.records.WINDOWS_SCHEMA`): one per (segment, column), for
+    every segment with a scored or a rejected image. A NaN value (a property that does not apply: a PNG's JPEG
+    quality) is left out, so ``n`` counts the others."""
+    scored_segments = np.asarray(scores.column("segment").to_pylist(), dtype=object)
+    rejected_per_segment = Counter(rejected.column("segment").to_pylist())
+    values = {name: scores.column(name).to_numpy(zero_copy_only=False).astype(np.float64) for name in columns}
+    # None (no segment) sorts first, as the written rows do.
+    for segment in sorted({*scored_segments, *rejected_per_segment}, key=lambda name: (name is not None, name or "")):
+        mask = scored_segments == segment
+        for name in columns:
+            stats = ScoreStats.of(values[name][mask])
+            yield {
+                "window_end": window_end,
+                "segment": segment,
+                "score": name,
+                "n": stats.n,
+                "n_rejected": rejected_per_segment[segment],
+                "mean": stats.mean,
+                "std": stats.std,
+                "min": stats.min,
+                "max": stats.max,
+                **stats.quantiles(),
+                "sketch": stats.sketch.serialize(),
+                "model_id": model_id,
+            }
 
 
-class WindowTables(beam.PTransform):
-    """(scored rows, rejections) -> each table's rows keyed by their window's partition label.
-
-    Rows and rejections go into event-time fixed windows; each (window, segment) is combined into one windows-table
-    row per score. Rejections of unknown time go to the ``unknown`` partition of ``rejected`` and into no window.
-
-    Returns:
-        ``{"scores": ..., "windows": ..., "rejected": ...}``, PCollections of (label, row) in the global window.
-    """
+class WindowStatistics:
+    """The windows table of one window, from its scored and rejected rows: a derived table of
+    :class:`pipelines.sinks.WriteTables`, computed where the window's rows are read back to be written."""
 
     def __init__(self, *, window: dt.timedelta, columns: Sequence[str], model_id: str) -> None:
-        super().__init__()
-        self._window_seconds = window.total_seconds()
+        self._window = window
         self._columns = tuple(columns)
         self._model_id = model_id
 
+    def __call__(self, label: str, tables: Mapping[str, pa.Table]) -> pa.Table:
+        window_end = parse_window_label(label) + self._window
+        rows = window_rows(tables["scores"], tables[REJECTED], self._columns, window_end, self._model_id)
+        return pa.Table.from_pylist(list(rows), schema=WINDOWS_SCHEMA)
+
+
+class WindowTables(beam.PTransform):
+    """(scored rows, rejections) -> the scores and rejected tables' rows keyed by their window's partition label.
+
+    Rows and rejections go into event-time fixed windows. Rejections of unknown time go to the ``unknown`` partition
+    of ``rejected`` and into no window. The windows table is computed from a window's rows where they are written
+    (:class:`WindowStatistics`).
+
+    Returns:
+        ``{"scores": ..., "rejected": ...}``, PCollections of (label, row) in the global window.
+    """
+
+    def __init__(self, *, window: dt.timedelta) -> None:
+        super().__init__()
+        self._window_seconds = window.total_seconds()
+
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict[str, beam.PCollection]:
         scored_rows, rejected = inputs
-        names, windows = self._columns, beam_window.FixedWindows(self._window_seconds)
+        windows = beam_window.FixedWindows(self._window_seconds)
         scored = (
             scored_rows
             | "ScoresEventTime"
@@ -167,15 +140,6 @@ class WindowTables(beam.PTransform):
             | "RejectedEventTime"
             >> beam.Map(lambda rejection: beam_window.TimestampedValue(rejection, rejection.event_time.timestamp()))
             | "RejectedWindows" >> beam.WindowInto(windows)
-        )
-        statistics = (
-            (
-                scored | "ScoresBySegment" >> beam.Map(lambda row: (row["segment"], {n: row[n] for n in names})),
-                rejected_timed | "RejectedBySegment" >> beam.Map(lambda rejection: (rejection.segment, None)),
-            )
-            | "StatsInputs" >> beam.Flatten()
-            | "Combine" >> beam.CombinePerKey(WindowStatsFn(names))
-            | "StatsRows" >> beam.ParDo(_LabelWindowRows(self._model_id))
         )
         rejected_rows = (
             rejected_timed
@@ -190,7 +154,6 @@ class WindowTables(beam.PTransform):
             "scores": scored
             | "LabelScores" >> beam.ParDo(_LabelByWindow())
             | "ScoresToGlobal" >> beam.WindowInto(to_global),
-            "windows": statistics | "WindowsToGlobal" >> beam.WindowInto(to_global),
             REJECTED: rejected_rows,
         }
 
@@ -214,14 +177,3 @@ class _LabelByWindow(beam.DoFn):
     def process(self, element: Any, window: beam_window.IntervalWindow = beam.DoFn.WindowParam):
         row = rejected_row(element) if isinstance(element, Rejected) else element
         yield window_label(window.start.to_utc_datetime(has_tz=True)), row
-
-
-class _LabelWindowRows(beam.DoFn):
-    def __init__(self, model_id: str) -> None:
-        self._model_id = model_id
-
-    def process(self, element, window: beam_window.IntervalWindow = beam.DoFn.WindowParam):
-        segment, accumulator = element
-        label = window_label(window.start.to_utc_datetime(has_tz=True))
-        for row in window_rows(segment, accumulator, window.end.to_utc_datetime(has_tz=True), self._model_id):
-            yield label, row

@@ -28,13 +28,12 @@ from pipelines.records import (
     CORE_SCORE_COLUMNS,
     REJECTED,
     REJECTED_SCHEMA,
-    WINDOWS_SCHEMA,
     measured_columns,
     scores_schema,
 )
 from pipelines.store import OutputStore
 from pipelines.times import UNKNOWN_WINDOW, window_label
-from pipelines.windows import WindowStatsFn, window_rows
+from pipelines.windows import WindowStatistics
 from scoring import drift
 from scoring.calibration import Calibration, CalibrationConfig, fit_tests
 from scoring.references import score_reference
@@ -91,13 +90,11 @@ def _write_window(store: OutputStore, images: Path, start: dt.datetime, msp: np.
             }
         )
     label = window_label(start)
-    store.write_partition("scores", label, pa.Table.from_pylist(rows, schema=scores_schema(COLUMNS)), part="src")
-    statistics = WindowStatsFn(COLUMNS)
-    accumulators = {segment: statistics.create_accumulator() for segment in SEGMENTS}
-    for row in rows:
-        statistics.add_input(accumulators[row["segment"]], {name: row[name] for name in COLUMNS})
-    windows = [w for segment, acc in accumulators.items() for w in window_rows(segment, acc, start + HOUR, MODEL)]
-    store.write_partition("windows", label, pa.Table.from_pylist(windows, schema=WINDOWS_SCHEMA), part="src")
+    scores = pa.Table.from_pylist(rows, schema=scores_schema(COLUMNS))
+    store.write_partition("scores", label, scores, part="src")
+    statistics = WindowStatistics(window=HOUR, columns=COLUMNS, model_id=MODEL)
+    windows = statistics(label, {"scores": scores, REJECTED: REJECTED_SCHEMA.empty_table()})
+    store.write_partition("windows", label, windows, part="src")
 
 
 def _decide(store: OutputStore, outcome: WindowOutcome, **extra: dict) -> None:

@@ -6,16 +6,20 @@ import datetime as dt
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import sinks
 from pipelines.pipeline import ScoringConfig, run_scoring
 from pipelines.records import REJECTED, REJECTED_SCHEMA, WINDOWS_SCHEMA
 from pipelines.sinks import WriteTables, ordered
 from pipelines.store import OutputStore
+from pipelines.times import parse_window_label
+from pipelines.windows import WindowStatistics
 from scoring import ScoringSettings
 from tests.pipelines.conftest import TINY, write_image
 
@@ -30,16 +34,23 @@ def _tables(rows_per_label: int) -> dict[str, list]:
         for index in reversed(range(rows_per_label))
         for label in LABELS
     ]
-    windows = [(label, {"segment": "cam-0", "score": "value", "n": rows_per_label}) for label in LABELS]
     rejected = [(LABELS[0], {"uri": "bad.png", "segment": None, "stage": "decode", "reason": "empty", "error": "e"})]
-    return {"scores": scores, "windows": windows, REJECTED: rejected}
+    return {"scores": scores, REJECTED: rejected}
 
 
 def _write(out: Path, tables: dict[str, list], *, staging: str = "run") -> None:
     schemas = {"scores": SCORES_SCHEMA, "windows": WINDOWS_SCHEMA, REJECTED: REJECTED_SCHEMA}
+    statistics = WindowStatistics(window=dt.timedelta(hours=1), columns=("value",), model_id="m@1")
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         collections = {name: pipeline | f"Create{name}" >> beam.Create(rows) for name, rows in tables.items()}
-        collections | WriteTables(OutputStore(str(out)), schemas=schemas, part="feed", staging=staging)
+        written = collections | WriteTables(
+            OutputStore(str(out)), schemas=schemas, part="feed", staging=staging, derived={"windows": statistics}
+        )
+        assert_that(written, equal_to(sorted({label for rows in tables.values() for label, _ in rows} - {"unknown"})))
+
+
+def _windows(out: Path, label: str) -> list[dict]:
+    return pq.read_table(out / "windows" / f"window_start={label}" / "part-feed.parquet").to_pylist()
 
 
 def _bytes(out: Path) -> dict[str, bytes]:
@@ -80,6 +91,30 @@ def test_a_touched_window_without_rows_gets_an_empty_partition(tmp_path: Path) -
         path = tmp_path / "out" / REJECTED / f"window_start={label}" / "part-feed.parquet"
         assert pq.read_table(path).schema == REJECTED_SCHEMA
         assert pq.read_metadata(path).num_rows == 0
+
+
+def test_the_windows_table_is_computed_from_each_windows_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sinks, "SHARD_ROWS", 7)  # a window's statistics span shards from several bundles
+    _write(tmp_path / "out", _tables(rows_per_label=20))
+    for label in LABELS:
+        rows = {row["segment"]: row for row in _windows(tmp_path / "out", label)}
+        assert rows["cam-0"]["window_end"] == parse_window_label(label) + dt.timedelta(hours=1)
+        assert {segment: row["n"] for segment, row in rows.items() if row["n"]} == {"cam-0": 7, "cam-1": 7, "cam-2": 6}
+        assert rows["cam-1"]["mean"] == np.mean([index for index in range(20) if index % 3 == 1])
+        assert rows["cam-2"]["max"] == 17.0
+    rejected_only = _windows(tmp_path / "out", LABELS[0])[0]  # the rejection has no segment, which sorts first
+    assert (rejected_only["segment"], rejected_only["n"], rejected_only["n_rejected"]) == (None, 0, 1)
+    assert all(row["segment"] is not None for row in _windows(tmp_path / "out", LABELS[1]))
+
+
+def test_a_window_of_only_rejections_gets_its_statistics_and_an_empty_scores_file(tmp_path: Path) -> None:
+    tables = {"scores": [], REJECTED: _tables(rows_per_label=1)[REJECTED]}
+    _write(tmp_path / "out", tables)
+    assert [(row["segment"], row["n"], row["n_rejected"]) for row in _windows(tmp_path / "out", LABELS[0])] == [
+        (None, 0, 1)
+    ]
+    scores = tmp_path / "out" / "scores" / f"window_start={LABELS[0]}" / "part-feed.parquet"
+    assert pq.read_metadata(scores).num_rows == 0
 
 
 def test_rows_are_ordered_with_missing_segments_first() -> None:

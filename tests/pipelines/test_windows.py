@@ -3,62 +3,74 @@
 from __future__ import annotations
 
 import datetime as dt
-import pickle
+import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasketches import kll_doubles_sketch
 
 from pipelines.inference import ScorerModelHandler
-from pipelines.records import QUANTILES
+from pipelines.records import QUANTILES, REJECTED_SCHEMA
 from pipelines.times import align_to_windows, object_mtime, parse_event_time, parse_window, window_label
-from pipelines.windows import ScoreStats, WindowStatsFn, window_rows
+from pipelines.windows import ScoreStats, window_rows
 from scoring import ModelSpecError, ScoringSettings
 from tests.pipelines.conftest import TINY, utc
 
 
-def _stats(values) -> ScoreStats:
-    stats = ScoreStats()
-    for value in values:
-        stats.add(float(value))
-    return stats
-
-
-def test_merged_partials_equal_one_pass() -> None:
+def test_moments_are_exact_and_sketches_merge_across_windows() -> None:
     values = np.random.default_rng(0).normal(5, 2, 1000)
-    whole = _stats(values)
-    merged = ScoreStats()
-    for part in np.array_split(values, 7):
-        merged.merge(pickle.loads(pickle.dumps(_stats(part))))  # as Beam ships accumulators between workers
+    whole = ScoreStats.of(values)
+    assert whole.n == 1000
+    assert whole.mean == pytest.approx(values.mean(), rel=1e-12)
+    assert whole.std == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert (whole.min, whole.max) == (values.min(), values.max())
+    merged = kll_doubles_sketch(200)
+    for part in np.array_split(values, 7):  # as the report merges a day's windows
+        merged.merge(kll_doubles_sketch.deserialize(ScoreStats.of(part).sketch.serialize()))
     assert merged.n == 1000
-    assert merged.mean == pytest.approx(values.mean(), rel=1e-12)
-    assert merged.std == pytest.approx(values.std(ddof=1), rel=1e-10)
-    assert (merged.min, merged.max) == (values.min(), values.max())
-    assert merged.quantiles()["p50"] == pytest.approx(np.median(values), abs=0.05 * values.std())
-    assert (merged.mean, merged.std) == pytest.approx((whole.mean, whole.std), rel=1e-12)
+    assert merged.get_quantile(0.5) == pytest.approx(np.median(values), abs=0.05 * values.std())
 
 
 def test_quantiles_are_exact_for_small_windows() -> None:
     values = np.random.default_rng(1).normal(size=150)
     expected = np.quantile(values, list(QUANTILES.values()), method="inverted_cdf")
-    np.testing.assert_array_equal(list(_stats(values).quantiles().values()), expected)
+    np.testing.assert_array_equal(list(ScoreStats.of(values).quantiles().values()), expected)
 
 
-def test_combine_fn_counts_rejections_and_keeps_empty_windows() -> None:
-    combine = WindowStatsFn(("gradnorm", "msp"))
-    first = combine.add_input(combine.create_accumulator(), {"gradnorm": 2.0, "msp": 0.5})
-    second = combine.add_input(combine.create_accumulator(), None)
-    second = combine.add_input(second, {"gradnorm": 4.0, "msp": 0.7})
-    merged = combine.extract_output(combine.merge_accumulators([first, second]))
-    rows = {row["score"]: row for row in window_rows("cam", merged, utc("2026-11-26T14:00:00Z"), "m@1")}
-    assert (rows["gradnorm"]["n"], rows["gradnorm"]["n_rejected"], rows["gradnorm"]["mean"]) == (2, 1, 3.0)
-    sketch = kll_doubles_sketch.deserialize(rows["msp"]["sketch"])
-    assert (sketch.n, sketch.get_min_value(), sketch.get_max_value()) == (2, 0.5, 0.7)
+def _window(scored: list[dict], rejected_segments: list[str | None]) -> dict[tuple, dict]:
+    scores = pa.Table.from_pylist(
+        scored, schema=pa.schema([("segment", pa.string()), ("gradnorm", pa.float64()), ("jpeg_quality", pa.float64())])
+    )
+    rejected = pa.Table.from_pylist([{"segment": segment} for segment in rejected_segments], schema=REJECTED_SCHEMA)
+    rows = window_rows(scores, rejected, ("gradnorm", "jpeg_quality"), utc("2026-11-26T14:00:00Z"), "m@1")
+    return {(row["segment"], row["score"]): row for row in rows}
 
-    empty = combine.add_input(combine.create_accumulator(), None)
-    row = next(window_rows("cam", empty, utc("2026-11-26T14:00:00Z"), "m@1"))
-    assert (row["n"], row["n_rejected"]) == (0, 1)
-    assert np.isnan([row["mean"], row["std"], row["min"], row["p50"]]).all()
+
+def test_window_rows_count_each_segments_images_and_rejections() -> None:
+    rows = _window(
+        [
+            {"segment": "cam-a", "gradnorm": 2.0, "jpeg_quality": 90.0},
+            {"segment": "cam-a", "gradnorm": 4.0, "jpeg_quality": math.nan},  # a PNG: no JPEG quality
+            {"segment": None, "gradnorm": 1.0, "jpeg_quality": 80.0},
+        ],
+        ["cam-a", "cam-b", "cam-b"],
+    )
+    assert sorted(rows, key=str) == sorted(
+        [(segment, score) for segment in ("cam-a", "cam-b", None) for score in ("gradnorm", "jpeg_quality")], key=str
+    )
+    gradnorm = rows[("cam-a", "gradnorm")]
+    assert (gradnorm["n"], gradnorm["n_rejected"], gradnorm["mean"], gradnorm["std"]) == (2, 1, 3.0, math.sqrt(2))
+    assert (gradnorm["min"], gradnorm["max"], gradnorm["p50"]) == (2.0, 4.0, 2.0)
+    assert (rows[("cam-a", "jpeg_quality")]["n"], rows[("cam-a", "jpeg_quality")]["mean"]) == (1, 90.0)
+    assert (rows[(None, "gradnorm")]["n"], rows[(None, "gradnorm")]["n_rejected"]) == (1, 0)
+    sketch = kll_doubles_sketch.deserialize(gradnorm["sketch"])
+    assert (sketch.n, sketch.get_min_value(), sketch.get_max_value()) == (2, 2.0, 4.0)
+
+    only_rejected = rows[("cam-b", "gradnorm")]
+    assert (only_rejected["n"], only_rejected["n_rejected"]) == (0, 2)
+    assert np.isnan([only_rejected[name] for name in ("mean", "std", "min", "max", "p50")]).all()
+    assert kll_doubles_sketch.deserialize(only_rejected["sketch"]).n == 0
 
 
 @pytest.mark.parametrize(
