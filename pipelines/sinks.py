@@ -95,16 +95,7 @@ class WriteTables(beam.PTransform):
             | "AllShards" >> beam.Flatten()
             | "ByWindow" >> beam.GroupByKey()
             | "WriteWindows"
-            >> beam.ParDo(
-                WritePartition(
-                    self._store,
-                    {table: self._schemas[table] for table in tables},
-                    self._derived,
-                    {table: self._schemas[table] for table in self._derived},
-                    self._part,
-                    self._replaces,
-                )
-            )
+            >> beam.ParDo(WritePartition(self._store, self._schemas, self._derived, self._part, self._replaces))
         )
 
 
@@ -153,37 +144,33 @@ class WritePartition(beam.DoFn):
         store: OutputStore,
         schemas: Mapping[str, pa.Schema],
         derived: Mapping[str, DerivedTable],
-        derived_schemas: Mapping[str, pa.Schema],
         part: str,
         replaces: tuple[str, ...] = (),
     ) -> None:
         self._store = store
         self._schemas = dict(schemas)
         self._derived = dict(derived)
-        self._derived_schemas = dict(derived_schemas)
+        self._staged = tuple(table for table in schemas if table not in derived)
         self._part = part
         self._replaces = replaces
-        self._rows_written = {
-            table: Metrics.counter("gradwatch", f"{table}_rows_written") for table in (*schemas, *derived)
-        }
+        self._rows_written = {table: Metrics.counter("gradwatch", f"{table}_rows_written") for table in schemas}
 
     def process(self, element: tuple[str, Iterable[tuple[str, str] | None]]) -> Iterator[str]:
         label, tagged = element
         shards: defaultdict[str, list[str]] = defaultdict(list)
         for table, path in (shard for shard in tagged if shard is not None):
             shards[table].append(path)
-        if label == window_label(None):
-            rejected = self._store.read_staged(sorted(shards[REJECTED]), self._schemas[REJECTED])
-            self._write(REJECTED, label, ordered(rejected))
-            return
+        unknown_time = label == window_label(None)
         rows = {
-            table: ordered(self._store.read_staged(sorted(shards[table]), schema))
-            for table, schema in self._schemas.items()
+            table: ordered(self._store.read_staged(sorted(shards[table]), self._schemas[table]))
+            for table in ((REJECTED,) if unknown_time else self._staged)
         }
         for table, table_rows in rows.items():
             self._write(table, label, table_rows)
+        if unknown_time:
+            return
         for table, derive in self._derived.items():
-            self._write(table, label, ordered(derive(label, rows).cast(self._derived_schemas[table])))
+            self._write(table, label, ordered(derive(label, rows).cast(self._schemas[table])))
         yield label
 
     def _write(self, table: str, label: str, rows: pa.Table) -> None:
