@@ -16,7 +16,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.read import SpreadListed
+from pipelines.read import SpreadListed, packed_refs, unpacked_refs
 from pipelines.records import ImageRef, Rejected
 from pipelines.sources import open_source
 from pipelines.sources.manifest import manifest_entries
@@ -136,3 +136,13 @@ def test_spread_refs_arrive_whole_and_once(count: int) -> None:
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         spread = pipeline | beam.Create([None]) | beam.FlatMap(lambda _: entries) | SpreadListed()
         assert_that(spread, equal_to(entries))
+
+
+def test_listed_refs_cross_the_shuffle_compressed() -> None:
+    """The local runner's launcher holds several copies of what the listing shuffles: pickled alone, a million
+    refs grew it 700 MB (bench/scale.py --parts plan)."""
+    batch = [ImageRef(f"/data/feed/camera-{index % 50:02d}/{index:07d}.jpg", utc(WHEN), f"cam-{index % 50:02d}")
+             for index in range(1024)]  # fmt: skip
+    packed = packed_refs(batch)
+    assert unpacked_refs(packed) == batch
+    assert len(packed) < 30 * len(batch)
