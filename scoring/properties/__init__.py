@@ -31,7 +31,7 @@ from scoring.jpeg import JpegHeader
 
 PropertyKind = Literal["input", "native"]
 # ITU-R BT.601 luma, as JPEG's YCbCr and Pillow's "L" mode weigh R, G and B.
-_LUMA = (0.299, 0.587, 0.114)
+LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class InputPixels:
     def luma(self) -> torch.Tensor:
         """(N, H, W) luma in [0, 1]."""
         red, green, blue = self.rgb.unbind(dim=1)
-        return _LUMA[0] * red + _LUMA[1] * green + _LUMA[2] * blue
+        # In place, one pass per channel: a matrix product over the channels costs twice as much on a CPU.
+        return (red * LUMA[0]).add_(green, alpha=LUMA[1]).add_(blue, alpha=LUMA[2])
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,22 @@ def native_properties(image: NativeImage) -> torch.Tensor:
     return torch.stack(on_device)
 
 
+def mean_and_variance(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's mean and variance (n - 1 in the denominator) of an (N, ...) tensor, as ``torch.var_mean`` gives
+    them to float rounding, at a twentieth of its cost on a CPU: the values centred, then one dot product. The input
+    properties took 1.8 ms an image on one thread with ``torch.var``, beside a forward pass of 3 ms on ONNX
+    Runtime's two (bench/scoring.py)."""
+    rows = values.reshape(len(values), -1)
+    means = rows.mean(dim=1)
+    centred = rows - means[:, None]
+    return means, torch.linalg.vecdot(centred, centred) / max(rows.shape[1] - 1, 1)
+
+
 def grey(pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """(H, W, 3) uint8 pixels as (H, W) float32 luma in [0, 1], a NumPy array or a tensor as given."""
     if isinstance(pixels, np.ndarray):
-        return (pixels.astype(np.float32) @ np.asarray(_LUMA, np.float32)) / 255.0
-    weights = torch.tensor(_LUMA, dtype=torch.float32, device=pixels.device)
+        return (pixels.astype(np.float32) @ np.asarray(LUMA, np.float32)) / 255.0
+    weights = torch.tensor(LUMA, dtype=torch.float32, device=pixels.device)
     return (pixels.float() @ weights) / 255.0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from scoring.properties import InputPixels, register_property
+from scoring.properties import InputPixels, mean_and_variance, register_property
 
 
 @register_property("colourfulness", kind="input")
@@ -13,6 +13,6 @@ def colourfulness(pixels: InputPixels) -> torch.Tensor:
     """sqrt(var(rg) + var(yb)) + 0.3·sqrt(mean(rg)² + mean(yb)²) of the opponent channels rg = R - G and
     yb = (R + G)/2 - B, on [0, 1] pixels (the paper's 0-255 values are 255 times these)."""
     red, green, blue = pixels.rgb.unbind(dim=1)
-    rg_variance, rg_mean = torch.var_mean(red - green, dim=(1, 2))
-    yb_variance, yb_mean = torch.var_mean((red + green) / 2 - blue, dim=(1, 2))
+    rg_mean, rg_variance = mean_and_variance(red - green)
+    yb_mean, yb_variance = mean_and_variance((red + green).mul_(0.5).sub_(blue))
     return torch.sqrt(rg_variance + yb_variance) + 0.3 * torch.sqrt(rg_mean**2 + yb_mean**2)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from scoring.properties import InputPixels, register_property
+from scoring.properties import InputPixels, mean_and_variance, register_property
 
 # On white noise of deviation s, Immerkær's mask (the outer product of two second differences, [1 -2 1]) responds
 # with mean absolute value s·6·sqrt(2/pi), while image structure, smooth at that scale, leaves it near zero
@@ -15,9 +15,12 @@ _IMMERKAER_TO_SIGMA = math.sqrt(math.pi / 2) / 6
 
 
 def _second_difference(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """x[i-1] - 2 x[i] + x[i+1] along ``dim``, inside the borders: slices, 4x faster than a convolution on a CPU."""
+    """x[i-1] - 2 x[i] + x[i+1] along ``dim``, inside the borders: slices, 4x faster than a convolution on a CPU,
+    in two passes over the pixels."""
     size = values.shape[dim]
-    return values.narrow(dim, 0, size - 2) - 2 * values.narrow(dim, 1, size - 2) + values.narrow(dim, 2, size - 2)
+    return (values.narrow(dim, 0, size - 2) + values.narrow(dim, 2, size - 2)).sub_(
+        values.narrow(dim, 1, size - 2), alpha=2
+    )
 
 
 @register_property("sharpness", kind="input")
@@ -26,7 +29,7 @@ def sharpness(pixels: InputPixels) -> torch.Tensor:
     with defocus, motion blur, fog and upscaling."""
     across = _second_difference(pixels.luma, 2)[:, 1:-1]
     down = _second_difference(pixels.luma, 1)[:, :, 1:-1]
-    return (across + down).var(dim=(1, 2))
+    return mean_and_variance(across + down)[1]
 
 
 @register_property("noise", kind="input")

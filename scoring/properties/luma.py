@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scoring.properties import InputPixels, register_property
+from scoring.properties import InputPixels, mean_and_variance, register_property
 
 
 @register_property("brightness", kind="input")
@@ -16,4 +16,4 @@ def brightness(pixels: InputPixels) -> torch.Tensor:
 @register_property("contrast", kind="input")
 def contrast(pixels: InputPixels) -> torch.Tensor:
     """Standard deviation of luma (RMS contrast) in [0, 0.5]."""
-    return pixels.luma.std(dim=(1, 2))
+    return mean_and_variance(pixels.luma)[1].sqrt()

@@ -16,6 +16,7 @@ from PIL import Image
 from flows.cli_options import scoring_parent, scoring_settings
 from scoring import DEFAULT_MODEL, GradwatchError, ScoringSettings, load_model, load_scorer
 from scoring.onnx_backend import BackendUnavailableError, cached_export_path, network_threads, select_forward
+from scoring.properties import registered_properties
 from tests.scoring.tiny_models import TinyClassifier
 
 TINY = "tests.scoring.tiny_models:build"
@@ -116,7 +117,10 @@ def test_tiny_model_scores_as_torch_does(cache_dir: Path) -> None:
     images = encoded_images(9)
     sources = [f"image-{index}.jpg" for index in range(len(images))]
     batch = torch.stack([on_torch.preprocess(image) for image in images])
-    assert_scores_agree(on_torch.score(batch), on_onnx.score(batch), on_torch.score_names)
+    torch_scores, onnx_scores = on_torch.score(batch), on_onnx.score(batch)
+    assert_scores_agree(torch_scores, onnx_scores, on_torch.score_names)
+    for name in registered_properties("input"):  # measured beside the network on onnxruntime, after it on torch
+        np.testing.assert_allclose(onnx_scores[name], torch_scores[name], rtol=1e-6, err_msg=name)
     torch_encoded = as_columns(on_torch.score_encoded(images, sources=sources))
     assert_scores_agree(torch_encoded, as_columns(on_onnx.score_encoded(images, sources=sources)), on_torch.score_names)
     assert [path.suffix for path in (cache_dir / "onnx").iterdir()] == [".onnx"]

@@ -13,7 +13,14 @@ from skimage import data as skimage_data
 
 from scoring import Scorer
 from scoring.jpeg import read_jpeg_header
-from scoring.properties import InputPixels, NativeImage, native_crop, native_properties, registered_properties
+from scoring.properties import (
+    InputPixels,
+    NativeImage,
+    input_properties,
+    native_crop,
+    native_properties,
+    registered_properties,
+)
 
 PHOTO = Image.fromarray(skimage_data.astronaut())  # 512 x 512
 
@@ -65,6 +72,35 @@ def test_sharpness_falls_with_blur_and_noise_measures_added_noise() -> None:
         expected = sigma * math.sqrt(0.299**2 + 0.587**2 + 0.114**2)
         assert float(registered_properties()["noise"].compute(pixels)[0]) == pytest.approx(expected, rel=0.05)
     assert _value("noise", PHOTO) < 0.02  # a clean photo: its structure barely leaks into the estimate
+
+
+def test_input_properties_equal_their_definitions() -> None:
+    """Moments come from each image's channel covariance and variances from dot products, for speed: they must give
+    what the definitions do, on a flat image, a dark one, one whose variance is far below its mean's square, and a
+    nearly grey one (channel covariances in float32 had its colourfulness wrong in the fifth digit)."""
+    rgb = torch.rand((5, 3, 64, 48), generator=torch.Generator().manual_seed(0))
+    rgb[1], rgb[2] = 0.5, 0.0
+    rgb[3] = rgb[3] * 0.01 + 0.9
+    rgb[4] = rgb[4, :1] + rgb[4] * 1e-3  # nearly grey: channels that differ by far less than they vary
+    red, green, blue = rgb.unbind(dim=1)
+    luma = 0.299 * red + 0.587 * green + 0.114 * blue
+    rg_variance, rg_mean = torch.var_mean(red - green, dim=(1, 2))
+    yb_variance, yb_mean = torch.var_mean((red + green) / 2 - blue, dim=(1, 2))
+    laplacian = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3)
+    immerkaer = torch.tensor([[1.0, -2, 1], [-2, 4, -2], [1, -2, 1]]).view(1, 1, 3, 3)
+    expected = {
+        "brightness": luma.mean(dim=(1, 2)),
+        "contrast": luma.std(dim=(1, 2)),
+        "colourfulness": torch.sqrt(rg_variance + yb_variance) + 0.3 * torch.sqrt(rg_mean**2 + yb_mean**2),
+        "sharpness": torch.nn.functional.conv2d(luma[:, None], laplacian).var(dim=(1, 2, 3)),
+        "noise": torch.nn.functional.conv2d(luma[:, None], immerkaer).abs().mean(dim=(1, 2, 3))
+        * math.sqrt(math.pi / 2)
+        / 6,
+    }
+    measured = input_properties(rgb)
+    for name, values in expected.items():
+        torch.testing.assert_close(measured[name], values.float(), rtol=1e-4, atol=1e-7, msg=name)
+    assert [float(measured["contrast"][index]) for index in (1, 2)] == [0.0, 0.0]  # not the root of a rounding below 0
 
 
 def test_native_properties_read_the_encoding_and_the_size() -> None:
