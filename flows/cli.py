@@ -193,17 +193,11 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
 
 
 def _images_to_list(config: ScoringConfig) -> int:
-    """About the images the run will list, for the bar's total: SOURCE's entries in the run's time range or of a
-    time only the read step looks up (the pipeline also counts those rejected for an implausible time)."""
+    """About the images the run will list, for the bar's total (the pipeline also counts those rejected for an
+    implausible time)."""
     from pipelines.sources import open_source
 
-    since, until = config.aligned_range()
-    return sum(
-        1
-        for entry in open_source(config.source).list()
-        if entry.event_time is None
-        or ((since is None or entry.event_time >= since) and (until is None or entry.event_time < until))
-    )
+    return open_source(config.source).count_listed(*config.aligned_range())
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ module here is imported with the package.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import importlib
 import os
@@ -63,6 +64,11 @@ class Source(ABC):
     def list(self) -> Iterator[ImageRef | Rejected]:
         """Every image in one process, event times resolved where they can be; for planning, not for scoring."""
 
+    def count_listed(self, since: dt.datetime | None, until: dt.datetime | None) -> int:
+        """About how many images the pipeline will count as listed in [since, until), those of unknown time
+        included: a progress bar's total."""
+        return sum(1 for entry in self.list() if in_time_range(entry, since, until))
+
     @abstractmethod
     def listing(self) -> beam.PTransform:
         """A transform from the pipeline's start to a PCollection of ``ImageRef | Rejected``, spread over workers.
@@ -90,6 +96,12 @@ class Source(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+
+def in_time_range(entry: ImageRef | Rejected, since: dt.datetime | None, until: dt.datetime | None) -> bool:
+    """Whether a listed entry is in [since, until); one of unknown time is, as the read step counts it."""
+    time = entry.event_time
+    return time is None or ((since is None or time >= since) and (until is None or time < until))
 
 
 _KINDS: list[type[Source]] = []

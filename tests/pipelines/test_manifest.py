@@ -129,6 +129,42 @@ def test_a_manifest_of_many_rows_is_listed_in_bounded_memory(tmp_path: Path) -> 
     assert peak < 250 * rows  # the rows kept as refs would add over 400 bytes each
 
 
+def test_the_bars_count_is_what_the_listing_gives_in_the_range(tmp_path: Path) -> None:
+    (tmp_path / "untimed.png").write_bytes(b"x")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "uri,event_time\n"
+        f"a.png,{WHEN}\n"
+        f"a.png,{WHEN}\n"  # a duplicate: a rejection of the same time
+        "b.png,2026-11-26T15:00:00Z\n"  # after the range
+        "c.png,yesterday\n"  # no usable time: counted, as the read step counts it
+        ",2026-11-26T13:10:00Z\n"  # no uri, in the range
+    )
+    source = open_source(str(manifest))
+    since, until = utc("2026-11-26T13:00:00Z"), utc("2026-11-26T14:00:00Z")
+    listed = [entry for entry in source.list() if entry.event_time is None or since <= entry.event_time < until]
+    assert source.count_listed(since, until) == len(listed) == 4
+    assert source.count_listed(None, None) == 5
+
+
+def test_the_bars_count_holds_nothing_per_row(tmp_path: Path) -> None:
+    """The count runs beside the pipeline on the launcher: the duplicate check's 150 bytes a row would add to the
+    launcher's peak what the listing already holds on a worker."""
+    manifest, rows = tmp_path / "m.csv", 100_000
+    with manifest.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["uri", "event_time", "segment"])
+        writer.writerows([f"/feed/{row // 1000}/{row}.jpg", WHEN, f"cam-{row % 50}"] for row in range(rows))
+    tracemalloc.start()
+    try:
+        counted = open_source(str(manifest)).count_listed(None, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert counted == rows
+    assert peak < 10 * rows
+
+
 @pytest.mark.parametrize("count", [0, 1, 10, 3000])
 def test_spread_refs_arrive_whole_and_once(count: int) -> None:
     refs = [ImageRef(f"/feed/{index}.jpg", utc(WHEN), "s") for index in range(count)]
