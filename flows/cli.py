@@ -166,6 +166,10 @@ def _score(args: argparse.Namespace) -> int:
     return 0 if summary.reconciled else 1
 
 
+# rich redraws a live bar 10 times a second.
+_PROGRESS_POLL_S = 0.1
+
+
 def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
     """Run the pipeline in a thread while a live count of finished images shows (local runners)."""
     from pipelines.pipeline import count_progress, run_scoring
@@ -182,13 +186,15 @@ def _run_with_progress(config: ScoringConfig, console: Console) -> RunSummary:
             counting = pool.submit(_images_to_list, config) if config.progress_dir else None
             while not running.done():
                 if counting is not None and counting.done() and counting.exception() is None:
-                    progress.update(task, total=counting.result())
+                    progress.update(task, total=counting.result(), refresh=True)
                     counting = None
                 if config.progress_dir:
                     progress.update(task, completed=count_progress(config.progress_dir))
-                time.sleep(0.5)
+                # As often as the bar redraws: a run of a few images in a warm process ends within half a second,
+                # and polled at that, its bar never showed the total (CI's test_cli caught it).
+                time.sleep(_PROGRESS_POLL_S)
             summary = running.result()
-        progress.update(task, completed=summary.listed)
+        progress.update(task, total=summary.listed, completed=summary.listed)
     return summary
 
 

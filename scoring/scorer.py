@@ -152,7 +152,7 @@ class Scorer:
         self._device_pool: ThreadPoolExecutor | None = None
         self._properties_thread: ThreadPoolExecutor | None = None
         self._decode_pool_lock = threading.Lock()
-        self._overlaps = self._backend == "onnxruntime"
+        self._properties_beside_network = self._backend == "onnxruntime"
 
     @property
     def model(self) -> nn.Module:
@@ -325,7 +325,9 @@ class Scorer:
             # ONNX Runtime runs the network on threads of its own, without the GIL: the properties are measured on
             # torch's thread meanwhile, which took EfficientNet-Lite0's scoring from 0.92 of the bare forward pass
             # to 0.95 on 2 cores (bench/scoring.py).
-            measuring = self._properties_pool().submit(self._input_properties, chunks) if self._overlaps else None
+            measuring = None
+            if self._properties_beside_network:
+                measuring = self._properties_pool().submit(self._input_properties, chunks)
             heads = [self._forward(chunk) for chunk in chunks]
             finite = None
             if self.settings.precision != "fp32":

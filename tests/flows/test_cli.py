@@ -344,14 +344,21 @@ def test_scores_progress_counts_up_to_the_images_source_lists(tmp_path: Path) ->
     from pipelines.pipeline import ScoringConfig
     from scoring import ScoringSettings
 
-    folder = _folder(tmp_path)
-    (tmp_path / "progress").mkdir()
-    config = ScoringConfig(
-        source=str(folder), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY),
-        progress_dir=str(tmp_path / "progress"),
-    )  # fmt: skip
+    (tmp_path / "feed").mkdir()
+    folder = _folder(tmp_path / "feed")
+
+    def config(progress: str) -> ScoringConfig:
+        (tmp_path / progress).mkdir()
+        return ScoringConfig(
+            source=str(folder), out=str(tmp_path / "out"), scoring=ScoringSettings(model=TINY),
+            progress_dir=str(tmp_path / progress),
+        )  # fmt: skip
+
+    # A warm process, as in a whole test session: the model loaded and exported once, the run over in under half a
+    # second, which once ended before the bar polled the count.
+    _run_with_progress(config("warm-up"), Console(file=io.StringIO(), force_terminal=True, width=120))
     shown = io.StringIO()
-    summary = _run_with_progress(config, Console(file=shown, force_terminal=True, width=120))
+    summary = _run_with_progress(config("progress"), Console(file=shown, force_terminal=True, width=120))
     bars = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.getvalue())
     # The total is counted beside the pipeline, and the bar shows it before the run ends.
     assert summary.listed == 5  # three frames, an empty file and a text file; hidden files are not listed
