@@ -112,13 +112,18 @@ def test_json_lines_that_are_not_objects_are_rows_rejected_by_number(tmp_path: P
     assert valid == ImageRef(str(tmp_path / "a.png"), utc(WHEN), "s")
 
 
-def test_a_manifest_of_many_rows_is_listed_in_bounded_memory(tmp_path: Path) -> None:
-    """Streamed: what listing holds is its duplicate check, about 150 bytes a row, not the rows read."""
-    manifest, rows = tmp_path / "m.csv", 100_000
+def _write_feed_manifest(manifest: Path, rows: int) -> None:
+    """A production-sized manifest: distinct images over folders and 50 segments, all at one time."""
     with manifest.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["uri", "event_time", "segment"])
         writer.writerows([f"/feed/{row // 1000}/{row}.jpg", WHEN, f"cam-{row % 50}"] for row in range(rows))
+
+
+def test_a_manifest_of_many_rows_is_listed_in_bounded_memory(tmp_path: Path) -> None:
+    """Streamed: what listing holds is its duplicate check, about 150 bytes a row, not the rows read."""
+    manifest, rows = tmp_path / "m.csv", 100_000
+    _write_feed_manifest(manifest, rows)
     tracemalloc.start()
     try:
         listed = sum(isinstance(entry, ImageRef) for entry in open_source(str(manifest)).list())
@@ -130,7 +135,6 @@ def test_a_manifest_of_many_rows_is_listed_in_bounded_memory(tmp_path: Path) -> 
 
 
 def test_the_bars_count_is_what_the_listing_gives_in_the_range(tmp_path: Path) -> None:
-    (tmp_path / "untimed.png").write_bytes(b"x")
     manifest = tmp_path / "m.csv"
     manifest.write_text(
         "uri,event_time\n"
@@ -151,10 +155,7 @@ def test_the_bars_count_holds_nothing_per_row(tmp_path: Path) -> None:
     """The count runs beside the pipeline on the launcher: the duplicate check's 150 bytes a row would add to the
     launcher's peak what the listing already holds on a worker."""
     manifest, rows = tmp_path / "m.csv", 100_000
-    with manifest.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["uri", "event_time", "segment"])
-        writer.writerows([f"/feed/{row // 1000}/{row}.jpg", WHEN, f"cam-{row % 50}"] for row in range(rows))
+    _write_feed_manifest(manifest, rows)
     tracemalloc.start()
     try:
         counted = open_source(str(manifest)).count_listed(None, None)
