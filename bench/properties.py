@@ -69,7 +69,9 @@ def main() -> None:
     )
     with torch.inference_mode():
         inputs = best_milliseconds(
-            lambda: [input_properties(preprocessing.to_unit_pixels(batch)) for batch in batches], count, repeat
+            lambda: [input_properties(batch, scale=preprocessing.std, shift=preprocessing.mean) for batch in batches],
+            count,
+            repeat,
         )
     scoring = best_milliseconds(lambda: [scorer.score(batch) for batch in batches], count, repeat) - inputs
     print(f"{count} images from {args.images}, {args.model}, CPU ({torch.get_num_threads()} threads), ms per image:")

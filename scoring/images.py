@@ -179,11 +179,6 @@ class Preprocessing:
         normalised = torch.empty((count, 3, self.crop, self.crop), device=device)
         return torch.addcmul(shift, resampled, scale, out=normalised)
 
-    def to_unit_pixels(self, batch: torch.Tensor) -> torch.Tensor:
-        """A normalised batch (N, 3, H, W) back to pixels in [0, 1], float32, on its device: what the model saw."""
-        scale, shift = _unnormalisation(tuple(self.mean), tuple(self.std), batch.device)
-        return (batch.float() * scale).add_(shift).clamp_(0, 1)  # addcmul broadcasts 5 times slower on a CPU
-
     def _check_torch_interpolation(self) -> None:
         if self.interpolation not in TORCH_INTERPOLATIONS:
             raise ValueError(
@@ -271,17 +266,6 @@ def _normalisation(
     mean_tensor = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
     scale, shift = 1 / (255 * std_tensor), -mean_tensor / std_tensor
     return scale.float().to(device), shift.float().to(device)
-
-
-@functools.cache
-def _unnormalisation(
-    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and shift that take normalised inputs back to pixels in [0, 1] in one multiply-add: std and mean."""
-    return (
-        torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1),
-        torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
-    )
 
 
 @dataclass(frozen=True)

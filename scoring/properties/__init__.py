@@ -19,9 +19,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -30,22 +30,68 @@ from PIL import Image
 from scoring.jpeg import JpegHeader
 
 PropertyKind = Literal["input", "native"]
+Shared = TypeVar("Shared")
 # ITU-R BT.601 luma, as JPEG's YCbCr and Pillow's "L" mode weigh R, G and B.
 LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
 class InputPixels:
-    """A batch of model inputs as pixels again: (N, 3, H, W) in [0, 1], on the scoring device, float32."""
+    """A batch of model inputs, (N, 3, H, W) float32 on the scoring device, whose pixels in [0, 1] are
+    ``values * scale + shift`` per channel: a normalised batch with its normalisation's std and mean, or pixels as
+    they are (scale 1, shift 0).
 
-    rgb: torch.Tensor
+    Properties read the normalised values through :attr:`luma` and :meth:`mix_mean_and_variance`, which fold the
+    normalisation into their own arithmetic, and what several of them read is computed once a batch
+    (:meth:`shared`): with the batch un-normalised first and nothing shared, the input properties took 192 µs an
+    image on one CPU thread, against 168 so (EfficientNet-Lite0's inputs, alternating processes).
+    """
+
+    values: torch.Tensor
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def luma(self) -> torch.Tensor:
         """(N, H, W) luma in [0, 1]."""
-        red, green, blue = self.rgb.unbind(dim=1)
+        red, green, blue = self.values.unbind(dim=1)
+        gains = [weight * scale for weight, scale in zip(LUMA, self.scale, strict=True)]
+        offset = sum(weight * shift for weight, shift in zip(LUMA, self.shift, strict=True))
         # In place, one pass per channel: a matrix product over the channels costs twice as much on a CPU.
-        return (red * LUMA[0]).add_(green, alpha=LUMA[1]).add_(blue, alpha=LUMA[2])
+        return (red * gains[0]).add_(green, alpha=gains[1]).add_(blue, alpha=gains[2]).add_(offset)
+
+    def mix_mean_and_variance(self, weights: tuple[float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's mean and variance of the channel mix sum_c weights[c] * pixels[c], computed on the
+        normalised values: the mix's normalisation only rescales and shifts its moments."""
+        mixed, gain, offset = self._mix(weights)
+        mean, variance = mean_and_variance(mixed)
+        return mean * gain + offset, variance * gain**2
+
+    def shared(self, name: str, compute: Callable[[], Shared]) -> Shared:
+        """``compute()``, once per batch under ``name``, for what several properties read (luma's moments, one of
+        its differences). What it returns is shared: read it, never change it in place."""
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
+
+    def _mix(self, weights: tuple[float, float, float]) -> tuple[torch.Tensor, float, float]:
+        """(mixed, gain, offset) with sum_c weights[c] * pixels[c] = mixed * gain + offset: the normalised channels
+        mixed relative to the first one used, one pass per other channel. A mix of one channel is a view of
+        :attr:`values`."""
+        gains = [weight * scale for weight, scale in zip(weights, self.scale, strict=True)]
+        offset = sum(weight * shift for weight, shift in zip(weights, self.shift, strict=True))
+        used = [channel for channel, gain in enumerate(gains) if gain != 0]
+        if not used:
+            raise ValueError(f"a channel mix needs a non-zero weight, got {weights}")
+        first, *others = used
+        channels = self.values.unbind(dim=1)
+        if not others:
+            return channels[first], gains[first], offset
+        mixed = torch.add(channels[first], channels[others[0]], alpha=gains[others[0]] / gains[first])
+        for channel in others[1:]:
+            mixed.add_(channels[channel], alpha=gains[channel] / gains[first])
+        return mixed, gains[first], offset
 
 
 @dataclass(frozen=True)
@@ -116,9 +162,15 @@ def registered_properties(kind: PropertyKind | None = None) -> dict[str, ImagePr
     return {name: prop for name, prop in _REGISTRY.items() if kind is None or prop.kind == kind}
 
 
-def input_properties(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every input property of a batch of model inputs as pixels, (N, 3, H, W) in [0, 1], on its device."""
-    pixels = InputPixels(rgb)
+def input_properties(
+    values: torch.Tensor,
+    *,
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> dict[str, torch.Tensor]:
+    """Every input property of a batch of model inputs, (N, 3, H, W) on its device, whose pixels in [0, 1] are
+    ``values * scale + shift`` (a normalised batch with its std and mean; by default pixels as they are)."""
+    pixels = InputPixels(values.float(), scale, shift)
     return {name: prop.compute(pixels).float() for name, prop in registered_properties("input").items()}
 
 

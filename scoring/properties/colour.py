@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from scoring.properties import InputPixels, mean_and_variance, register_property
+from scoring.properties import InputPixels, register_property
 
 
 @register_property("colourfulness", kind="input")
 def colourfulness(pixels: InputPixels) -> torch.Tensor:
     """sqrt(var(rg) + var(yb)) + 0.3·sqrt(mean(rg)² + mean(yb)²) of the opponent channels rg = R - G and
     yb = (R + G)/2 - B, on [0, 1] pixels (the paper's 0-255 values are 255 times these)."""
-    red, green, blue = pixels.rgb.unbind(dim=1)
-    rg_mean, rg_variance = mean_and_variance(red - green)
-    yb_mean, yb_variance = mean_and_variance((red + green).mul_(0.5).sub_(blue))
+    rg_mean, rg_variance = pixels.mix_mean_and_variance((1.0, -1.0, 0.0))
+    yb_mean, yb_variance = pixels.mix_mean_and_variance((0.5, 0.5, -1.0))
     return torch.sqrt(rg_variance + yb_variance) + 0.3 * torch.sqrt(rg_mean**2 + yb_mean**2)

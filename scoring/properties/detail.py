@@ -28,12 +28,16 @@ def sharpness(pixels: InputPixels) -> torch.Tensor:
     """Variance of the 4-neighbour Laplacian of luma, the usual focus measure (Pech-Pacheco et al., 2000): falls
     with defocus, motion blur, fog and upscaling."""
     across = _second_difference(pixels.luma, 2)[:, 1:-1]
-    down = _second_difference(pixels.luma, 1)[:, :, 1:-1]
-    return mean_and_variance(across + down)[1]
+    return mean_and_variance(across + _down(pixels)[:, :, 1:-1])[1]
 
 
 @register_property("noise", kind="input")
 def noise(pixels: InputPixels) -> torch.Tensor:
     """Estimated deviation of additive noise in luma, on the [0, 1] scale."""
-    response = _second_difference(_second_difference(pixels.luma, 1), 2)
-    return response.abs().mean(dim=(1, 2)) * _IMMERKAER_TO_SIGMA
+    response = _second_difference(_down(pixels), 2)
+    return response.abs_().mean(dim=(1, 2)) * _IMMERKAER_TO_SIGMA
+
+
+def _down(pixels: InputPixels) -> torch.Tensor:
+    """Luma's second difference down the columns, which sharpness and noise both read."""
+    return pixels.shared("luma_second_difference_down", lambda: _second_difference(pixels.luma, 1))
