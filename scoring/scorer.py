@@ -150,9 +150,9 @@ class Scorer:
         self._decode_threads = decode_threads
         self._decode_pool: ThreadPoolExecutor | None = None
         self._device_pool: ThreadPoolExecutor | None = None
-        self._properties_thread: ThreadPoolExecutor | None = None
+        self._properties_threads: ThreadPoolExecutor | None = None
         self._decode_pool_lock = threading.Lock()
-        self._properties_beside_network = self._backend == "onnxruntime"
+        self._properties_after_network = self._backend == "onnxruntime"
 
     @property
     def model(self) -> nn.Module:
@@ -322,21 +322,24 @@ class Scorer:
         batch = batch.to(self.device, non_blocking=True, memory_format=self._memory_format)
         with torch.inference_mode():
             chunks = batch.split(self.forward_chunk or len(batch))
-            # ONNX Runtime runs the network on threads of its own, without the GIL: the properties are measured on
-            # torch's thread meanwhile. On 2 cores, in alternating rounds, EfficientNet-Lite0's score() went from
-            # 0.91 of the bare forward pass to 0.94; score_encoded, whose decoding threads share the cores, is
-            # unchanged (1.00).
-            measuring = None
-            if self._properties_beside_network:
-                measuring = self._properties_pool().submit(self._input_properties, chunks)
             heads = [self._forward(chunk) for chunk in chunks]
+            # After the network: ONNX Runtime's threads need every core (a thread measuring beside them slowed
+            # them by as much as it measured), and once they are done the properties' threads and this one share
+            # the chunks, the scores computed here meanwhile. On 2 cores, in two runs of 40 back-to-back turns,
+            # EfficientNet-Lite0's score() ran at 0.93-0.94 of the bare forward pass so, 0.91-0.93 with every
+            # chunk measured on this thread.
+            measuring = None
+            if self._properties_after_network:
+                pool = self._properties_pool()
+                measuring = [pool.submit(self._chunk_properties, chunk) for chunk in chunks]
+            head_columns = self._columns(heads)
             finite = None
             if self.settings.precision != "fp32":
                 # fp16 tops out at 65504: an activation past it is inf, and that image's scores would be nan.
                 # Checked once the device is done, so the check costs no wait.
                 finite = torch.stack([torch.isfinite(f).all() & torch.isfinite(z).all() for f, z in heads])
                 finite = finite.to("cpu", non_blocking=True)
-            properties = measuring.result() if measuring is not None else self._input_properties(chunks)
+            properties = self._input_properties(chunks, measuring)
             native_names = registered_properties("native")
             if natives is None:
                 natives = torch.full((len(batch), len(native_names)), torch.nan, device=batch.device)
@@ -344,8 +347,7 @@ class Scorer:
             properties = {name: column.double() for name, column in properties.items()}
             # Non-blocking copies to the host land in page-locked memory; _collect waits for them.
             columns = {
-                name: column.to("cpu", non_blocking=True)
-                for name, column in {**self._columns(heads), **properties}.items()
+                name: column.to("cpu", non_blocking=True) for name, column in {**head_columns, **properties}.items()
             }
         done = None
         if self.device.type == "cuda":
@@ -353,12 +355,28 @@ class Scorer:
             done.record(torch.cuda.current_stream(self.device))
         return _Queued(chunks, heads, finite, columns, done)
 
-    def _input_properties(self, chunks: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        """The input properties of a batch's forward chunks. A chunk at a time: on a CPU its pixels then stay in
-        cache through every property's passes."""
+    def _input_properties(
+        self, chunks: tuple[torch.Tensor, ...], measuring: list[Future] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The input properties of a batch's forward chunks, a chunk at a time: on a CPU its pixels then stay in
+        cache through every property's passes. ``measuring`` holds each chunk's submitted to the properties'
+        threads: those they have not started are measured here."""
+        if measuring is None:
+            measured = [self._chunk_properties(chunk) for chunk in chunks]
+        else:
+            # From the last chunk back, while the properties' threads go on from the first.
+            stolen = {
+                index: self._chunk_properties(chunks[index])
+                for index in reversed(range(len(chunks)))
+                if measuring[index].cancel()
+            }
+            measured = [stolen[index] if index in stolen else measuring[index].result() for index in range(len(chunks))]
+        return {name: torch.cat([values[name] for values in measured]) for name in measured[0]}
+
+    def _chunk_properties(self, chunk: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():  # per thread: this may run on the properties' own
-            measured = [input_properties(self.preprocessing.to_unit_pixels(chunk)) for chunk in chunks]
-            return {name: torch.cat([values[name] for values in measured]) for name in measured[0]}
+            # Measured on the normalised chunk, whose normalisation the properties fold into their arithmetic.
+            return input_properties(chunk, scale=tuple(self.preprocessing.std), shift=tuple(self.preprocessing.mean))
 
     def _collect(self, queued: _Queued) -> dict[str, np.ndarray]:
         if queued.done is not None:
@@ -508,9 +526,12 @@ class Scorer:
 
     def _properties_pool(self) -> ThreadPoolExecutor:
         with self._decode_pool_lock:
-            if self._properties_thread is None:
-                self._properties_thread = ThreadPoolExecutor(1, thread_name_prefix="gradwatch-properties")
-            return self._properties_thread
+            if self._properties_threads is None:
+                # The cores ONNX Runtime had, this thread being one of them.
+                self._properties_threads = ThreadPoolExecutor(
+                    max(network_threads() - 1, 1), thread_name_prefix="gradwatch-properties"
+                )
+            return self._properties_threads
 
     def _device_decode_pool(self) -> ThreadPoolExecutor:
         with self._decode_pool_lock:

@@ -119,7 +119,8 @@ def test_tiny_model_scores_as_torch_does(cache_dir: Path) -> None:
     batch = torch.stack([on_torch.preprocess(image) for image in images])
     torch_scores, onnx_scores = on_torch.score(batch), on_onnx.score(batch)
     assert_scores_agree(torch_scores, onnx_scores, on_torch.score_names)
-    for name in registered_properties("input"):  # measured beside the network on onnxruntime, after it on torch
+    # Measured a chunk at a time on the properties' threads and this one on onnxruntime, on this one on torch.
+    for name in registered_properties("input"):
         np.testing.assert_allclose(onnx_scores[name], torch_scores[name], rtol=1e-6, err_msg=name)
     torch_encoded = as_columns(on_torch.score_encoded(images, sources=sources))
     assert_scores_agree(torch_encoded, as_columns(on_onnx.score_encoded(images, sources=sources)), on_torch.score_names)
