@@ -4,8 +4,9 @@ Usage: python bench/properties.py [--images DIR] [--count 256] [--repeat 3] [--m
 
 Per image, best of --repeat passes, one step at a time on one thread: host decoding and preprocessing, the native
 properties (measured at decode, on the image's own resolution), the input properties (measured on the model's input
-batch, 32 at a time), and a forward pass with the scores. What they cost together, where the pipeline's decoding
-threads run beside the forward pass, is bench/pipeline.py's "with image properties / without".
+batches of 32 a forward chunk at a time, as the scorer measures them), and a forward pass with the scores. What they
+cost together, where the pipeline's decoding threads run beside the forward pass, is bench/pipeline.py's "with image
+properties / without".
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ def main() -> None:
     )
     with torch.inference_mode():
         inputs = best_milliseconds(
-            lambda: [input_properties(batch, scale=preprocessing.std, shift=preprocessing.mean) for batch in batches],
+            lambda: [
+                input_properties(chunk, scale=preprocessing.std, shift=preprocessing.mean)
+                for batch in batches
+                for chunk in batch.split(scorer.forward_chunk or len(batch))
+            ],
             count,
             repeat,
         )

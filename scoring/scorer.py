@@ -323,11 +323,11 @@ class Scorer:
         with torch.inference_mode():
             chunks = batch.split(self.forward_chunk or len(batch))
             heads = [self._forward(chunk) for chunk in chunks]
-            # After the network: ONNX Runtime's threads need every core (a thread measuring beside them slowed
-            # them by as much as it measured), and once they are done the properties' threads and this one share
-            # the chunks, the scores computed here meanwhile. On 2 cores, in two runs of 40 back-to-back turns,
+            # After the network, which then has every core: a thread measuring beside ONNX Runtime's slowed them by
+            # about as much as it measured. Once they are done, the properties' threads and this one share the
+            # chunks, the scores computed here meanwhile. On 2 cores, in two runs of 40 back-to-back turns,
             # EfficientNet-Lite0's score() ran at 0.93-0.94 of the bare forward pass so, 0.91-0.93 with every
-            # chunk measured on this thread.
+            # chunk measured on this thread, and 0.93-0.95 measuring beside the network.
             measuring = None
             if self._properties_after_network:
                 pool = self._properties_pool()
