@@ -323,23 +323,29 @@ class Scorer:
         with torch.inference_mode():
             chunks = batch.split(self.forward_chunk or len(batch))
             heads = [self._forward(chunk) for chunk in chunks]
-            # After the network, which then has every core: a thread measuring beside ONNX Runtime's slowed them by
-            # about as much as it measured. Once they are done, the properties' threads and this one share the
-            # chunks, the scores computed here meanwhile. On 2 cores, in two runs of 40 back-to-back turns,
-            # EfficientNet-Lite0's score() ran at 0.93-0.94 of the bare forward pass so, 0.91-0.93 with every
-            # chunk measured on this thread, and 0.93-0.95 measuring beside the network.
+            # After the network, which then has every core, the properties' threads and this one share the chunks,
+            # the scores computed here meanwhile. On 2 cores, in two runs of 40 back-to-back turns,
+            # EfficientNet-Lite0's score() ran at 0.93-0.94 of the bare forward pass so, against 0.91-0.93 with
+            # every chunk measured on this thread; measured beside the network (0.93-0.95, the same within the
+            # noise), they slowed ONNX Runtime's threads by about as much as they measured.
             measuring = None
             if self._properties_after_network:
                 pool = self._properties_pool()
                 measuring = [pool.submit(self._chunk_properties, chunk) for chunk in chunks]
-            head_columns = self._columns(heads)
+            try:
+                head_columns = self._columns(heads)
+                properties = self._input_properties(chunks, measuring)
+            except BaseException:
+                # A batch that fails leaves none of its chunks queued ahead of the next batch's.
+                for future in measuring or ():
+                    future.cancel()
+                raise
             finite = None
             if self.settings.precision != "fp32":
                 # fp16 tops out at 65504: an activation past it is inf, and that image's scores would be nan.
                 # Checked once the device is done, so the check costs no wait.
                 finite = torch.stack([torch.isfinite(f).all() & torch.isfinite(z).all() for f, z in heads])
                 finite = finite.to("cpu", non_blocking=True)
-            properties = self._input_properties(chunks, measuring)
             native_names = registered_properties("native")
             if natives is None:
                 natives = torch.full((len(batch), len(native_names)), torch.nan, device=batch.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 from flows.cli_options import scoring_parent, scoring_settings
 from scoring import DEFAULT_MODEL, GradwatchError, ScoringSettings, load_model, load_scorer
 from scoring.onnx_backend import BackendUnavailableError, cached_export_path, network_threads, select_forward
-from scoring.properties import registered_properties
+from scoring.properties import input_properties, registered_properties
 from tests.scoring.tiny_models import TinyClassifier
 
 TINY = "tests.scoring.tiny_models:build"
@@ -125,6 +126,46 @@ def test_tiny_model_scores_as_torch_does(cache_dir: Path) -> None:
     torch_encoded = as_columns(on_torch.score_encoded(images, sources=sources))
     assert_scores_agree(torch_encoded, as_columns(on_onnx.score_encoded(images, sources=sources)), on_torch.score_names)
     assert [path.suffix for path in (cache_dir / "onnx").iterdir()] == [".onnx"]
+
+
+def test_the_properties_are_measured_on_the_pixels_the_model_reads(cache_dir: Path) -> None:
+    """Both backends fold the normalisation into the properties: undone by hand here, with the preprocessing's own
+    per-channel mean and std (a swap of the two would move brightness by a third)."""
+    images = encoded_images(9)
+    for backend in ("torch", "onnxruntime"):
+        scorer = load_scorer(TINY, device="cpu", backend=backend)
+        batch = torch.stack([scorer.preprocess(image) for image in images])
+        std, mean = (torch.tensor(side).view(3, 1, 1) for side in (scorer.preprocessing.std, scorer.preprocessing.mean))
+        expected = input_properties(batch * std + mean)
+        measured = scorer.score(batch)
+        for name, values in expected.items():
+            np.testing.assert_allclose(measured[name], values.double().numpy(), rtol=1e-5, err_msg=f"{backend} {name}")
+
+
+def test_a_batch_that_fails_leaves_no_chunk_queued_for_the_properties_threads(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorer = load_scorer(TINY, device="cpu", backend="onnxruntime", forward_chunk=1)
+    batch = torch.stack([scorer.preprocess(image) for image in encoded_images(6)])
+    measured_chunks: list[int] = []
+    measure = scorer._chunk_properties
+    monkeypatch.setattr(scorer, "_chunk_properties", lambda chunk: measured_chunks.append(len(chunk)) or measure(chunk))
+
+    def fails(heads: list) -> dict:
+        raise RuntimeError("a score failed")
+
+    monkeypatch.setattr(scorer, "_columns", fails)
+    pool = scorer._properties_pool()
+    # Every properties thread held, so each of the batch's chunks is still queued when its scores fail.
+    release = threading.Event()
+    held = [pool.submit(release.wait) for _ in range(pool._max_workers)]
+    with pytest.raises(RuntimeError, match="a score failed"):
+        scorer.score(batch)
+    release.set()
+    for future in held:
+        future.result()
+    pool.submit(lambda: None).result()  # queued behind anything the batch left
+    assert measured_chunks == []
 
 
 def test_default_model_scores_as_torch_does() -> None:
