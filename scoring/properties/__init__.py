@@ -41,6 +41,9 @@ class InputPixels:
     ``values * scale + shift`` per channel: a normalised batch with its normalisation's std and mean, or pixels as
     they are (scale 1, shift 0).
 
+    The pixels are not clamped: a batch from the model's preprocessing is in [0, 1] to float rounding. ``values``
+    may be the caller's own tensor: read it, never change it in place.
+
     Properties read the normalised values through :attr:`luma` and :meth:`mix_mean_and_variance`, which fold the
     normalisation into their own arithmetic, and what several of them read is computed once a batch
     (:meth:`shared`): with the batch un-normalised first and nothing shared, the input properties took 192 µs an
