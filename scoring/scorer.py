@@ -152,7 +152,6 @@ class Scorer:
         self._device_pool: ThreadPoolExecutor | None = None
         self._properties_threads: ThreadPoolExecutor | None = None
         self._decode_pool_lock = threading.Lock()
-        self._properties_after_network = self._backend == "onnxruntime"
 
     @property
     def model(self) -> nn.Module:
@@ -329,7 +328,7 @@ class Scorer:
             # every chunk measured on this thread; measured beside the network (0.93-0.95, the same within the
             # noise), they slowed ONNX Runtime's threads by about as much as they measured.
             measuring = None
-            if self._properties_after_network:
+            if self._backend == "onnxruntime":
                 pool = self._properties_pool()
                 measuring = [pool.submit(self._chunk_properties, chunk) for chunk in chunks]
             try:

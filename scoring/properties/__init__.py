@@ -32,7 +32,7 @@ from scoring.jpeg import JpegHeader
 PropertyKind = Literal["input", "native"]
 Shared = TypeVar("Shared")
 # ITU-R BT.601 luma, as JPEG's YCbCr and Pillow's "L" mode weigh R, G and B.
-LUMA = (0.299, 0.587, 0.114)
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,7 @@ class InputPixels:
     def luma(self) -> torch.Tensor:
         """(N, H, W) luma in [0, 1]."""
         red, green, blue = self.values.unbind(dim=1)
-        gains = [weight * scale for weight, scale in zip(LUMA, self.scale, strict=True)]
-        offset = sum(weight * shift for weight, shift in zip(LUMA, self.shift, strict=True))
+        gains, offset = self._on_values(_LUMA)
         # In place, one pass per channel: a matrix product over the channels costs twice as much on a CPU.
         return (red * gains[0]).add_(green, alpha=gains[1]).add_(blue, alpha=gains[2]).add_(offset)
 
@@ -78,12 +77,17 @@ class InputPixels:
             self._shared[name] = compute()
         return self._shared[name]
 
+    def _on_values(self, weights: tuple[float, float, float]) -> tuple[list[float], float]:
+        """The gains and offset that give sum_c weights[c] * pixels[c] from the values: sum_c gains[c] * values[c]
+        + offset."""
+        gains = [weight * scale for weight, scale in zip(weights, self.scale, strict=True)]
+        return gains, sum(weight * shift for weight, shift in zip(weights, self.shift, strict=True))
+
     def _mix(self, weights: tuple[float, float, float]) -> tuple[torch.Tensor, float, float]:
         """(mixed, gain, offset) with sum_c weights[c] * pixels[c] = mixed * gain + offset: the normalised channels
         mixed relative to the first one used, one pass per other channel. A mix of one channel is a view of
         :attr:`values`."""
-        gains = [weight * scale for weight, scale in zip(weights, self.scale, strict=True)]
-        offset = sum(weight * shift for weight, shift in zip(weights, self.shift, strict=True))
+        gains, offset = self._on_values(weights)
         used = [channel for channel, gain in enumerate(gains) if gain != 0]
         if not used:
             raise ValueError(f"a channel mix needs a non-zero weight, got {weights}")
@@ -207,8 +211,8 @@ def mean_and_variance(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def grey(pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """(H, W, 3) uint8 pixels as (H, W) float32 luma in [0, 1], a NumPy array or a tensor as given."""
     if isinstance(pixels, np.ndarray):
-        return (pixels.astype(np.float32) @ np.asarray(LUMA, np.float32)) / 255.0
-    weights = torch.tensor(LUMA, dtype=torch.float32, device=pixels.device)
+        return (pixels.astype(np.float32) @ np.asarray(_LUMA, np.float32)) / 255.0
+    weights = torch.tensor(_LUMA, dtype=torch.float32, device=pixels.device)
     return (pixels.float() @ weights) / 255.0
 
 
