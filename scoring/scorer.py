@@ -37,6 +37,12 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # On a CPU a forward pass over a few images at a time keeps activations in cache: EfficientNet-Lite0 on
 # 2 cores scores ~155 images/s in chunks of 4 against ~38 in one batch of 64 (bench/scoring.py --chunk).
 CPU_FORWARD_CHUNK = 4
+# The input properties of a CPU batch are measured this many images at a time, apart from the forward chunks:
+# each property is a few passes of a few small tensor calls, whose dispatch dominates small chunks. Through the
+# properties' threads (EfficientNet-Lite0's inputs, 2 cores, interleaved turns) they cost 16.8% of the bare
+# ONNX Runtime forward pass in chunks of 1, 7.6% in chunks of 4, 6.0% of 8, 5.5% of 16 and 6.2% of 32, where a
+# chunk's planes no longer stay in cache.
+CPU_PROPERTIES_CHUNK = 16
 # Encoded images are scored this many at a time on an accelerator, so the device works on one group while
 # the host decodes the next: small enough to start the device early, large enough to fill it.
 ACCELERATOR_SCORE_CHUNK = 128
@@ -327,13 +333,14 @@ class Scorer:
             # EfficientNet-Lite0's score() ran at 0.93-0.94 of the bare forward pass so, against 0.91-0.93 with
             # every chunk measured on this thread; measured beside the network (0.93-0.95, the same within the
             # noise), they slowed ONNX Runtime's threads by about as much as they measured.
+            measured_chunks = batch.split(CPU_PROPERTIES_CHUNK) if self.device.type == "cpu" else chunks
             measuring = None
             if self._backend == "onnxruntime":
                 pool = self._properties_pool()
-                measuring = [pool.submit(self._chunk_properties, chunk) for chunk in chunks]
+                measuring = [pool.submit(self._chunk_properties, chunk) for chunk in measured_chunks]
             try:
                 head_columns = self._columns(heads)
-                properties = self._input_properties(chunks, measuring)
+                properties = self._input_properties(measured_chunks, measuring)
             except BaseException:
                 # A batch that fails leaves none of its chunks queued ahead of the next batch's.
                 for future in measuring or ():
@@ -363,8 +370,8 @@ class Scorer:
     def _input_properties(
         self, chunks: tuple[torch.Tensor, ...], measuring: list[Future] | None = None
     ) -> dict[str, torch.Tensor]:
-        """The input properties of a batch's forward chunks, a chunk at a time: on a CPU its pixels then stay in
-        cache through every property's passes. ``measuring`` holds each chunk's submitted to the properties'
+        """The input properties of a batch's chunks, a chunk at a time: on a CPU its pixels then stay in cache
+        through every property's passes. ``measuring`` holds each chunk's submitted to the properties'
         threads: those they have not started are measured here."""
         if measuring is None:
             measured = [self._chunk_properties(chunk) for chunk in chunks]

@@ -18,6 +18,7 @@ from flows.cli_options import scoring_parent, scoring_settings
 from scoring import DEFAULT_MODEL, GradwatchError, ScoringSettings, load_model, load_scorer
 from scoring.onnx_backend import BackendUnavailableError, cached_export_path, network_threads, select_forward
 from scoring.properties import input_properties, registered_properties
+from scoring.scorer import CPU_PROPERTIES_CHUNK
 from tests.scoring.tiny_models import TinyClassifier
 
 TINY = "tests.scoring.tiny_models:build"
@@ -130,8 +131,9 @@ def test_tiny_model_scores_as_torch_does(cache_dir: Path) -> None:
 
 def test_the_properties_are_measured_on_the_pixels_the_model_reads(cache_dir: Path) -> None:
     """Both backends fold the normalisation into the properties: undone by hand here, with the preprocessing's own
-    per-channel mean and std (a swap of the two would move brightness by a third)."""
-    images = encoded_images(9)
+    per-channel mean and std (a swap of the two would move brightness by a third). More images than two of the
+    properties' chunks: each image's properties stay on its row."""
+    images = encoded_images(2 * CPU_PROPERTIES_CHUNK + 5)
     for backend in ("torch", "onnxruntime"):
         scorer = load_scorer(TINY, device="cpu", backend=backend)
         batch = torch.stack([scorer.preprocess(image) for image in images])
