@@ -29,9 +29,10 @@ class _Keep(beam.DoFn):
     def __init__(self, folder: str) -> None:
         self._folder = folder
 
-    def process(self, result) -> None:
+    def process(self, result) -> tuple[()]:
         name = result.example.image_id
         Path(self._folder, name).write_bytes(pickle.dumps(result.inference))
+        return ()  # Beam 2.78 refuses a process() whose return hint is None
 
 
 def score_through_beam(handler: ScorerModelHandler, images: list[bytes], folder: Path) -> dict[str, dict]:
