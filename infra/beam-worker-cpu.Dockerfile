@@ -1,7 +1,7 @@
 # Beam SDK worker (CPU) for Flink/Spark portable runners and Dataflow: gradwatch plus a CPU build of torch.
 # Build from the repository root:  docker build -f infra/beam-worker-cpu.Dockerfile -t gradwatch-beam-worker:0.1.0 .
-# The SDK image's Beam version must match the launcher's (pyproject pins apache-beam >=2.60,<3).
-FROM apache/beam_python3.11_sdk:2.77.0
+# The SDK image's Beam version must match the launcher's: pyproject pins apache-beam==2.78.0.
+FROM apache/beam_python3.11_sdk:2.78.0
 
 WORKDIR /opt/gradwatch
 COPY pyproject.toml README.md infra/beam-worker-requirements.txt ./

@@ -4,7 +4,7 @@
 # Build from the repository root:  docker build -f infra/beam-worker-gpu.Dockerfile -t gradwatch-beam-worker-gpu:0.1.0 .
 # Run the pipeline with --device cuda --large-model so each machine loads one model copy per GPU, and with
 # --decoder device --precision fp16: torchvision decodes JPEGs with nvJPEG, where host decoding would bound the GPU.
-FROM apache/beam_python3.11_sdk:2.77.0
+FROM apache/beam_python3.11_sdk:2.78.0
 
 WORKDIR /opt/gradwatch
 COPY pyproject.toml README.md infra/beam-worker-requirements.txt ./

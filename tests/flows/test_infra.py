@@ -173,3 +173,17 @@ def test_the_modules_left_out_of_the_worker_images_are_what_the_portable_run_blo
         assert "COPY flows" not in text, dockerfile.name
         assert "-r beam-worker-requirements.txt" in text, dockerfile.name
         assert "--no-deps ." in text, dockerfile.name
+
+
+def test_the_worker_images_run_the_beam_version_the_launcher_installs() -> None:
+    """A portable runner refuses a job whose launcher's Beam differs from the SDK container's, and the images' pip
+    install would move Beam off their base image's version under a range: one exact version in all four places."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    launcher = next(spec for spec in project["dependencies"] if _distribution(spec) == "apache-beam")
+    version = launcher.partition("==")[2]
+    assert re.fullmatch(r"apache-beam==\d+\.\d+\.\d+", launcher), f"pin one Beam version in pyproject: {launcher!r}"
+    assert _worker_requirements()["apache-beam"] == launcher
+    assert importlib.metadata.version("apache-beam") == version
+    for dockerfile in (REPO / "infra").glob("beam-worker-*.Dockerfile"):
+        bases = re.findall(r"^FROM apache/beam_python3\.11_sdk:(\S+)", dockerfile.read_text(), re.MULTILINE)
+        assert bases == [version], f"{dockerfile.name} builds on Beam {bases}, the launcher installs {version}"
