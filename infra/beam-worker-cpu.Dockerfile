@@ -1,6 +1,6 @@
 # Beam SDK worker (CPU) for Flink/Spark portable runners and Dataflow: gradwatch plus a CPU build of torch.
 # Build from the repository root:  docker build -f infra/beam-worker-cpu.Dockerfile -t gradwatch-beam-worker:0.1.0 .
-# The SDK image's Beam version must match the launcher's: pyproject pins apache-beam==2.78.0.
+# The SDK image's Beam version must be the one pyproject pins (tests/flows/test_infra.py holds them equal).
 FROM apache/beam_python3.11_sdk:2.78.0
 
 WORKDIR /opt/gradwatch

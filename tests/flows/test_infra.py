@@ -180,8 +180,8 @@ def test_the_worker_images_run_the_beam_version_the_launcher_installs() -> None:
     install would move Beam off their base image's version under a range: one exact version in all four places."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     launcher = next(spec for spec in project["dependencies"] if _distribution(spec) == "apache-beam")
-    version = launcher.partition("==")[2]
     assert re.fullmatch(r"apache-beam==\d+\.\d+\.\d+", launcher), f"pin one Beam version in pyproject: {launcher!r}"
+    version = launcher.partition("==")[2]
     assert _worker_requirements()["apache-beam"] == launcher
     assert importlib.metadata.version("apache-beam") == version
     for dockerfile in (REPO / "infra").glob("beam-worker-*.Dockerfile"):
