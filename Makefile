@@ -14,7 +14,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,demo,onnx]"
+	# The torch present is named again, or pip 26.3 replaces torch 2.13.0+cpu with 2.14.1 and its CUDA wheels
+	# (4 GB) though both satisfy the project's range.
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo,onnx]" "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')"
 	touch $@
 
 lint: $(VENV)/.installed

@@ -27,18 +27,19 @@ def _second_difference(values: torch.Tensor, dim: int) -> torch.Tensor:
 def sharpness(pixels: InputPixels) -> torch.Tensor:
     """Variance of the 4-neighbour Laplacian of luma, the usual focus measure (Pech-Pacheco et al., 2000): falls
     with defocus, motion blur, fog and upscaling."""
-    across = _second_difference(pixels.luma, 2)[:, 1:-1]
-    return mean_and_variance(across + _down(pixels)[:, :, 1:-1])[1]
+    laplacian = _second_difference(pixels.centred_luma, 2)[:, 1:-1].add_(_down(pixels)[:, :, 1:-1])
+    return mean_and_variance(laplacian, overwrite=True)[1]
 
 
 @register_property("noise", kind="input")
 def noise(pixels: InputPixels) -> torch.Tensor:
     """Estimated deviation of additive noise in luma, on the [0, 1] scale."""
-    response = _second_difference(_down(pixels), 2).abs_().reshape(len(pixels.values), -1)
-    # Summed over one flattened dim: a reduction over two costs 40% more on a CPU.
-    return response.sum(dim=1) * (_IMMERKAER_TO_SIGMA / response.shape[1])
+    response = _second_difference(_down(pixels), 2).reshape(len(pixels.values), -1)
+    # The L1 norm over one flattened dim: a pass fewer than its absolute values summed, and a reduction over two
+    # dims costs 40% more on a CPU.
+    return torch.linalg.vector_norm(response, ord=1, dim=1) * (_IMMERKAER_TO_SIGMA / response.shape[1])
 
 
 def _down(pixels: InputPixels) -> torch.Tensor:
-    """Luma's second difference down the columns, which sharpness and noise both read."""
-    return pixels.shared("luma_second_difference_down", lambda: _second_difference(pixels.luma, 1))
+    """Centred luma's second difference down the columns, which sharpness and noise both read."""
+    return pixels.shared("luma_second_difference_down", lambda: _second_difference(pixels.centred_luma, 1))

@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import inspect
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -187,3 +188,17 @@ def test_the_worker_images_run_the_beam_version_the_launcher_installs() -> None:
     for dockerfile in (REPO / "infra").glob("beam-worker-*.Dockerfile"):
         bases = re.findall(r"^FROM apache/beam_python3\.11_sdk:(\S+)", dockerfile.read_text(), re.MULTILINE)
         assert bases == [version], f"{dockerfile.name} builds on Beam {bases}, the launcher installs {version}"
+
+
+def test_make_installs_the_project_beside_the_torch_already_there(tmp_path: Path) -> None:
+    """pip 26.3, asked for the project alone, replaced the torch 2.13.0+cpu that make had just installed with 2.14.1
+    and 4 GB of CUDA wheels; named with the project, the torch present stays."""
+    venv = tmp_path / "venv"
+    recipe = subprocess.run(
+        ["make", "-n", "-C", str(REPO), f"VENV={venv}", f"{venv}/.installed"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (project_install,) = [line for line in recipe.splitlines() if '-e ".[' in line]
+    assert f"\"torch==$({venv}/bin/python -c 'import torch; print(torch.__version__)')\"" in project_install
