@@ -52,9 +52,9 @@ class InputPixels:
     may be the caller's own tensor: read it, never change it in place.
 
     Properties read the batch through its opponent planes (:data:`OPPONENT_PLANES`): each image's mean and
-    variance of a plane (:meth:`moments`) and luma less its mean (:attr:`centred_luma`), all from one pass that
-    mixes the normalised values into the three planes at once, the normalisation folded into the arithmetic; what
-    several of them read beside is computed once a batch (:meth:`shared`).
+    variance of a plane (:meth:`moments`) and luma less its mean (:attr:`centred_luma`), all from one buffer the
+    normalised values are mixed into, the normalisation folded into the arithmetic, and whose three planes are
+    reduced and centred together; what several of them read beside is computed once a batch (:meth:`shared`).
     """
 
     values: torch.Tensor
