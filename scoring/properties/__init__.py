@@ -64,8 +64,10 @@ class InputPixels:
 
     def moments(self, plane: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's mean and variance (n - 1 in the denominator) of an opponent plane, on the [0, 1] scale."""
-        means, variances = self._opponents[1:3]
+        if plane not in OPPONENT_PLANES:
+            raise ValueError(f"no opponent plane {plane!r}: a property reads one of {list(OPPONENT_PLANES)}")
         index = list(OPPONENT_PLANES).index(plane)
+        means, variances = self._opponents[1:3]
         return means[:, index], variances[:, index]
 
     @property

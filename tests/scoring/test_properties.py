@@ -107,6 +107,11 @@ def test_input_properties_equal_their_definitions() -> None:
         assert [float(measured["contrast"][index]) for index in (1, 2)] == [0.0, 0.0]
 
 
+def test_a_property_reading_a_plane_that_is_not_there_is_told_which_are() -> None:
+    with pytest.raises(ValueError, match=r"no opponent plane 'saturation'.*'luma', 'red_green', 'yellow_blue'"):
+        _input(PHOTO).moments("saturation")
+
+
 def test_native_properties_read_the_encoding_and_the_size() -> None:
     coarse, fine = _native(_encoded(PHOTO, quality=10)), _native(_encoded(PHOTO, quality=95))
     assert (coarse["jpeg_quality"], fine["jpeg_quality"]) == (10.0, 95.0)
