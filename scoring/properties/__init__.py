@@ -40,6 +40,7 @@ OPPONENT_PLANES: dict[str, tuple[float, float, float]] = {
     "red_green": (1.0, -1.0, 0.0),
     "yellow_blue": (0.5, 0.5, -1.0),
 }
+_MIXES = tuple(OPPONENT_PLANES.values())
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class InputPixels:
     may be the caller's own tensor: read it, never change it in place.
 
     Properties read the batch through its opponent planes (:data:`OPPONENT_PLANES`): each image's mean and
-    variance of a plane (:meth:`moments`) and luma less its mean (:attr:`centred_luma`), all from one buffer the
-    normalised values are mixed into, the normalisation folded into the arithmetic, and whose three planes are
-    reduced and centred together; what several of them read beside is computed once a batch (:meth:`shared`).
+    variance of a plane (:meth:`moments`) and luma less its mean (:attr:`centred_luma`), all from the normalised
+    channels centred and mixed into the three planes at once, the normalisation folded into the mix; what several
+    of them read beside is computed once a batch (:meth:`shared`).
     """
 
     values: torch.Tensor
@@ -85,41 +86,33 @@ class InputPixels:
 
     @cached_property
     def _opponents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(centred planes (N, 3, H, W), means (N, 3), variances (N, 3)): each plane mixed from the normalised
-        channels on the [0, 1] scale less the normalisation's offset, then centred on its mean in place. Variances
-        come from the centred values, never from the channels' covariances, which in float32 had a nearly grey
-        image's colourfulness wrong in the fifth digit; mixed relative to their first channel, a pass fewer each,
-        the planes gave a noise 1.1e-5 off the one measured on the pixels. On one CPU thread (EfficientNet-Lite0's
-        inputs, chunks of 16, alternating processes) the five input properties cost 520-540 µs an image read this
-        way, against 725-755 with each plane mixed, reduced and centred on its own: a chunk's planes outgrow the
-        cache, so passes count."""
-        count, _, height, width = self.values.shape
-        planes = torch.empty(
-            (count, len(OPPONENT_PLANES), height, width), dtype=self.values.dtype, device=self.values.device
+        """(centred planes (N, 3, H, W), means (N, 3), variances (N, 3)) on the [0, 1] scale: each image's
+        normalised channels centred on their means, then mixed into the planes by one matrix product, the
+        normalisation's scale folded into its weights. Variances come from the centred values, never from the
+        channels' covariances, which in float32 had a nearly grey image's colourfulness wrong in the fifth digit;
+        a flat channel centres to exactly 0, so a flat image's planes and variances are 0. On one CPU thread
+        (EfficientNet-Lite0's inputs, chunks of 2 to 16, interleaved) this costs 170-205 µs an image, against
+        230-260 with each plane mixed a channel at a time (eight passes) and then centred: passes count."""
+        count, channels, height, width = self.values.shape
+        if channels != len(self.scale):
+            raise ValueError(f"input properties read 3-channel (RGB) batches, got {channels} channels")
+        rows = self.values.reshape(count * channels, height * width)
+        channel_means = _means(rows)
+        gains = torch.tensor(
+            [[weight * scale for weight, scale in zip(weights, self.scale, strict=True)] for weights in _MIXES],
+            dtype=rows.dtype,
+            device=rows.device,
         )
-        channels = self.values.unbind(dim=1)
-        offsets = [
-            self._mix_into(planes[:, index], channels, weights)
-            for index, weights in enumerate(OPPONENT_PLANES.values())
-        ]
-        means, variances = mean_and_variance(planes.view(count * len(OPPONENT_PLANES), -1), overwrite=True)
-        offset = torch.tensor(offsets, dtype=means.dtype, device=means.device)
-        return planes, means.view(count, -1) + offset, variances.view(count, -1)
-
-    def _mix_into(
-        self, out: torch.Tensor, channels: tuple[torch.Tensor, ...], weights: tuple[float, float, float]
-    ) -> float:
-        """Writes sum_c weights[c] * pixels[c] - offset into ``out``, one pass per channel used, and returns the
-        offset."""
-        gains = [weight * scale for weight, scale in zip(weights, self.scale, strict=True)]
-        used = [channel for channel, gain in enumerate(gains) if gain != 0]
-        if not used:
-            raise ValueError(f"a channel mix needs a non-zero weight, got {weights}")
-        first, *others = used
-        torch.mul(channels[first], gains[first], out=out)
-        for channel in others:
-            out.add_(channels[channel], alpha=gains[channel])
-        return sum(weight * shift for weight, shift in zip(weights, self.shift, strict=True))
+        # (3, 3) @ (N, 3, HW): a batched product that reads the centred channels once and writes the planes once.
+        planes = torch.matmul(gains, (rows - channel_means).view(count, channels, -1))
+        variances = torch.linalg.vector_norm(planes, dim=2).square_().div_(max(height * width - 1, 1))
+        offsets = torch.tensor(
+            [sum(weight * shift for weight, shift in zip(weights, self.shift, strict=True)) for weights in _MIXES],
+            dtype=rows.dtype,
+            device=rows.device,
+        )
+        means = (gains @ channel_means.view(count, channels, 1)).view(count, -1) + offsets
+        return planes.view(count, -1, height, width), means, variances
 
 
 @dataclass(frozen=True)
@@ -224,16 +217,21 @@ def mean_and_variance(values: torch.Tensor, *, overwrite: bool = False) -> tuple
     ``torch.var`` costs 35 times as much on a CPU and ``torch.linalg.vecdot`` twice (it writes the products out).
     With ``overwrite`` the values are centred in place: a pass and an allocation fewer, for a tensor of one's own."""
     rows = values.reshape(len(values), -1)
-    means = rows.sum(dim=1, keepdim=True).div_(rows.shape[1])  # a reduction over several dims at once costs 40% more
-    # A mean within the sum's rounding (log2(n) epsilons at most) of an image's first value is taken as that value:
-    # a flat image's variance is then 0, not an ulp's square, and any other's moves by less than its rounding.
-    # torch.aminmax, which would say so too, added two thirds to every property together on a CPU.
-    first = rows[:, :1]
-    rounding = first.abs() * (torch.finfo(rows.dtype).eps * math.log2(max(rows.shape[1], 2)))
-    means = torch.where((means - first).abs_() <= rounding, first, means)
+    means = _means(rows)
     deviations = rows.sub_(means) if overwrite else rows - means
     variances = torch.linalg.vector_norm(deviations, dim=1).square_().div_(max(rows.shape[1] - 1, 1))
     return means.view(-1), variances
+
+
+def _means(rows: torch.Tensor) -> torch.Tensor:
+    """(N, 1): each row's mean, where one within the sum's rounding (log2(n) epsilons at most) of the row's first
+    value is taken as that value: a flat row then centres to exactly 0, not to an ulp, and any other's mean moves
+    by less than its rounding. torch.aminmax, which would say a row is flat too, added two thirds to every
+    property together on a CPU."""
+    means = rows.sum(dim=1, keepdim=True).div_(rows.shape[1])  # a reduction over several dims at once costs 40% more
+    first = rows[:, :1]
+    rounding = first.abs() * (torch.finfo(rows.dtype).eps * math.log2(max(rows.shape[1], 2)))
+    return torch.where((means - first).abs_() <= rounding, first, means)
 
 
 def grey(pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

@@ -10,11 +10,13 @@ import importlib
 import math
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+Shared = TypeVar("Shared")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class HeadOutputs:
     temperature: float
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def shared(self, name: str, compute: Callable[[], Shared]) -> Shared:
+        """``compute()``, once per batch under ``name``, for what one score reads of another (GradNorm reads its two
+        factors, each a score of its own). What it returns is shared: read it, never change it in place."""
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
 
     @cached_property
     def scaled_logits(self) -> torch.Tensor:

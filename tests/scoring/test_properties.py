@@ -112,6 +112,11 @@ def test_a_property_reading_a_plane_that_is_not_there_is_told_which_are() -> Non
         _input(PHOTO).moments("saturation")
 
 
+def test_a_batch_that_is_not_rgb_is_told_the_properties_read_rgb() -> None:
+    with pytest.raises(ValueError, match=r"3-channel \(RGB\) batches, got 1 channels"):
+        InputPixels(torch.rand(2, 1, 16, 16)).moments("luma")
+
+
 def test_native_properties_read_the_encoding_and_the_size() -> None:
     coarse, fine = _native(_encoded(PHOTO, quality=10)), _native(_encoded(PHOTO, quality=95))
     assert (coarse["jpeg_quality"], fine["jpeg_quality"]) == (10.0, 95.0)
