@@ -98,19 +98,12 @@ class InputPixels:
             raise ValueError(f"input properties read 3-channel (RGB) batches, got {channels} channels")
         rows = self.values.reshape(count * channels, height * width)
         channel_means = _means(rows)
-        gains = torch.tensor(
-            [[weight * scale for weight, scale in zip(weights, self.scale, strict=True)] for weights in _MIXES],
-            dtype=rows.dtype,
-            device=rows.device,
-        )
+        mixes = torch.tensor(_MIXES, dtype=torch.float64)
+        gains = (mixes * torch.tensor(self.scale, dtype=torch.float64)).to(rows)
         # (3, 3) @ (N, 3, HW): a batched product that reads the centred channels once and writes the planes once.
         planes = torch.matmul(gains, (rows - channel_means).view(count, channels, -1))
         variances = torch.linalg.vector_norm(planes, dim=2).square_().div_(max(height * width - 1, 1))
-        offsets = torch.tensor(
-            [sum(weight * shift for weight, shift in zip(weights, self.shift, strict=True)) for weights in _MIXES],
-            dtype=rows.dtype,
-            device=rows.device,
-        )
+        offsets = (mixes @ torch.tensor(self.shift, dtype=torch.float64)).to(rows)
         means = (gains @ channel_means.view(count, channels, 1)).view(count, -1) + offsets
         return planes.view(count, -1, height, width), means, variances
 
