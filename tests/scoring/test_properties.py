@@ -107,6 +107,23 @@ def test_input_properties_equal_their_definitions() -> None:
         assert [float(measured["contrast"][index]) for index in (1, 2)] == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("size", [(7, 9), (33, 35), (224, 224)])
+def test_a_flat_coloured_image_has_exactly_no_contrast_sharpness_noise_or_colour_variance(
+    size: tuple[int, int],
+) -> None:
+    """The planes are mixed from the channels before they are centred: a flat image must mix to planes flat to the
+    last bit, at sizes whose pixels do not fill the matrix product's vector lanes too."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    colour = torch.tensor([0.8, 0.3, 0.55])
+    normalised = ((colour - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1).expand(2, 3, *size)
+    measured = input_properties(normalised.contiguous(), scale=std, shift=mean)
+    for name in ("contrast", "sharpness", "noise"):
+        assert measured[name].tolist() == [0.0, 0.0], name
+    red, green, blue = colour.tolist()
+    expected_colourfulness = 0.3 * math.hypot(red - green, (red + green) / 2 - blue)
+    assert measured["colourfulness"].tolist() == pytest.approx([expected_colourfulness] * 2, rel=1e-6)
+
+
 def test_a_property_reading_a_plane_that_is_not_there_is_told_which_are() -> None:
     with pytest.raises(ValueError, match=r"no opponent plane 'saturation'.*'luma', 'red_green', 'yellow_blue'"):
         _input(PHOTO).moments("saturation")
