@@ -41,8 +41,8 @@ CPU_FORWARD_CHUNK = 4
 # each property is a few passes of a few small tensor calls, whose dispatch dominates small chunks. Through the
 # properties' threads (EfficientNet-Lite0's inputs, 2 cores, interleaved turns) they cost 16.8% of the bare
 # ONNX Runtime forward pass in chunks of 1, 7.6% in chunks of 4, 6.0% of 8, 5.5% of 16 and 6.2% of 32, where a
-# chunk's planes no longer stay in cache. Since the opponent planes are mixed and reduced in one go, score() runs
-# at 0.91-0.93 of the bare pass in chunks of 4, 8 and 16 alike, within the noise (two runs of 12 turns each).
+# chunk's planes no longer stay in cache. Since the opponent planes are mixed and then centred in place, score()
+# runs at 0.96-0.99 of the bare pass in chunks of 16 (bench/scoring.py, two runs of 24 and 40 turns).
 CPU_PROPERTIES_CHUNK = 16
 # Encoded images are scored this many at a time on an accelerator, so the device works on one group while
 # the host decodes the next: small enough to start the device early, large enough to fill it.
